@@ -1,0 +1,137 @@
+"""Counter-based random numbers for decoding: Philox4x32-10, vectorised over the batch.
+
+Every random number the sampler uses is a pure function of ``(seed, step, stream)``: the request's
+seed, the index of the generated token, and the sample's index within the request. We do not use a
+``torch.Generator`` because a generator's draws depend on how many numbers were drawn before, so a
+sequence's tokens would depend on which other sequences shared its batch. With counters:
+
+- a sequence gives the same tokens whether it is decoded alone, in a batch, or joins a running
+  batch in the server (continuous batching);
+- CPU and CUDA draw bit-identical uniforms (the arithmetic is integer);
+- resuming training needs no generator state: a step's draws are fixed by its counters.
+
+Philox4x32-10 is the generator of Salmon et al., "Parallel random numbers: as easy as 1, 2, 3"
+(SC'11), also used by cuRAND and by PyTorch's CUDA generator; it is checked here against the
+known-answer vectors published with Random123.
+
+Each (seed, step, stream) gets ``NUM_UNIFORMS`` uniforms, laid out in fixed slots (``SLOT_*``) so
+that each use of randomness in a step reads its own numbers.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+_MASK32 = 0xFFFFFFFF
+_M0, _M1 = 0xD2511F53, 0xCD9E8D57  # Philox multipliers
+_W0, _W1 = 0x9E3779B9, 0xBB67AE85  # Weyl key increments
+
+GAMMA_TRIES = 8
+"""Candidates drawn for one Marsaglia-Tsang gamma variate (acceptance >= 0.95 each, so all eight are
+rejected with probability < 1e-10; that case returns the distribution's mode region, see gamma_log)."""
+_GAMMA_SLOTS = 2 * GAMMA_TRIES + 1
+
+SLOT_TOKEN = 0  # inverse-CDF draw of the next token
+SLOT_GATE = 1  # Bernoulli gate c_t
+SLOT_CHOICE = 2  # categorical choice (TAMPO's temperature)
+SLOT_BETA_A = 3  # gamma variate for the Beta's alpha side: _GAMMA_SLOTS numbers
+SLOT_BETA_B = SLOT_BETA_A + _GAMMA_SLOTS  # gamma variate for the beta side
+NUM_UNIFORMS = 4 * math.ceil((SLOT_BETA_B + _GAMMA_SLOTS) / 4)  # whole Philox blocks of 4
+
+
+def philox4x32(counter: Tensor, key: Tensor, rounds: int = 10) -> Tensor:
+    """Philox4x32 block function.
+
+    counter: int64 [..., 4] and key: int64 [..., 2], each word in [0, 2**32).
+    Returns int64 [..., 4] with words in [0, 2**32).
+
+    The 32x32-bit products are formed in int64: a product below 2**64 wraps into the sign bit but
+    keeps its 64-bit pattern, so masking after the (arithmetic) shift recovers both halves exactly.
+
+    >>> z = torch.zeros(4, dtype=torch.long)
+    >>> [f"{w:08x}" for w in philox4x32(z, z[:2]).tolist()]
+    ['6627e8d5', 'e169c58d', 'bc57ac4c', '9b00dbd8']
+    """
+    x0, x1, x2, x3 = counter.unbind(-1)
+    k0, k1 = key.unbind(-1)
+    for r in range(rounds):
+        if r:
+            k0 = (k0 + _W0) & _MASK32
+            k1 = (k1 + _W1) & _MASK32
+        p0 = x0 * _M0
+        p1 = x2 * _M1
+        hi0, lo0 = (p0 >> 32) & _MASK32, p0 & _MASK32
+        hi1, lo1 = (p1 >> 32) & _MASK32, p1 & _MASK32
+        x0, x1, x2, x3 = hi1 ^ x1 ^ k0, lo1, hi0 ^ x3 ^ k1, lo0
+    return torch.stack((x0, x1, x2, x3), dim=-1)
+
+
+def uniforms(seed: Tensor, step: Tensor, stream: Tensor, num: int = NUM_UNIFORMS) -> Tensor:
+    """``num`` uniform floats in the open interval (0, 1) per row.
+
+    seed, step, stream: int64 [B] (seed uses all 64 bits; step and stream their low 32).
+    Returns float32 [B, num]. Values are (k + 0.5) / 2**23 for 23-bit k: never 0 or 1, so logs of
+    them are finite.
+    """
+    num_blocks = math.ceil(num / 4)
+    batch = seed.shape[0]
+    block = torch.arange(num_blocks, device=seed.device, dtype=torch.long)
+    counter = torch.stack(
+        (
+            (step & _MASK32)[:, None].expand(batch, num_blocks),
+            block[None, :].expand(batch, num_blocks),
+            (stream & _MASK32)[:, None].expand(batch, num_blocks),
+            torch.zeros(batch, num_blocks, dtype=torch.long, device=seed.device),
+        ),
+        dim=-1,
+    )  # [B, blocks, 4]
+    key = torch.stack((seed & _MASK32, (seed >> 32) & _MASK32), dim=-1)[:, None, :]  # [B, 1, 2]
+    bits = philox4x32(counter, key.expand(batch, num_blocks, 2)).reshape(batch, num_blocks * 4)
+    return ((bits[:, :num] >> 9).float() + 0.5) * (1.0 / (1 << 23))
+
+
+def normals(u: Tensor) -> Tensor:
+    """Standard normals from uniforms by Box-Muller: [B, 2m] uniforms -> [B, 2m] normals."""
+    u1, u2 = u.chunk(2, dim=-1)
+    radius = torch.sqrt(-2.0 * torch.log(u1))
+    angle = (2.0 * math.pi) * u2
+    return torch.cat((radius * torch.cos(angle), radius * torch.sin(angle)), dim=-1)
+
+
+def gamma_log(alpha: Tensor, u: Tensor) -> Tensor:
+    """log of a Gamma(alpha, 1) draw, from ``2 * GAMMA_TRIES + 1`` uniforms per row.
+
+    alpha: float32 [B] > 0; u: float32 [B, 2 * GAMMA_TRIES + 1]. Returns float32 [B].
+
+    Marsaglia & Tsang (2000) for shape >= 1, with a fixed number of candidates so the whole batch
+    is sampled without a data-dependent loop; the first accepted candidate is kept. Shapes below 1
+    use the boost Gamma(a) = Gamma(a + 1) * U**(1/a), kept in log space so that shapes as small as
+    1e-6 give a very negative log instead of an underflowed 0.
+    """
+    boost = alpha < 1.0
+    shape = torch.where(boost, alpha + 1.0, alpha)
+    d = shape - 1.0 / 3.0
+    c = torch.rsqrt(9.0 * d)
+    x = normals(u[:, :GAMMA_TRIES])  # [B, K]
+    u_accept = u[:, GAMMA_TRIES : 2 * GAMMA_TRIES]  # [B, K]
+    v = (1.0 + c[:, None] * x) ** 3
+    log_v = torch.log(v.clamp_min(1e-30))
+    accept = (v > 0) & (torch.log(u_accept) < 0.5 * x * x + d[:, None] * (1.0 - v + log_v))
+    first = accept.to(torch.int8).argmax(dim=-1, keepdim=True)  # first accepted, 0 if none
+    chosen_log_v = torch.where(accept.any(dim=-1), log_v.gather(-1, first).squeeze(-1), 0.0)
+    log_g = torch.log(d) + chosen_log_v
+    return torch.where(boost, log_g + torch.log(u[:, 2 * GAMMA_TRIES]) / alpha, log_g)
+
+
+def beta_sample(alpha: Tensor, beta: Tensor, u: Tensor) -> Tensor:
+    """A Beta(alpha, beta) draw per row from ``u[:, SLOT_BETA_A:]``: z = Ga / (Ga + Gb).
+
+    Computed as sigmoid(log Ga - log Gb), which stays finite (0 or 1 at worst) when one of the
+    gamma draws underflows. Callers clamp z away from {0, 1} before using or scoring it.
+    """
+    log_a = gamma_log(alpha, u[:, SLOT_BETA_A : SLOT_BETA_A + _GAMMA_SLOTS])
+    log_b = gamma_log(beta, u[:, SLOT_BETA_B : SLOT_BETA_B + _GAMMA_SLOTS])
+    return torch.sigmoid(log_a - log_b)

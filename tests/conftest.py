@@ -1,0 +1,59 @@
+"""Shared fixtures: tiny random models built from a config (no downloads) and the embedded model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+from introllm.sampler import HeadConfig, TemperatureHead
+
+VOCAB = 101
+EOS = 3
+
+
+def tiny_llama(seed: int = 0, **overrides) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    cfg = dict(
+        vocab_size=VOCAB, hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256, eos_token_id=EOS, pad_token_id=0,
+    )
+    cfg.update(overrides)
+    return LlamaForCausalLM(LlamaConfig(**cfg)).eval()
+
+
+def tiny_qwen3(seed: int = 0) -> Qwen3ForCausalLM:
+    torch.manual_seed(seed)
+    cfg = Qwen3Config(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, max_position_embeddings=256, eos_token_id=EOS, pad_token_id=0,
+    )
+    return Qwen3ForCausalLM(cfg).eval()
+
+
+def random_head(hidden_size: int, seed: int = 0, scale: float = 0.5) -> TemperatureHead:
+    """A head with weights far from the initialisation, so decisions vary with h."""
+    head = TemperatureHead(HeadConfig(hidden_size=hidden_size))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in head.parameters():
+            p.normal_(0.0, scale, generator=g)
+    return head
+
+
+@pytest.fixture
+def llama():
+    return tiny_llama()
+
+
+@pytest.fixture(params=["llama", "qwen3"])
+def model(request):
+    return tiny_llama() if request.param == "llama" else tiny_qwen3()
+
+
+@pytest.fixture(scope="session")
+def embedded():
+    """The real SmolLM2-135M-Instruct checkpoint (converted once into the cache)."""
+    from introllm.sampler.models import load_model
+
+    return load_model(device="cpu", dtype="float32")
