@@ -1,0 +1,317 @@
+"""Temperature policies: one interface, chosen by name.
+
+A policy decides, at each decoding step and for each sequence, the temperature tau_t and returns the
+action record needed to score that decision later. The same objects serve as training baselines and
+as per-request overrides in the server.
+
+=================  ==========================================================================
+name               what it does
+=================  ==========================================================================
+``learned``        the paper's policy: Bernoulli gate, then Beta value (§4.2)
+``always-update``  ablation (§5.3): a new Beta value at every token, no gate
+``prompt-level``   ablation (§5.3): one Beta value from the prompt's last hidden state, kept
+``fixed:T``        constant tau = T; ``fixed:0`` (alias ``greedy``) is argmax decoding
+``ead``            EAD as the paper describes it (D.2): tau_t = max(tau_min, tau_start·gamma^t),
+                   tau_start for the first 10 tokens
+``ead-exp``        EAD as its authors' code has it: tau_t = max(1 + tau_max - e^(t/d), tau_min)
+``tampo``          TAMPO (D.3): one tau per sequence from a distribution over {0.6, ..., 1.5},
+                   drawn from its top-p nucleus; the meta-update lives in training
+=================  ==========================================================================
+
+Specs take arguments after a colon: ``fixed:0.7``, ``ead:gamma=0.99,tau_min=0.1``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, ClassVar
+
+import torch
+from torch import Tensor
+
+from . import head as H
+from .rng import SLOT_CHOICE, SLOT_GATE, beta_sample
+
+
+@dataclass
+class TempAction:
+    """The temperature decision for a batch of B sequences at one step."""
+
+    tau: Tensor  # float32 [B]; 0 means greedy (argmax)
+    updated: Tensor  # bool [B]; c_t, or "a new temperature was chosen here" for policies without a gate
+    z: Tensor  # float32 [B]; the (clamped) Beta draw where updated, 0 elsewhere
+    logp: Tensor  # float32 [B]; log pi_phi(c_t, z_t | h_t); 0 for policies without parameters
+
+
+class TemperaturePolicy:
+    """Interface. ``act`` is called once per decoding step on the rows that use this policy.
+
+    h: [B, d] final hidden states; step: int64 [B] index of the token being generated (0 = first);
+    tau_prev: float32 [B] the previous step's tau (``initial_tau`` at step 0); u: float32
+    [B, NUM_UNIFORMS] this step's uniforms (see rng).
+    """
+
+    name: ClassVar[str]
+    uses_head: ClassVar[bool] = False
+    """True when tau depends on the temperature head, whose decisions the trainer scores."""
+    initial_tau: float = 1.0
+
+    def act(self, h: Tensor, step: Tensor, tau_prev: Tensor, u: Tensor) -> TempAction:
+        raise NotImplementedError
+
+    @property
+    def spec(self) -> str:
+        """The string that rebuilds this policy with ``build_policy``."""
+        return self.name
+
+
+_REGISTRY: dict[str, Callable[..., TemperaturePolicy]] = {}
+
+
+def register(name: str):
+    def wrap(cls):
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+def policy_names() -> list[str]:
+    return sorted([*_REGISTRY, "greedy"])
+
+
+def _parse_args(arg: str) -> tuple[list[float], dict[str, float]]:
+    positional, named = [], {}
+    for part in filter(None, (p.strip() for p in arg.split(","))):
+        key, eq, value = part.partition("=")
+        try:
+            if eq:
+                named[key.strip().replace("-", "_")] = float(value)
+            else:
+                positional.append(float(part))
+        except ValueError:
+            raise ValueError(f"policy argument {part!r} is not a number") from None
+    return positional, named
+
+
+def build_policy(spec: str, head: "H.TemperatureHead | None" = None) -> TemperaturePolicy:
+    """Build a policy from its spec, e.g. ``"learned"``, ``"fixed:0.7"``, ``"ead:gamma=0.99"``.
+
+    Raises ValueError naming the valid policies when the name is unknown, and when a policy that
+    needs the temperature head is asked for without one.
+    """
+    name, _, arg = spec.strip().partition(":")
+    if name == "greedy":
+        name, arg = "fixed", "0"
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown temperature policy {name!r}; valid policies: {', '.join(policy_names())}")
+    cls = _REGISTRY[name]
+    positional, named = _parse_args(arg)
+    if getattr(cls, "uses_head", False):
+        if head is None:
+            raise ValueError(f"policy {name!r} needs a temperature head, and this model has none")
+        if positional or named:
+            raise ValueError(f"policy {name!r} takes no arguments (its bounds come from the head)")
+        return cls(head)
+    try:
+        return cls(*positional, **named)
+    except TypeError as e:
+        raise ValueError(f"bad arguments for policy {name!r}: {e}") from None
+
+
+# --------------------------------------------------------------------------- head-driven policies
+
+
+class _HeadPolicy(TemperaturePolicy):
+    uses_head = True
+    gated: ClassVar[bool]
+    """Whether log pi includes the Bernoulli term log P(c_t)."""
+
+    def __init__(self, head: H.TemperatureHead):
+        self.head = head
+        self.tau_min, self.tau_max = head.config.tau_min, head.config.tau_max
+        self.initial_tau = head.config.tau_init
+
+    def draws_z(self, u_head: Tensor, step: Tensor, u: Tensor) -> Tensor:
+        """bool [B]: where this step draws a new z (c_t)."""
+        raise NotImplementedError
+
+    def act(self, h, step, tau_prev, u):
+        u_head = self.head(h)  # [B, 3] float32
+        updated = self.draws_z(u_head, step, u)
+        alpha, beta = H.concentrations(u_head)
+        z = H.clamp_z(beta_sample(alpha, beta, u))
+        z = torch.where(updated, z, torch.zeros_like(z))
+        tau = torch.where(updated, H.z_to_tau(z, self.tau_min, self.tau_max), tau_prev)
+        return TempAction(tau=tau, updated=updated, z=z, logp=self.log_prob(u_head, updated, z))
+
+    def log_prob(self, u_head: Tensor, updated: Tensor, z: Tensor) -> Tensor:
+        """Score recorded actions under the head outputs u_head [..., 3] (what the trainer calls)."""
+        return H.action_log_prob(u_head, updated, z, with_gate=self.gated)
+
+
+@register("learned")
+class LearnedPolicy(_HeadPolicy):
+    gated = True
+
+    def draws_z(self, u_head, step, u):
+        return u[:, SLOT_GATE] < H.update_prob(u_head)
+
+
+@register("always-update")
+class AlwaysUpdatePolicy(_HeadPolicy):
+    gated = False
+
+    def draws_z(self, u_head, step, u):
+        return torch.ones_like(step, dtype=torch.bool)
+
+
+@register("prompt-level")
+class PromptLevelPolicy(_HeadPolicy):
+    """One tau per sequence, drawn from the head at the first generated token, whose hidden state
+    is the prompt's last one; kept to the end."""
+
+    gated = False
+
+    def draws_z(self, u_head, step, u):
+        return step == 0
+
+
+# --------------------------------------------------------------------------- parameter-free policies
+
+
+def _no_update(tau: Tensor) -> TempAction:
+    zeros = torch.zeros_like(tau)
+    return TempAction(tau=tau, updated=torch.zeros_like(tau, dtype=torch.bool), z=zeros, logp=zeros)
+
+
+@register("fixed")
+class FixedPolicy(TemperaturePolicy):
+    """A constant temperature; 0 means greedy decoding."""
+
+    def __init__(self, tau: float = 1.0):
+        if not (math.isfinite(tau) and tau >= 0):
+            raise ValueError(f"fixed temperature must be a finite number >= 0, got {tau}")
+        self.tau = float(tau)
+        self.initial_tau = self.tau
+
+    def act(self, h, step, tau_prev, u):
+        return _no_update(torch.full(step.shape, self.tau, device=step.device))
+
+    @property
+    def spec(self):
+        return f"fixed:{self.tau:g}"
+
+
+class _SchedulePolicy(TemperaturePolicy):
+    """tau as a function of the token index only."""
+
+    def schedule(self, step: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def act(self, h, step, tau_prev, u):
+        tau = self.schedule(step).float()
+        action = _no_update(tau)
+        action.updated = (tau != tau_prev) & (step > 0)
+        return action
+
+
+@register("ead")
+class EADPolicy(_SchedulePolicy):
+    """Exploratory annealed decoding as the paper describes it (appendix D.2):
+    tau_t = max(tau_min, tau_start · gamma^t), with tau_t = tau_start for the first ``warmup`` tokens.
+
+    The paper adapts gamma during training, gamma_n = exp(-(c0 / L_avg) · n / N_total); see
+    ``ead_gamma``. The default gamma here is that formula at the end of training for c0 = 25 and
+    a 512-token average response.
+    """
+
+    def __init__(self, tau_start: float = 1.2, tau_min: float = 0.1, gamma: float = math.exp(-25 / 512), warmup: float = 10):
+        if not 0 < tau_min <= tau_start:
+            raise ValueError(f"ead needs 0 < tau_min <= tau_start, got tau_min={tau_min}, tau_start={tau_start}")
+        if not 0 < gamma <= 1:
+            raise ValueError(f"ead needs 0 < gamma <= 1, got {gamma}")
+        self.tau_start, self.tau_min, self.gamma, self.warmup = float(tau_start), float(tau_min), float(gamma), int(warmup)
+        self.initial_tau = self.tau_start
+
+    def schedule(self, step):
+        decayed = self.tau_start * torch.pow(torch.tensor(self.gamma, dtype=torch.float64), step.double())
+        return torch.where(step < self.warmup, self.tau_start, decayed.clamp_min(self.tau_min))
+
+    @property
+    def spec(self):
+        return f"ead:tau_start={self.tau_start:g},tau_min={self.tau_min:g},gamma={self.gamma!r},warmup={self.warmup}"
+
+
+def ead_gamma(c0: float, avg_len: float, step: int, total_steps: int) -> float:
+    """The paper's EAD decay for training step n of N: gamma_n = exp(-(c0 / L_avg) · n / N)."""
+    return math.exp(-(c0 / max(avg_len, 1.0)) * step / max(total_steps, 1))
+
+
+@register("ead-exp")
+class EADExpPolicy(_SchedulePolicy):
+    """EAD as the EAD authors' released code computes it: tau_t = max(1 + tau_max - e^(t/d), tau_min).
+
+    Starts at tau_max and falls ever faster; d (the horizon) grows with the training step there.
+    """
+
+    def __init__(self, tau_max: float = 1.2, tau_min: float = 0.1, d: float = 200.0):
+        if not 0 < tau_min <= tau_max or d <= 0:
+            raise ValueError(f"ead-exp needs 0 < tau_min <= tau_max and d > 0, got {tau_min}, {tau_max}, {d}")
+        self.tau_max, self.tau_min, self.d = float(tau_max), float(tau_min), float(d)
+        self.initial_tau = self.tau_max
+
+    def schedule(self, step):
+        return (1.0 + self.tau_max - torch.exp(step.double() / self.d)).clamp_min(self.tau_min)
+
+    @property
+    def spec(self):
+        return f"ead-exp:tau_max={self.tau_max:g},tau_min={self.tau_min:g},d={self.d:g}"
+
+
+TAMPO_TEMPERATURES = tuple(round(0.6 + 0.1 * i, 1) for i in range(10))  # {0.6, 0.7, ..., 1.5}
+
+
+@register("tampo")
+class TampoPolicy(TemperaturePolicy):
+    """TAMPO's sampling side (appendix D.3): at the first token, tau is drawn from the meta-policy's
+    distribution over ``TAMPO_TEMPERATURES`` restricted to its top-p nucleus (p = 0.9), then kept.
+
+    The meta-policy ``probs`` is updated by training (temperature-specific advantages, EMA); served
+    on its own it is uniform. The paper selects one tau per batch; we draw one per sequence, which
+    gives each sequence an independent draw from the same distribution.
+    """
+
+    def __init__(self, top_p: float = 0.9, probs: "list[float] | Tensor | None" = None):
+        if not 0 < top_p <= 1:
+            raise ValueError(f"tampo top_p must be in (0, 1], got {top_p}")
+        self.top_p = float(top_p)
+        self.temperatures = torch.tensor(TAMPO_TEMPERATURES, dtype=torch.float32)
+        self.set_probs(torch.full((len(TAMPO_TEMPERATURES),), 1.0 / len(TAMPO_TEMPERATURES)) if probs is None else probs)
+        self.initial_tau = 1.0
+
+    def set_probs(self, probs) -> None:
+        probs = torch.as_tensor(probs, dtype=torch.float32).flatten()
+        if probs.shape != self.temperatures.shape or (probs < 0).any() or probs.sum() <= 0:
+            raise ValueError(f"tampo probs must be {len(self.temperatures)} non-negative numbers with a positive sum")
+        self.probs = probs / probs.sum()
+
+    def nucleus(self) -> Tensor:
+        """The meta-distribution restricted to its smallest top-p set and renormalised."""
+        order = torch.argsort(self.probs, descending=True, stable=True)
+        sorted_p = self.probs[order]
+        keep_sorted = (torch.cumsum(sorted_p, 0) - sorted_p) < self.top_p  # mass before this one < p
+        keep = torch.zeros_like(keep_sorted).scatter(0, order, keep_sorted)
+        p = torch.where(keep, self.probs, 0.0)
+        return p / p.sum()
+
+    def act(self, h, step, tau_prev, u):
+        p = self.nucleus().to(u.device)
+        cdf = torch.cumsum(p, 0)
+        idx = torch.searchsorted(cdf, (u[:, SLOT_CHOICE] * cdf[-1]).contiguous()).clamp_max(len(p) - 1)
+        first = step == 0
+        tau = torch.where(first, self.temperatures.to(u.device)[idx], tau_prev)
+        logp = torch.where(first, torch.log(p[idx]), 0.0)
+        return TempAction(tau=tau, updated=first, z=torch.zeros_like(tau), logp=logp)

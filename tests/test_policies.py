@@ -1,0 +1,108 @@
+import math
+
+import pytest
+import torch
+
+from introllm.sampler import HeadConfig, TemperatureHead, build_policy, policy_names
+from introllm.sampler.policies import TAMPO_TEMPERATURES, EADExpPolicy, EADPolicy, TampoPolicy, ead_gamma
+from introllm.sampler.rng import uniforms
+
+B = 6
+
+
+def _act(policy, steps, h=None, tau_prev=None, seed=0):
+    step = torch.as_tensor(steps)
+    n = len(step)
+    h = torch.randn(n, 16) if h is None else h
+    tau_prev = torch.full((n,), policy.initial_tau) if tau_prev is None else tau_prev
+    return policy.act(h, step, tau_prev, uniforms(torch.full((n,), seed), step, torch.arange(n)))
+
+
+@pytest.fixture
+def head():
+    return TemperatureHead(HeadConfig(hidden_size=16))
+
+
+def test_registry_lists_names_and_rejects_unknown(head):
+    assert {"learned", "always-update", "prompt-level", "fixed", "greedy", "ead", "ead-exp", "tampo"} <= set(policy_names())
+    with pytest.raises(ValueError, match="unknown temperature policy 'warm'.*valid policies: .*learned"):
+        build_policy("warm", head)
+    with pytest.raises(ValueError, match="needs a temperature head"):
+        build_policy("learned", None)
+    with pytest.raises(ValueError, match="not a number"):
+        build_policy("fixed:hot")
+    with pytest.raises(ValueError, match=">= 0"):
+        build_policy("fixed:-1")
+    with pytest.raises(ValueError, match="bad arguments"):
+        build_policy("ead:warmth=3")
+
+
+def test_fixed_and_greedy():
+    a = _act(build_policy("fixed:0.7"), range(B))
+    assert torch.allclose(a.tau, torch.full((B,), 0.7)) and not a.updated.any() and (a.logp == 0).all()
+    assert (_act(build_policy("greedy"), range(B)).tau == 0).all()
+    assert build_policy("fixed:0.7").spec == "fixed:0.7"
+
+
+def test_learned_keeps_previous_tau_unless_updated(head):
+    tau_prev = torch.linspace(0.7, 1.4, 200)
+    a = _act(build_policy("learned", head), [3] * 200, torch.randn(200, 16), tau_prev)
+    assert torch.equal(a.tau[~a.updated], tau_prev[~a.updated])
+    assert (a.z[~a.updated] == 0).all()
+    assert 0 < a.updated.sum() < 200
+    torch.testing.assert_close(a.tau[a.updated], 0.6 + a.z[a.updated] * 0.9)
+
+
+def test_always_update_and_prompt_level(head):
+    a = _act(build_policy("always-update", head), range(B))
+    assert a.updated.all()
+    p = build_policy("prompt-level", head)
+    a = _act(p, [0, 0, 1, 2, 5, 9], tau_prev=torch.full((B,), 1.3))
+    assert a.updated.tolist() == [True, True, False, False, False, False]
+    assert (a.tau[2:] == 1.3).all()
+
+
+def test_ead_paper_schedule():
+    p = EADPolicy(tau_start=1.2, tau_min=0.1, gamma=0.9, warmup=10)
+    steps = torch.tensor([0, 9, 10, 11, 30, 200])
+    tau = p.schedule(steps)
+    expected = [1.2, 1.2, 1.2 * 0.9**10, 1.2 * 0.9**11, max(0.1, 1.2 * 0.9**30), 0.1]
+    torch.testing.assert_close(tau.float(), torch.tensor(expected, dtype=torch.float32))
+    a = _act(p, [0, 1, 10, 11])
+    assert a.updated.tolist() == [False, False, True, True]
+    assert build_policy("ead:gamma=0.9,tau_min=0.1").gamma == 0.9
+
+
+def test_ead_gamma_adapts_with_training_progress():
+    assert ead_gamma(25, 500, 0, 100) == 1.0
+    assert ead_gamma(25, 500, 100, 100) == pytest.approx(math.exp(-25 / 500))
+    assert ead_gamma(25, 1000, 100, 100) > ead_gamma(25, 500, 100, 100)  # longer answers anneal slower
+
+
+def test_ead_exp_authors_variant():
+    p = EADExpPolicy(tau_max=1.2, tau_min=0.1, d=100)
+    steps = torch.tensor([0, 50, 100, 1000])
+    expected = [max(1 + 1.2 - math.exp(t / 100), 0.1) for t in steps.tolist()]
+    torch.testing.assert_close(p.schedule(steps).float(), torch.tensor(expected, dtype=torch.float32))
+    assert p.schedule(torch.tensor([0])).item() == pytest.approx(1.2)
+
+
+def test_tampo_nucleus_and_sampling():
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05] + [0.0] * 6)
+    p = TampoPolicy(top_p=0.9, probs=probs)
+    nucleus = p.nucleus()
+    torch.testing.assert_close(nucleus[:3], probs[:3] / 0.95)
+    assert (nucleus[3:] == 0).all()  # 0.5 + 0.3 + 0.15 >= 0.9: the 0.05 tail is cut
+    n = 6000
+    a = _act(p, [0] * n, h=torch.zeros(n, 16))
+    counts = torch.stack([(a.tau == t).sum() for t in torch.tensor(TAMPO_TEMPERATURES[:3])]).float() / n
+    assert (counts - nucleus[:3]).abs().max() < 0.03
+    torch.testing.assert_close(a.tau.unique(), torch.tensor(TAMPO_TEMPERATURES[:3]))
+    torch.testing.assert_close(a.logp, torch.log(nucleus[((a.tau - 0.6) / 0.1).round().long()]))
+    later = _act(p, [4] * B, tau_prev=torch.full((B,), 0.7))
+    assert (later.tau == 0.7).all() and not later.updated.any()
+
+
+def test_tampo_rejects_bad_probs():
+    with pytest.raises(ValueError):
+        TampoPolicy(probs=[1.0, 2.0])
