@@ -1,0 +1,1 @@
+"""clients: see DESIGN.md."""
