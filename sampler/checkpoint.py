@@ -1,0 +1,186 @@
+"""The checkpoint format (DESIGN.md): a directory holding
+
+    config.json, model.safetensors, tokenizer files     the base model, as Hugging Face writes it
+    temperature_head.safetensors                         the head's weights
+    temperature_head.json                                {"format", "hidden_size", "tau_min", "tau_max",
+                                                          "tau_init", "base_model": fingerprint}
+
+Only safetensors and JSON are read; nothing is unpickled and remote code stays off unless asked
+for. A head loads onto any model whose hidden size matches ("plug-and-play", paper B.1): a
+different base-model fingerprint only warns, a different hidden size is refused.
+
+Directories are written atomically: into a hidden sibling first, then renamed into place, so a
+crash leaves either the previous checkpoint or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .head import HeadConfig, TemperatureHead
+
+log = logging.getLogger(__name__)
+
+HEAD_WEIGHTS = "temperature_head.safetensors"
+HEAD_CONFIG = "temperature_head.json"
+HEAD_FORMAT = "introllm.temperature_head/1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory is missing, incomplete, or does not fit the model it is loaded onto."""
+
+
+@dataclass
+class Checkpoint:
+    model: nn.Module
+    head: TemperatureHead | None
+    tokenizer: Any  # None when the directory holds no tokenizer files
+    path: Path
+
+
+def base_fingerprint(model_config) -> dict[str, Any]:
+    """What identifies a base model's family and shape, stored with the head."""
+    cfg = model_config.get_text_config(decoder=True) if hasattr(model_config, "get_text_config") else model_config
+    return {
+        "model_type": cfg.model_type,
+        "hidden_size": cfg.hidden_size,
+        "num_hidden_layers": cfg.num_hidden_layers,
+        "vocab_size": cfg.vocab_size,
+    }
+
+
+@contextlib.contextmanager
+def atomic_directory(final: str | os.PathLike) -> Iterator[Path]:
+    """Yield a fresh temporary directory; on success it replaces ``final`` in one rename."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        for f in tmp.rglob("*"):  # data on disk before the rename makes it visible
+            if not f.is_file():
+                continue
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        old = None
+        if final.exists():
+            old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(final, old)
+        os.replace(tmp, final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_head(directory: Path, head: TemperatureHead, model_config) -> None:
+    """Write the head's two files into an existing directory (use inside ``atomic_directory``)."""
+    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in head.state_dict().items()}
+    save_file(state, str(directory / HEAD_WEIGHTS), metadata={"format": HEAD_FORMAT})
+    meta = {"format": HEAD_FORMAT, **asdict(head.config), "base_model": base_fingerprint(model_config)}
+    (directory / HEAD_CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def save_checkpoint(directory: str | os.PathLike, model: nn.Module, head: TemperatureHead | None, tokenizer=None) -> Path:
+    """Save base model (+ tokenizer) and head as one checkpoint directory, atomically."""
+    directory = Path(directory)
+    with atomic_directory(directory) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if head is not None:
+            write_head(tmp, head, model.config)
+    return directory
+
+
+def save_head(directory: str | os.PathLike, head: TemperatureHead, model_config) -> Path:
+    """Save only the head (a few MB), e.g. to plug it onto another copy of the base model."""
+    with atomic_directory(directory) as tmp:
+        write_head(tmp, head, model_config)
+    return Path(directory)
+
+
+def read_head_config(directory: str | os.PathLike) -> tuple[HeadConfig, dict]:
+    path = Path(directory) / HEAD_CONFIG
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{directory} has no temperature head ({HEAD_CONFIG} is missing)") from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path} is not valid JSON: {e}") from None
+    if meta.get("format") != HEAD_FORMAT:
+        raise CheckpointError(f"{path} has format {meta.get('format')!r}, expected {HEAD_FORMAT!r}")
+    try:
+        config = HeadConfig(**{k: meta[k] for k in ("hidden_size", "tau_min", "tau_max", "tau_init")})
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path} does not describe a valid head: {e}") from None
+    return config, meta.get("base_model", {})
+
+
+def load_head(directory: str | os.PathLike, model_config=None, device="cpu") -> TemperatureHead:
+    """Load a head; when ``model_config`` is given, check the head fits that model.
+
+    Raises CheckpointError when the hidden sizes differ; warns when the base-model fingerprint does
+    (a fine-tuned or compressed model of the same family is a supported target).
+    """
+    config, fingerprint = read_head_config(directory)
+    if model_config is not None:
+        target = base_fingerprint(model_config)
+        if config.hidden_size != target["hidden_size"]:
+            raise CheckpointError(
+                f"the temperature head in {directory} was built for hidden size {config.hidden_size}, "
+                f"but this model's hidden size is {target['hidden_size']}"
+            )
+        if fingerprint and fingerprint != target:
+            log.warning("head in %s was trained on %s; loading it onto %s", directory, fingerprint, target)
+    head = TemperatureHead(config)
+    path = Path(directory) / HEAD_WEIGHTS
+    if not path.exists():
+        raise CheckpointError(f"{directory} has {HEAD_CONFIG} but no {HEAD_WEIGHTS}")
+    state = load_file(str(path))
+    try:
+        head.load_state_dict(state)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path} does not match its {HEAD_CONFIG}: {e}") from None
+    return head.to(device)
+
+
+def load_checkpoint(
+    directory: str | os.PathLike,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    trust_remote_code: bool = False,
+    require_head: bool = True,
+) -> Checkpoint:
+    """Load base model, tokenizer and head from a checkpoint directory (safetensors only)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    directory = Path(directory)
+    if not (directory / "config.json").is_file():
+        raise CheckpointError(f"{directory} is not a checkpoint directory (no config.json)")
+    model = AutoModelForCausalLM.from_pretrained(
+        directory, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code
+    ).to(device)
+    model.eval()
+    tokenizer = None
+    if any((directory / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+        tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=trust_remote_code)
+    head = None
+    if require_head or (directory / HEAD_CONFIG).exists():
+        head = load_head(directory, model.config, device)
+    return Checkpoint(model=model, head=head, tokenizer=tokenizer, path=directory)

