@@ -1,0 +1,251 @@
+"""``introllm``: one command, one subcommand per job.
+
+    introllm generate "prompt"     decode with the learned temperature and show the per-token trace
+    introllm bench                 engine vs Hugging Face generate, learned vs fixed temperature
+
+Heavy imports (torch, transformers) happen inside the subcommands so that ``--help`` is instant.
+Expected failures (bad flags, a missing checkpoint, an unknown policy) print one line and exit 2;
+set INTROLLM_DEBUG=1 for the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+
+log = logging.getLogger("introllm")
+
+EXAMPLES_GENERATE = """\
+examples:
+  introllm generate "What is 7 * 8?"                     learned temperature (the default)
+  introllm generate "Tell me a joke." --policy fixed:0.7  a fixed temperature
+  introllm generate "Hi" --policy greedy --json           greedy, machine-readable
+  introllm generate "2+2=" --raw --n 4 --seed 1           no chat template, four samples
+
+policies: learned, always-update, prompt-level, fixed:T, greedy, ead, ead-exp, tampo
+"""
+
+EXAMPLES_BENCH = """\
+Prints tokens/s for the engine with the learned policy, with fixed temperature 1.0, with plain
+(unpacked) CPU kernels, and for Hugging Face generate, at each batch size, measured side by side
+(interleaved, median of --repeats). Ratios are the figures to quote; absolute numbers vary from
+machine to machine and run to run.
+"""
+
+
+def _common_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", metavar="DIR", help="checkpoint directory (default: the embedded SmolLM2-135M-Instruct with its head)")
+    p.add_argument("--device", default="auto", help="auto (GPU if present), cpu or cuda [auto]")
+    p.add_argument("--dtype", default="auto", help="auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16 [auto]")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow a checkpoint's own Python code (off by default)")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="introllm",
+        description="Learned-temperature decoding: a temperature head on the LLM's hidden state "
+        "picks, token by token, how much randomness to use.",
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    gen = sub.add_parser(
+        "generate",
+        help="generate a completion and show the temperature of every token",
+        description="Generate from a prompt and show each token coloured by its sampling temperature.",
+        epilog=EXAMPLES_GENERATE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    gen.add_argument("prompt", help="the prompt text")
+    _common_model_args(gen)
+    gen.add_argument("--policy", default="learned", help="temperature policy [learned]; see the list below")
+    gen.add_argument("--max-new-tokens", type=_positive_int, default=128, help="most tokens to generate [128]")
+    gen.add_argument("--n", type=_positive_int, default=1, help="number of samples [1]")
+    gen.add_argument("--seed", type=int, default=None, help="random seed (same seed, same output) [random]")
+    gen.add_argument("--top-p", type=float, default=1.0, help="nucleus filter after the temperature [1.0 = off]")
+    gen.add_argument("--top-k", type=int, default=0, help="top-k filter after the temperature [0 = off]")
+    gen.add_argument("--raw", action="store_true", help="send the prompt as is, without the chat template")
+    gen.add_argument("--system", help="system message for the chat template")
+    gen.add_argument("--no-table", action="store_true", help="coloured text and summary only, no per-token table")
+    gen.add_argument("--json", action="store_true", help="print the completions and traces as JSON")
+    gen.set_defaults(func=cmd_generate)
+
+    bench = sub.add_parser(
+        "bench",
+        help="throughput: learned vs fixed temperature vs Hugging Face generate",
+        description=EXAMPLES_BENCH,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _common_model_args(bench)
+    bench.add_argument("--batch-sizes", type=_int_list, default=[1, 8, 32], help="comma-separated [1,8,32]")
+    bench.add_argument("--new-tokens", type=_positive_int, default=128, help="tokens generated per sequence [128]")
+    bench.add_argument("--repeats", type=_positive_int, default=3, help="interleaved repeats; the median is reported [3]")
+    bench.add_argument("--no-generate", action="store_true", help="skip Hugging Face generate")
+    bench.add_argument("--no-plain-kernels", action="store_true", help="skip the engine run with plain (unpacked) CPU kernels")
+    bench.add_argument("--json", metavar="FILE", help="also write every measurement to FILE as JSON")
+    bench.set_defaults(func=cmd_bench)
+    return parser
+
+
+def _quiet_transformers() -> None:
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from introllm.clients.render import TraceView, render
+    from introllm.sampler import Engine, SamplingParams
+    from introllm.sampler.models import load_model
+    from introllm.sampler.text import prompt_ids, token_pieces
+
+    params = SamplingParams(
+        max_new_tokens=args.max_new_tokens, policy=args.policy, seed=args.seed, top_p=args.top_p, top_k=args.top_k
+    )
+    _quiet_transformers()
+    ck = load_model(args.checkpoint, args.device, args.dtype, args.trust_remote_code)
+    engine = Engine(ck.model, ck.head)
+    engine.policy(params.policy)  # fail on a bad policy before tokenizing
+    chat = not args.raw and bool(getattr(ck.tokenizer, "chat_template", None))
+    ids = prompt_ids(ck.tokenizer, args.prompt, chat=chat, system=args.system)
+    start = time.perf_counter()
+    seqs = engine.generate([ids], params, n=args.n)[0]
+    seconds = time.perf_counter() - start
+    bounds = (ck.head.config.tau_min, ck.head.config.tau_max) if ck.head else (0.6, 1.5)
+
+    if args.json:
+        out = [
+            {
+                "text": ck.tokenizer.decode(s.token_ids, skip_special_tokens=True),
+                "finish_reason": s.finish_reason,
+                "seed": s.seed,
+                "stream": s.sample_index,
+                "policy": s.policy,
+                "temperature_trace": {
+                    "token_ids": s.token_ids,
+                    "tokens": token_pieces(ck.tokenizer, s.token_ids),
+                    "temperatures": s.trace.tau,
+                    "updated": s.trace.updated,
+                    "logprobs": s.trace.logp,
+                    "entropy": s.trace.entropy,
+                },
+            }
+            for s in seqs
+        ]
+        json.dump(out, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+
+    console = Console(highlight=False)
+    for s in seqs:
+        if args.n > 1:
+            console.rule(f"sample {s.sample_index + 1} of {args.n}", style="dim")
+        view = TraceView(token_pieces(ck.tokenizer, s.token_ids), s.trace.tau, s.trace.updated)
+        console.print(render(view, table=not args.no_table, seconds=seconds / len(seqs), tau_min=bounds[0], tau_max=bounds[1]))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from introllm.sampler import Engine
+    from introllm.sampler.bench import run_bench
+    from introllm.sampler.models import load_model
+
+    _quiet_transformers()
+    ck = load_model(args.checkpoint, args.device, args.dtype, args.trust_remote_code)
+    engine = Engine(ck.model, ck.head)
+    device = next(ck.model.parameters()).device
+    console = Console(stderr=True)
+    console.print(
+        f"[bold]introllm bench[/]: {ck.path.name}, {device} ({ck.model.dtype}), torch threads "
+        f"{__import__('torch').get_num_threads()}, batch sizes {args.batch_sizes}, {args.new_tokens} new tokens, "
+        f"{args.repeats} repeats"
+    )
+    results = run_bench(
+        engine,
+        ck.tokenizer,
+        args.batch_sizes,
+        new_tokens=args.new_tokens,
+        repeats=args.repeats,
+        include_generate=not args.no_generate,
+        include_unpacked=not args.no_plain_kernels,
+        on_measure=lambda name, b, tps: console.print(f"  batch {b:>3}  {name:<32} {tps:8.1f} tok/s", style="dim"),
+    )
+    table = Table(title=f"tokens/s, median of {args.repeats} (higher is better)")
+    names = list(results[0].tokens_per_s)
+    table.add_column("batch", justify="right")
+    for name in names:
+        table.add_column(name, justify="right")
+    table.add_column("learned overhead vs fixed", justify="right")
+    if not args.no_generate:
+        table.add_column("engine / generate", justify="right")
+    for r in results:
+        row = [str(r.batch_size)] + [f"{r.median(n):.1f}" for n in names]
+        row.append(f"{(r.median('engine fixed:1.0') / r.median('engine learned') - 1) * 100:+.1f} %")
+        if not args.no_generate:
+            row.append(f"{r.median('engine learned') / r.median('HF generate'):.2f}x")
+        table.add_row(*row)
+    Console().print(table)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(
+                {"device": str(device), "dtype": str(ck.model.dtype), "results": [r.__dict__ for r in results]}, f, indent=2
+            )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    from rich.logging import RichHandler
+
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(show_path=False, show_time=False)],
+    )
+    from introllm.sampler.checkpoint import CheckpointError
+
+    try:
+        return args.func(args)
+    except (ValueError, CheckpointError, OSError, NotImplementedError) as e:
+        if os.environ.get("INTROLLM_DEBUG"):
+            raise
+        print(f"introllm {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""``introllm bench``: engine throughput with the learned policy, with a fixed temperature, and
+Hugging Face ``generate``, measured side by side in one run.
+
+Every configuration decodes the same prompts (distinct chat prompts, one per row) for exactly
+``new_tokens`` tokens (EOS ignored), so tokens/s compare like for like; prefill is included in
+the time. Configurations are interleaved within each repeat and the median over repeats is
+reported, because these machines are noisy: compare ratios from one run, not across runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from .engine import Engine, SamplingParams
+
+log = logging.getLogger(__name__)
+
+PROMPTS = [
+    "Write a short story about a robot who learns to paint.",
+    "Explain why the sky is blue to a ten-year-old.",
+    "List five ideas for a weekend trip in the mountains.",
+    "What are the main differences between cats and dogs as pets?",
+    "Describe how a bicycle works, step by step.",
+    "Give me a recipe for a simple tomato soup.",
+    "Why do we have seasons on Earth?",
+    "Write a poem about the ocean at night.",
+]
+
+
+@dataclass
+class BenchResult:
+    batch_size: int
+    new_tokens: int
+    tokens_per_s: dict[str, list[float]] = field(default_factory=dict)
+
+    def median(self, name: str) -> float:
+        return statistics.median(self.tokens_per_s[name])
+
+
+def _prompt_ids(tokenizer, batch_size: int) -> list[list[int]]:
+    texts = [PROMPTS[i % len(PROMPTS)] for i in range(batch_size)]
+    if getattr(tokenizer, "chat_template", None):
+        return [
+            list(tokenizer.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True)["input_ids"])
+            for t in texts
+        ]
+    return [tokenizer(t)["input_ids"] for t in texts]
+
+
+def _hf_generate(model, prompts: list[list[int]], new_tokens: int, pad_id: int) -> None:
+    length = max(map(len, prompts))
+    ids = torch.full((len(prompts), length), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, p in enumerate(prompts):
+        ids[i, length - len(p) :] = torch.tensor(p)
+        mask[i, length - len(p) :] = 1
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        model.generate(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            do_sample=True,
+            temperature=1.0,
+            top_k=0,
+            top_p=1.0,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            pad_token_id=pad_id,
+        )
+
+
+def run_bench(
+    engine: Engine,
+    tokenizer,
+    batch_sizes: list[int],
+    new_tokens: int = 128,
+    repeats: int = 3,
+    include_generate: bool = True,
+    include_unpacked: bool = True,
+    on_measure: Callable[[str, int, float], None] | None = None,
+) -> list[BenchResult]:
+    """Measure tokens/s for each batch size and configuration, interleaved, ``repeats`` times."""
+    model = engine.model
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    results = []
+    for batch_size in batch_sizes:
+        prompts = _prompt_ids(tokenizer, batch_size)
+        configs: dict[str, Callable[[], None]] = {}
+
+        def engine_run(policy: str, packed: bool = True) -> Callable[[], None]:
+            def run() -> None:
+                engine.fast_cpu_kernels = packed
+                try:
+                    engine.generate(prompts, SamplingParams(max_new_tokens=new_tokens, policy=policy, seed=0, ignore_eos=True))
+                finally:
+                    engine.fast_cpu_kernels = True
+
+            return run
+
+        configs["engine learned"] = engine_run("learned")
+        configs["engine fixed:1.0"] = engine_run("fixed:1.0")
+        if include_unpacked:
+            configs["engine learned, plain kernels"] = engine_run("learned", packed=False)
+        if include_generate:
+            configs["HF generate"] = lambda: _hf_generate(model, prompts, new_tokens, pad_id)
+        result = BenchResult(batch_size, new_tokens, {name: [] for name in configs})
+        engine.generate(prompts[:1], SamplingParams(max_new_tokens=4, seed=0))  # warm-up (packing, allocators)
+        for _ in range(repeats):
+            for name, run in configs.items():
+                if next(model.parameters()).is_cuda:
+                    torch.cuda.synchronize()
+                start = time.perf_counter()
+                run()
+                if next(model.parameters()).is_cuda:
+                    torch.cuda.synchronize()
+                tps = batch_size * new_tokens / (time.perf_counter() - start)
+                result.tokens_per_s[name].append(tps)
+                if on_measure:
+                    on_measure(name, batch_size, tps)
+        results.append(result)
+    return results
