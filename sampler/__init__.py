@@ -1,7 +1,9 @@
 """Learned-temperature decoding: the temperature head, temperature policies, the KV-cached engine
 and the checkpoint format. Training rollouts and the server run this very code."""
 
-from .engine import DecodeBatch, Engine, SamplingParams, Sequence, Trace, sample_tokens
+from .engine import DecodeBatch, Engine
+from .records import SamplingParams, Sequence, Trace
+from .sampling import sample_tokens
 from .head import HeadConfig, TemperatureHead, action_log_prob
 from .policies import TempAction, TemperaturePolicy, build_policy, policy_names
 

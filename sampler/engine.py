@@ -17,120 +17,24 @@ tokens depend only on its seed, never on its batch neighbours.
 
 from __future__ import annotations
 
+import logging
 import secrets
-from dataclasses import dataclass, field
 from typing import Callable, Hashable, Sequence as Seq
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import fastpath
 from .cache import BatchKVCache
 from .head import TemperatureHead
 from .kernels import packed_linears
 from .policies import TemperaturePolicy, build_policy
+from .records import SamplingParams, Sequence
 from .rng import SLOT_TOKEN, uniforms
+from .sampling import sample_tokens
 
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """How to decode one request. Validated on construction."""
-
-    max_new_tokens: int = 256
-    """Most tokens to generate per sample."""
-    policy: str = "learned"
-    """Temperature policy spec, see ``policies`` (``learned``, ``fixed:0.7``, ``greedy``, ``ead``...)."""
-    seed: int | None = None
-    """Seed of the request's random numbers; its samples draw from distinct streams of it. None: random."""
-    stop_token_ids: tuple[int, ...] = ()
-    """Extra token ids that end a sequence (the stop token is kept in the output)."""
-    ignore_eos: bool = False
-    """Keep going past the model's end-of-sequence tokens."""
-    top_k: int = 0
-    """Keep only the k most likely tokens after the temperature; 0 = off. Off in training."""
-    top_p: float = 1.0
-    """Keep the smallest set of tokens with this much probability after the temperature; 1 = off."""
-
-    def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.seed is not None and not 0 <= self.seed < 2**64:
-            raise ValueError(f"seed must be in [0, 2**64), got {self.seed}")
-        object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in self.stop_token_ids))
-
-
-@dataclass
-class Trace:
-    """Per generated token, in order: what the temperature policy did and what the sampler saw."""
-
-    tau: list[float] = field(default_factory=list)  # temperature used (0 = greedy)
-    updated: list[bool] = field(default_factory=list)  # c_t: a new temperature was chosen here
-    z: list[float] = field(default_factory=list)  # Beta draw (clamped) where updated, else 0
-    temp_logp: list[float] = field(default_factory=list)  # log pi_phi(c_t, z_t | h_t); 0 without a head
-    logp: list[float] = field(default_factory=list)  # log-prob of the token under its sampling distribution
-    entropy: list[float] = field(default_factory=list)  # entropy of that distribution (nats)
-
-
-@dataclass
-class Sequence:
-    """One sample: grows by one token per step until ``finish_reason`` is set."""
-
-    request_id: Hashable
-    sample_index: int
-    prompt_ids: list[int]
-    seed: int
-    policy: str
-    token_ids: list[int] = field(default_factory=list)
-    trace: Trace = field(default_factory=Trace)
-    finish_reason: str | None = None  # "stop" (EOS or a stop token), "length", or "cancelled"
-
-    @property
-    def finished(self) -> bool:
-        return self.finish_reason is not None
-
-
-def sample_tokens(
-    logits: Tensor, tau: Tensor, u: Tensor, top_k: Tensor | None = None, top_p: Tensor | None = None
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Sample one token per row from softmax(logits / tau), by inverse CDF with the uniforms u.
-
-    logits: float32 [B, V]; tau: [B] (0 = greedy: argmax, logp 0, entropy 0); u: [B] in (0, 1);
-    top_k: int64 [B] (0 = off), top_p: float32 [B] (1 = off), applied after the temperature.
-    Returns tokens int64 [B], log-prob of each token under the distribution it was drawn from [B],
-    and that distribution's entropy [B].
-    """
-    greedy = tau <= 0
-    x = logits / torch.where(greedy, 1.0, tau)[:, None]
-    if top_k is not None or top_p is not None:
-        x = filter_logits(x, top_k, top_p)
-    lse = torch.logsumexp(x, dim=-1, keepdim=True)  # [B, 1]
-    probs = torch.exp(x - lse)
-    cdf = torch.cumsum(probs, dim=-1)
-    target = (u[:, None] * cdf[:, -1:]).contiguous()
-    drawn = torch.searchsorted(cdf, target).squeeze(-1).clamp_max(logits.shape[-1] - 1)
-    tokens = torch.where(greedy, logits.argmax(dim=-1), drawn)
-    logp = (x.gather(-1, tokens[:, None]) - lse).squeeze(-1)
-    weighted = torch.where(probs > 0, probs * x, 0.0)  # 0 * -inf from filtered tokens -> 0
-    entropy = lse.squeeze(-1) - weighted.sum(dim=-1)
-    return tokens, torch.where(greedy, 0.0, logp), torch.where(greedy, 0.0, entropy)
-
-
-def filter_logits(x: Tensor, top_k: Tensor | None, top_p: Tensor | None) -> Tensor:
-    """Set to -inf the tokens outside each row's top-k and top-p sets. x: [B, V] scaled logits."""
-    sorted_x, order = torch.sort(x, dim=-1, descending=True)
-    keep = torch.ones_like(sorted_x, dtype=torch.bool)
-    if top_k is not None:
-        ranks = torch.arange(x.shape[-1], device=x.device)[None, :]
-        keep &= (top_k[:, None] <= 0) | (ranks < top_k[:, None])
-    if top_p is not None:
-        probs = torch.softmax(sorted_x, dim=-1)
-        keep &= (torch.cumsum(probs, dim=-1) - probs) < top_p[:, None]  # mass before this token < p
-    keep[:, 0] = True
-    return x.masked_fill(~keep.scatter(-1, order, keep), float("-inf"))
+log = logging.getLogger(__name__)
 
 
 def _unsupported_reason(config) -> str | None:
@@ -148,11 +52,21 @@ def _unsupported_reason(config) -> str | None:
 class Engine:
     """Decoding for a Hugging Face causal LM plus (optionally) its temperature head.
 
-    ``fast_cpu_kernels`` packs the linear layers for oneDNN while decoding on CPU in float32
-    (see kernels); results agree with the plain kernels to float rounding.
+    ``fused_decode`` runs decode steps of Llama-family models through ``fastpath.FusedDecoder``
+    (fused projections, one RoPE and mask per step); other models, and prefill, use the model's
+    own forward. ``fast_cpu_kernels`` packs linear weights for oneDNN when decoding on CPU in
+    float32 (see kernels). Both agree with the plain forward to float rounding; turn them off to
+    decode through the untouched Hugging Face forward.
     """
 
-    def __init__(self, model: nn.Module, head: TemperatureHead | None = None, *, fast_cpu_kernels: bool = True):
+    def __init__(
+        self,
+        model: nn.Module,
+        head: TemperatureHead | None = None,
+        *,
+        fused_decode: bool = True,
+        fast_cpu_kernels: bool = True,
+    ):
         reason = _unsupported_reason(model.config)
         if reason:
             raise NotImplementedError(f"the engine does not support {model.config.model_type} models with {reason}")
@@ -161,6 +75,14 @@ class Engine:
         self.lm_head = model.get_output_embeddings()
         self.head = head
         self.fast_cpu_kernels = fast_cpu_kernels
+        self.fused_decode = fused_decode
+        self.fused = None
+        if fused_decode:
+            why_not = fastpath.unsupported_reason(model)
+            if why_not is None:
+                self.fused = fastpath.FusedDecoder(model)
+            else:
+                log.info("decoding through the model's own forward: %s", why_not)
         self.num_layers = model.config.get_text_config(decoder=True).num_hidden_layers
         self.vocab_size = self.lm_head.weight.shape[0]
         self.max_context = int(getattr(model.config, "max_position_embeddings", 0) or 1 << 30)
@@ -245,19 +167,26 @@ class DecodeBatch:
         return len(self.rows)
 
     def _forward(self, input_ids: Tensor, mask: Tensor, positions: Tensor, cache: BatchKVCache) -> Tensor:
-        model = self.engine.model
+        """The model's own forward (prefill, and decode for models without the fused path)."""
+        engine = self.engine
+        model = engine.model
         was_training = model.training
         if was_training:  # decoding never uses dropout; the trainer's model may be in train mode
             model.eval()
         try:
-            with packed_linears(model, self.engine.fast_cpu_kernels):
-                out = self.engine.decoder(
+            # With the fused path, decode steps never come here: no packed copies for prefill.
+            with packed_linears(model, engine.fast_cpu_kernels and not self._use_fused):
+                out = engine.decoder(
                     input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True
                 )
         finally:
             if was_training:
                 model.train()
         return out.last_hidden_state[:, -1]
+
+    @property
+    def _use_fused(self) -> bool:
+        return self.engine.fused is not None and self.engine.fused_decode
 
     @torch.inference_mode()
     def add(
@@ -381,7 +310,7 @@ class DecodeBatch:
         if not self.rows:
             return []
         engine, s = self.engine, self.state
-        with packed_linears(engine.model, engine.fast_cpu_kernels):
+        with packed_linears(engine.lm_head, engine.fast_cpu_kernels):
             logits = engine.lm_head(self.h).float()  # [B, V]
         u = uniforms(s["seed"], s["step"], s["stream"])  # [B, NUM_UNIFORMS]
         tau, updated, z, temp_logp = self._act(u)
@@ -432,5 +361,10 @@ class DecodeBatch:
     def _advance(self, tokens: Tensor) -> None:
         s = self.state
         self.mask = F.pad(self.mask, (0, 1), value=1)
-        self.h = self._forward(tokens[:, None], self.mask, s["position"][:, None], self.cache)
+        if self._use_fused:
+            self.h = self.engine.fused(
+                tokens[:, None], self.mask, s["position"][:, None], self.cache, packed=self.engine.fast_cpu_kernels
+            )
+        else:
+            self.h = self._forward(tokens[:, None], self.mask, s["position"][:, None], self.cache)
         s["position"] = s["position"] + 1

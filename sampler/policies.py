@@ -237,7 +237,7 @@ class EADPolicy(_SchedulePolicy):
         self.initial_tau = self.tau_start
 
     def schedule(self, step):
-        decayed = self.tau_start * torch.pow(torch.tensor(self.gamma, dtype=torch.float64), step.double())
+        decayed = self.tau_start * torch.pow(self.gamma, step.double())
         return torch.where(step < self.warmup, self.tau_start, decayed.clamp_min(self.tau_min))
 
     @property

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import Tensor, nn
 
-from .engine import Sequence
+from .records import Sequence
 
 
 @dataclass

@@ -4,7 +4,7 @@ from transformers import LlamaConfig
 
 from conftest import EOS, VOCAB, random_head, tiny_llama
 from introllm.sampler import Engine, SamplingParams, sample_tokens
-from introllm.sampler.engine import filter_logits
+from introllm.sampler.sampling import filter_logits
 
 PROMPTS = [[5, 6, 7], [8, 9, 10, 11, 12, 13, 14], [20], [30, 31, 32, 33, 34]]
 

@@ -1,0 +1,50 @@
+"""Drawing a token from softmax(logits / tau): exact inverse-CDF sampling with given uniforms."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def sample_tokens(
+    logits: Tensor, tau: Tensor, u: Tensor, top_k: Tensor | None = None, top_p: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Sample one token per row from softmax(logits / tau), by inverse CDF with the uniforms u.
+
+    logits: float32 [B, V]; tau: [B] (0 = greedy: argmax, logp 0, entropy 0); u: [B] in (0, 1);
+    top_k: int64 [B] (0 = off), top_p: float32 [B] (1 = off), applied after the temperature.
+    Returns tokens int64 [B], log-prob of each token under the distribution it was drawn from [B],
+    and that distribution's entropy [B].
+    """
+    greedy = tau <= 0
+    x = logits / torch.where(greedy, 1.0, tau)[:, None]
+    filtering = top_k is not None or top_p is not None
+    if filtering:
+        x = filter_logits(x, top_k, top_p)
+    lse = torch.logsumexp(x, dim=-1, keepdim=True)  # [B, 1]
+    probs = torch.exp(x - lse)
+    cdf = torch.cumsum(probs, dim=-1)
+    target = (u[:, None] * cdf[:, -1:]).contiguous()
+    tokens = torch.searchsorted(cdf, target).squeeze(-1).clamp_max(logits.shape[-1] - 1)
+    if bool(greedy.any()):
+        tokens = torch.where(greedy, logits.argmax(dim=-1), tokens)
+    logp = (x.gather(-1, tokens[:, None]) - lse).squeeze(-1)
+    if filtering:  # filtered tokens have x = -inf and p = 0; xlogy(0, 0) = 0
+        entropy = -torch.special.xlogy(probs, probs).sum(dim=-1)
+    else:  # H = lse - sum_v p_v x_v, the dot product as one batched matmul
+        entropy = lse.squeeze(-1) - torch.bmm(probs[:, None, :], x[:, :, None]).reshape(-1)
+    return tokens, torch.where(greedy, 0.0, logp), torch.where(greedy, 0.0, entropy)
+
+
+def filter_logits(x: Tensor, top_k: Tensor | None, top_p: Tensor | None) -> Tensor:
+    """Set to -inf the tokens outside each row's top-k and top-p sets. x: [B, V] scaled logits."""
+    sorted_x, order = torch.sort(x, dim=-1, descending=True)
+    keep = torch.ones_like(sorted_x, dtype=torch.bool)
+    if top_k is not None:
+        ranks = torch.arange(x.shape[-1], device=x.device)[None, :]
+        keep &= (top_k[:, None] <= 0) | (ranks < top_k[:, None])
+    if top_p is not None:
+        probs = torch.softmax(sorted_x, dim=-1)
+        keep &= (torch.cumsum(probs, dim=-1) - probs) < top_p[:, None]  # mass before this token < p
+    keep[:, 0] = True
+    return x.masked_fill(~keep.scatter(-1, order, keep), float("-inf"))
