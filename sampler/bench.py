@@ -1,7 +1,8 @@
 """``introllm bench``: engine throughput with the learned policy, with a fixed temperature, and
 Hugging Face ``generate``, measured side by side in one run.
 
-Every configuration decodes the same prompts (distinct chat prompts, one per row) for exactly
+"engine learned, HF forward" is the engine with its two speed-ups off (the fused decode step and
+packed CPU kernels): the model's own forward inside our loop. Every configuration decodes the same prompts (distinct chat prompts, one per row) for exactly
 ``new_tokens`` tokens (EOS ignored), so tokens/s compare like for like; prefill is included in
 the time. Configurations are interleaved within each repeat and the median over repeats is
 reported, because these machines are noisy: compare ratios from one run, not across runs.
@@ -38,6 +39,8 @@ class BenchResult:
     batch_size: int
     new_tokens: int
     tokens_per_s: dict[str, list[float]] = field(default_factory=dict)
+    step_ms: dict[str, float] = field(default_factory=dict)
+    """Median decode-step time per policy, the policies' steps interleaved one by one."""
 
     def median(self, name: str) -> float:
         return statistics.median(self.tokens_per_s[name])
@@ -75,6 +78,28 @@ def _hf_generate(model, prompts: list[list[int]], new_tokens: int, pad_id: int) 
         )
 
 
+def step_times(engine: Engine, prompts: list[list[int]], policies: list[str], steps: int = 64) -> dict[str, float]:
+    """Median decode-step milliseconds per policy, stepping one batch per policy in turn.
+
+    Whole-run timings drift with the machine's load over tens of seconds; alternating single
+    steps (in A-B, B-A order) puts both policies under the same conditions, which is what a
+    few-percent overhead needs.
+    """
+    batches = {}
+    for policy in policies:
+        batch = engine.new_batch()
+        batch.add(prompts, SamplingParams(max_new_tokens=steps + 4, policy=policy, seed=0, ignore_eos=True))
+        batch.step()  # first step: packing, allocations
+        batches[policy] = batch
+    times: dict[str, list[float]] = {p: [] for p in policies}
+    for i in range(steps):
+        for policy in policies if i % 2 == 0 else policies[::-1]:
+            start = time.perf_counter()
+            batches[policy].step()
+            times[policy].append(time.perf_counter() - start)
+    return {p: 1000 * statistics.median(t) for p, t in times.items()}
+
+
 def run_bench(
     engine: Engine,
     tokenizer,
@@ -82,7 +107,7 @@ def run_bench(
     new_tokens: int = 128,
     repeats: int = 3,
     include_generate: bool = True,
-    include_unpacked: bool = True,
+    include_plain: bool = True,
     on_measure: Callable[[str, int, float], None] | None = None,
 ) -> list[BenchResult]:
     """Measure tokens/s for each batch size and configuration, interleaved, ``repeats`` times."""
@@ -93,20 +118,20 @@ def run_bench(
         prompts = _prompt_ids(tokenizer, batch_size)
         configs: dict[str, Callable[[], None]] = {}
 
-        def engine_run(policy: str, packed: bool = True) -> Callable[[], None]:
+        def engine_run(policy: str, fast: bool = True) -> Callable[[], None]:
             def run() -> None:
-                engine.fast_cpu_kernels = packed
+                engine.fast_cpu_kernels = engine.fused_decode = fast
                 try:
                     engine.generate(prompts, SamplingParams(max_new_tokens=new_tokens, policy=policy, seed=0, ignore_eos=True))
                 finally:
-                    engine.fast_cpu_kernels = True
+                    engine.fast_cpu_kernels = engine.fused_decode = True
 
             return run
 
         configs["engine learned"] = engine_run("learned")
         configs["engine fixed:1.0"] = engine_run("fixed:1.0")
-        if include_unpacked:
-            configs["engine learned, plain kernels"] = engine_run("learned", packed=False)
+        if include_plain:
+            configs["engine learned, HF forward"] = engine_run("learned", fast=False)
         if include_generate:
             configs["HF generate"] = lambda: _hf_generate(model, prompts, new_tokens, pad_id)
         result = BenchResult(batch_size, new_tokens, {name: [] for name in configs})
@@ -123,5 +148,9 @@ def run_bench(
                 result.tokens_per_s[name].append(tps)
                 if on_measure:
                     on_measure(name, batch_size, tps)
+        result.step_ms = step_times(engine, prompts, ["learned", "fixed:1.0"])
+        if on_measure:
+            for policy, ms in result.step_ms.items():
+                on_measure(f"step ms, {policy}, interleaved", batch_size, ms)
         results.append(result)
     return results

@@ -132,6 +132,8 @@ def beta_sample(alpha: Tensor, beta: Tensor, u: Tensor) -> Tensor:
     Computed as sigmoid(log Ga - log Gb), which stays finite (0 or 1 at worst) when one of the
     gamma draws underflows. Callers clamp z away from {0, 1} before using or scoring it.
     """
-    log_a = gamma_log(alpha, u[:, SLOT_BETA_A : SLOT_BETA_A + _GAMMA_SLOTS])
-    log_b = gamma_log(beta, u[:, SLOT_BETA_B : SLOT_BETA_B + _GAMMA_SLOTS])
-    return torch.sigmoid(log_a - log_b)
+    rows = alpha.shape[0]
+    u_a = u[:, SLOT_BETA_A : SLOT_BETA_A + _GAMMA_SLOTS]
+    u_b = u[:, SLOT_BETA_B : SLOT_BETA_B + _GAMMA_SLOTS]
+    log_g = gamma_log(torch.cat((alpha, beta)), torch.cat((u_a, u_b)))  # both sides in one pass
+    return torch.sigmoid(log_g[:rows] - log_g[rows:])

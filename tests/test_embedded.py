@@ -84,4 +84,4 @@ def test_cli_bench_smoke(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "tokens/s, median of 1" in r.stdout and "x │" in r.stdout  # the table, with its ratio column
     data = json.loads((tmp_path / "b.json").read_text())
-    assert set(data["results"][0]["tokens_per_s"]) == {"engine learned", "engine fixed:1.0", "engine learned, plain kernels", "HF generate"}
+    assert set(data["results"][0]["tokens_per_s"]) == {"engine learned", "engine fixed:1.0", "engine learned, HF forward", "HF generate"}
