@@ -55,7 +55,8 @@ def token_table(view: TraceView, tau_min: float = 0.6, tau_max: float = 1.5) -> 
     """Per-token cells ``token tau[*]``, flowed into columns: compact even for long completions."""
     cells = []
     for piece, tau, upd in zip(view.tokens, view.temperatures, view.updated):
-        cell = Text(repr(piece)[1:-1][:14].ljust(14), style="bold")
+        shown = repr(piece)[1:-1][:14] if piece else "·"  # "·": a token with no text (e.g. end of turn)
+        cell = Text(shown.ljust(14), style="bold" if piece else "dim")
         cell.append(f" {tau:4.2f}{'*' if upd else ' '}", style=tau_colour(tau, tau_min, tau_max))
         cells.append(cell)
     return Columns(cells, padding=(0, 2))
