@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from . import fastpath
 from .cache import BatchKVCache
 from .head import TemperatureHead
-from .kernels import packed_linears
+from .kernels import Projection, packed_linears
 from .policies import TemperaturePolicy, build_policy
 from .records import SamplingParams, Sequence
 from .rng import SLOT_TOKEN, uniforms
@@ -88,6 +88,17 @@ class Engine:
         self.max_context = int(getattr(model.config, "max_position_embeddings", 0) or 1 << 30)
         self.eos_token_ids = _eos_ids(model)
         self._policies: dict[str, TemperaturePolicy] = {}
+        self._output: Projection | None = None
+        self._output_packed = fast_cpu_kernels
+
+    def logits(self, h: Tensor) -> Tensor:
+        """Output projection of final hidden states h [B, d] -> float32 [B, V]."""
+        if not isinstance(self.lm_head, nn.Linear):
+            return self.lm_head(h).float()
+        if self._output is None or self._output.stale() or self._output_packed != self.fast_cpu_kernels:
+            self._output = Projection([self.lm_head], packed=self.fast_cpu_kernels)
+            self._output_packed = self.fast_cpu_kernels
+        return self._output(h).float()
 
     @property
     def device(self) -> torch.device:
@@ -253,6 +264,7 @@ class DecodeBatch:
             "max_new": torch.full((rows,), params.max_new_tokens, dtype=torch.long, device=device),
             "top_k": torch.full((rows,), params.top_k, dtype=torch.long, device=device),
             "top_p": torch.full((rows,), params.top_p, dtype=torch.float32, device=device),
+            "logprobs": torch.full((rows,), params.logprobs, dtype=torch.long, device=device),
             "policy": torch.full((rows,), self._policy_index(policy), dtype=torch.long, device=device),
         }
         stops = frozenset(params.stop_token_ids) | (frozenset() if params.ignore_eos else engine.eos_token_ids)
@@ -310,17 +322,26 @@ class DecodeBatch:
         if not self.rows:
             return []
         engine, s = self.engine, self.state
-        with packed_linears(engine.lm_head, engine.fast_cpu_kernels):
-            logits = engine.lm_head(self.h).float()  # [B, V]
+        logits = engine.logits(self.h)  # [B, V] float32
         u = uniforms(s["seed"], s["step"], s["stream"])  # [B, NUM_UNIFORMS]
         tau, updated, z, temp_logp = self._act(u)
         filtering = bool((s["top_k"] > 0).any() or (s["top_p"] < 1).any())
-        tokens, logp, entropy = sample_tokens(
-            logits, tau, u[:, SLOT_TOKEN], s["top_k"] if filtering else None, s["top_p"] if filtering else None
+        num_top = int(s["logprobs"].max())
+        draw = sample_tokens(
+            logits,
+            tau,
+            u[:, SLOT_TOKEN],
+            s["top_k"] if filtering else None,
+            s["top_p"] if filtering else None,
+            num_top=num_top,
         )
+        tokens = draw.tokens
 
         # Record, and find the rows that are done.
-        columns = zip(*(t.tolist() for t in (tokens, tau, updated, z, temp_logp, logp, entropy)))
+        columns = zip(*(t.tolist() for t in (tokens, tau, updated, z, temp_logp, draw.logp, draw.entropy)))
+        if num_top:
+            tops = [list(zip(i, v)) for i, v in zip(draw.top_ids.tolist(), draw.top_logp.tolist())]
+            wanted = s["logprobs"].tolist()
         at_limit = ((s["step"] + 1 >= s["max_new"]) | (s["position"] + 1 >= engine.max_context)).tolist()
         keep = []
         for i, (seq, (tok, t, c, zz, tl, lp, ent)) in enumerate(zip(self.rows, columns)):
@@ -328,6 +349,8 @@ class DecodeBatch:
             tr = seq.trace
             tr.tau.append(t), tr.updated.append(c), tr.z.append(zz)
             tr.temp_logp.append(tl), tr.logp.append(lp), tr.entropy.append(ent)
+            if num_top and wanted[i]:
+                tr.top_logprobs.append(tops[i][: wanted[i]])
             if tok in self._stops[i]:
                 seq.finish_reason = "stop"
             elif at_limit[i]:

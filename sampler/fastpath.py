@@ -13,8 +13,8 @@ It only serves single-token decode steps on the engine's ``BatchKVCache``; prefi
 the model's own forward. Models outside the family, or with features it does not handle, fall back
 to the generic path (``unsupported_reason`` says why).
 
-On CPU in float32 the fused weights are packed for oneDNN (see kernels); elsewhere they are plain
-tensors. Either way they are copies, rebuilt when the model's weights change (training).
+The fused weights are ``kernels.Projection`` copies (packed for oneDNN on CPU in float32), rebuilt
+when the model's weights change (training).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .cache import BatchKVCache
-from .kernels import _PACK_HINT, packing_supported
+from .kernels import Projection
 
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
 
@@ -55,24 +55,6 @@ def _rotate_half(x: Tensor) -> Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
-class _Proj:
-    """One (possibly fused) projection: packed oneDNN weight on CPU fp32, plain weight otherwise."""
-
-    def __init__(self, linears: list[nn.Linear], packed: bool):
-        weight = torch.cat([lin.weight.detach() for lin in linears]) if len(linears) > 1 else linears[0].weight.detach()
-        biases = [lin.bias for lin in linears]
-        self.bias = None if all(b is None for b in biases) else torch.cat(
-            [b.detach() if b is not None else weight.new_zeros(lin.out_features) for b, lin in zip(biases, linears)]
-        )
-        self.packed = packed
-        self.weight = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), _PACK_HINT) if packed else weight
-
-    def __call__(self, x: Tensor) -> Tensor:
-        if self.packed:
-            return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
-        return F.linear(x, self.weight, self.bias)
-
-
 class FusedDecoder:
     """``decoder(input_ids [B, 1], mask [B, L+1], positions [B, 1], cache) -> h [B, d]``."""
 
@@ -82,32 +64,32 @@ class FusedDecoder:
             raise NotImplementedError(reason)
         self.model = model
         self.decoder = model.get_decoder()
-        self._stamp: tuple | None = None
         self._layers: list[dict] = []
-
-    def _weights_stamp(self, packed: bool) -> tuple:
-        return (packed, *((p.data_ptr(), p._version) for p in self.decoder.parameters()))
+        self._packed = True
 
     def _build(self, packed: bool) -> None:
-        use_packed = packed and packing_supported(self.model)
         self._layers = []
         for layer in self.decoder.layers:
             a, mlp = layer.self_attn, layer.mlp
             self._layers.append(
                 dict(
-                    qkv=_Proj([a.q_proj, a.k_proj, a.v_proj], use_packed),
+                    qkv=Projection([a.q_proj, a.k_proj, a.v_proj], packed),
                     split=(a.q_proj.out_features, a.k_proj.out_features, a.v_proj.out_features),
-                    o=_Proj([a.o_proj], use_packed),
-                    gate_up=_Proj([mlp.gate_proj, mlp.up_proj], use_packed),
-                    down=_Proj([mlp.down_proj], use_packed),
+                    o=Projection([a.o_proj], packed),
+                    gate_up=Projection([mlp.gate_proj, mlp.up_proj], packed),
+                    down=Projection([mlp.down_proj], packed),
                 )
             )
-        self._stamp = self._weights_stamp(packed)
+        self._packed = packed
+
+    def _stale(self, packed: bool) -> bool:
+        if not self._layers or packed != self._packed:
+            return True
+        return any(p.stale() for layer in self._layers for p in layer.values() if isinstance(p, Projection))
 
     def __call__(self, input_ids: Tensor, mask: Tensor, positions: Tensor, cache: BatchKVCache, packed: bool = True) -> Tensor:
         """``packed``: use oneDNN-packed weights when the model is on CPU in float32."""
-        stamp = self._weights_stamp(packed)
-        if self._stamp != stamp:
+        if self._stale(packed):
             self._build(packed)
         dec = self.decoder
         batch = input_ids.shape[0]

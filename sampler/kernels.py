@@ -5,27 +5,31 @@ memory bandwidth unused; oneDNN with pre-packed ("reordered") weights is what ``
 CPU backend uses for the same reason. Measured on this project's 2-core machines: SmolLM2-135M's
 output projection (576 x 49152) at 8 rows takes 22 ms with ``F.linear`` and 7.7 ms packed.
 
-``packed_linears(model)`` swaps every ``nn.Linear`` of the model to the packed kernel for the
-duration of a ``with`` block and restores it afterwards, so the same model object can be trained
-in between. Packed copies are cached per module and rebuilt when the weight changes (an optimizer
-step bumps the tensor's version counter). They cost one extra copy of the linear weights in memory.
-Float32 only here (the bf16 kernel needs AVX-512/AVX-NE instructions); anything else, or a GPU,
-runs unchanged.
+``Projection`` is one (possibly fused) linear layer on packed weights, for code that calls
+projections itself (the engine's output layer, the fused decode step). ``packed_linears(model)``
+swaps every ``nn.Linear`` of a model to the packed kernel for the duration of a ``with`` block
+(the generic decode path), under a lock so that two engines sharing a model cannot undo each
+other's swap. Packed copies are rebuilt when a weight changes (an optimizer step bumps the
+tensor's version counter), so the same model object can be trained in between; they cost one
+extra copy of the weights in memory. Float32 on CPU only (the bf16 kernel needs AVX-512/AVX-NE
+instructions); elsewhere ``Projection`` is a plain ``F.linear`` and ``packed_linears`` a no-op.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+import threading
+from typing import Iterator, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 _PACK_HINT = 8  # expected rows per call; oneDNN picks its blocking from it (any row count works)
 
 
-def packing_supported(model: nn.Module) -> bool:
-    param = next(model.parameters())
+def packing_supported(module: nn.Module) -> bool:
+    param = next(module.parameters())
     return (
         param.device.type == "cpu"
         and param.dtype == torch.float32
@@ -34,25 +38,40 @@ def packing_supported(model: nn.Module) -> bool:
     )
 
 
-class _Packed:
-    __slots__ = ("weight", "version", "ptr")
-
-    def __init__(self, weight: torch.Tensor):
-        self.weight = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), _PACK_HINT)
-        self.version, self.ptr = weight._version, weight.data_ptr()
-
-    def fresh(self, weight: torch.Tensor) -> bool:
-        return weight._version == self.version and weight.data_ptr() == self.ptr
+def _stamp(linears: Sequence[nn.Linear]) -> tuple:
+    return tuple((p.data_ptr(), p._version) for lin in linears for p in lin.parameters())
 
 
-def _packed_forward(packed: torch.Tensor, bias: torch.Tensor | None):
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+class Projection:
+    """y = x W^T + b for one linear layer, or several fused along the output (q/k/v, gate/up).
 
-    return forward
+    Holds its own (packed or concatenated) copy of the weights; ``stale()`` tells when the
+    layers' weights have changed since.
+    """
+
+    def __init__(self, linears: Sequence[nn.Linear], packed: bool = True):
+        self.linears = list(linears)
+        self._stamp = _stamp(self.linears)
+        w = [lin.weight.detach() for lin in self.linears]
+        weight = torch.cat(w) if len(w) > 1 else w[0]
+        biases = [lin.bias for lin in self.linears]
+        self.bias = None
+        if any(b is not None for b in biases):
+            self.bias = torch.cat([b.detach() if b is not None else weight.new_zeros(lin.out_features) for b, lin in zip(biases, self.linears)])
+        self.packed = packed and packing_supported(self.linears[0])
+        self.weight = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), _PACK_HINT) if self.packed else weight
+
+    def stale(self) -> bool:
+        return _stamp(self.linears) != self._stamp
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed:
+            return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
+        return F.linear(x, self.weight, self.bias)
 
 
-_CACHE_ATTR = "_introllm_packed"
+_CACHE_ATTR = "_introllm_projection"
+_PATCH_LOCK = threading.RLock()
 
 
 @contextlib.contextmanager
@@ -60,23 +79,24 @@ def packed_linears(model: nn.Module, enabled: bool = True) -> Iterator[None]:
     """Within the block, the model's ``nn.Linear`` layers run on pre-packed oneDNN weights.
 
     Inference only: the packed path has no autograd. A no-op when disabled or unsupported.
+    Blocks of different threads on any models run one at a time.
     """
     if not (enabled and packing_supported(model)):
         yield
         return
-    patched = []
-    try:
-        for module in model.modules():
-            if type(module) is not nn.Linear:
-                continue
-            packed = getattr(module, _CACHE_ATTR, None)
-            if packed is None or not packed.fresh(module.weight):
-                packed = _Packed(module.weight)
-                object.__setattr__(module, _CACHE_ATTR, packed)
-            bias = None if module.bias is None else module.bias.detach()
-            object.__setattr__(module, "forward", _packed_forward(packed.weight, bias))
-            patched.append(module)
-        yield
-    finally:
-        for module in patched:
-            object.__delattr__(module, "forward")
+    with _PATCH_LOCK:
+        patched = []
+        try:
+            for module in model.modules():
+                if type(module) is not nn.Linear:
+                    continue
+                proj = getattr(module, _CACHE_ATTR, None)
+                if proj is None or proj.stale():
+                    proj = Projection([module])
+                    object.__setattr__(module, _CACHE_ATTR, proj)
+                object.__setattr__(module, "forward", proj)
+                patched.append(module)
+            yield
+        finally:
+            for module in patched:
+                object.__delattr__(module, "forward")

@@ -36,7 +36,10 @@ def test_greedy_is_argmax_of_full_forward(model):
         with torch.no_grad():
             logits = model(full).logits[0, len(prompt) - 1 : -1]
         assert logits.argmax(-1).tolist() == seq.token_ids
-        assert seq.trace.tau == [0.0] * 10 and seq.trace.logp == [0.0] * 10
+        assert seq.trace.tau == [0.0] * 10
+        # reported under the unscaled distribution
+        expected = torch.log_softmax(logits, -1).gather(-1, torch.tensor(seq.token_ids)[:, None]).squeeze(-1)
+        torch.testing.assert_close(torch.tensor(seq.trace.logp), expected, atol=1e-5, rtol=0)
 
 
 def test_mixed_length_batch_matches_one_by_one(model):
@@ -109,9 +112,10 @@ def test_limits(llama):
 
 def test_eos_ends_sequences():
     model = tiny_llama()
-    # Make EOS overwhelmingly likely with a bias on the output layer's logits.
-    model.lm_head.register_forward_hook(lambda m, i, o: o.index_add(-1, torch.tensor([EOS]), torch.full((*o.shape[:-1], 1), 50.0)))
-    e = Engine(model, random_head(48), fast_cpu_kernels=False)
+    bias = torch.zeros(VOCAB)
+    bias[EOS] = 50.0  # makes EOS overwhelmingly likely
+    model.lm_head.bias = torch.nn.Parameter(bias)
+    e = _engine(model)
     seqs = e.generate(PROMPTS, SamplingParams(max_new_tokens=10, seed=0))
     assert all(s.token_ids == [EOS] and s.finish_reason == "stop" for (s,) in seqs)
     seqs = e.generate(PROMPTS, SamplingParams(max_new_tokens=4, seed=0, ignore_eos=True))
@@ -174,7 +178,7 @@ def test_top_k_top_p():
     assert kept[1].tolist() == [True, False, False, False, False]  # p(top) = 0.64 >= 0.5
     assert kept[2].all()
     u = torch.rand(3)
-    tok, logp, ent = sample_tokens(logits, torch.ones(3), u, torch.tensor([1, 1, 1]), None)
+    tok, logp, ent, _, _ = sample_tokens(logits, torch.ones(3), u, torch.tensor([1, 1, 1]), None)
     assert tok.tolist() == [0, 0, 0] and torch.allclose(logp, torch.zeros(3)) and torch.allclose(ent, torch.zeros(3), atol=1e-6)
 
 
@@ -187,7 +191,7 @@ def test_inverse_cdf_sampling_matches_softmax():
     logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -3.0, -20.0]).expand(n, -1)
     tau = torch.full((n,), 0.8)
     u = uniforms(torch.full((n,), 9), torch.arange(n), torch.zeros(n, dtype=torch.long))[:, 0]
-    tok, logp, _ = sample_tokens(logits, tau, u)
+    tok, logp, _, _, _ = sample_tokens(logits, tau, u)
     probs = torch.softmax(logits[0] / 0.8, -1)
     counts = torch.bincount(tok, minlength=6).double()
     expected = probs.double() * n
@@ -214,3 +218,16 @@ def test_decoding_leaves_train_mode_alone(llama):
     llama.train()
     _engine(llama).generate(PROMPTS[:1], SamplingParams(max_new_tokens=3, seed=0))
     assert llama.training
+
+
+def test_top_logprobs(llama):
+    e = _engine(llama)
+    (seq,), = e.generate(PROMPTS[:1], SamplingParams(max_new_tokens=6, seed=0, logprobs=3, policy="fixed:0.7"))
+    assert len(seq.trace.top_logprobs) == len(seq.token_ids)
+    for tok, lp, top in zip(seq.token_ids, seq.trace.logp, seq.trace.top_logprobs):
+        assert len(top) == 3 and [v for _, v in top] == sorted((v for _, v in top), reverse=True)
+        assert lp <= top[0][1] + 1e-6
+        if tok in [i for i, _ in top]:
+            assert dict(top)[tok] == pytest.approx(lp, abs=1e-6)
+    (plain,), = e.generate(PROMPTS[:1], SamplingParams(max_new_tokens=6, seed=0, policy="fixed:0.7"))
+    assert plain.trace.top_logprobs == [] and plain.token_ids == seq.token_ids
