@@ -24,6 +24,8 @@ class SamplingParams:
     """Keep only the k most likely tokens after the temperature; 0 = off. Off in training."""
     top_p: float = 1.0
     """Keep the smallest set of tokens with this much probability after the temperature; 1 = off."""
+    logprobs: int = 0
+    """Also record, per token, this many most likely alternatives with their log-probs (max 20)."""
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -32,6 +34,8 @@ class SamplingParams:
             raise ValueError(f"top_k must be >= 0, got {self.top_k}")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not 0 <= self.logprobs <= 20:
+            raise ValueError(f"logprobs must be in [0, 20], got {self.logprobs}")
         if self.seed is not None and not 0 <= self.seed < 2**64:
             raise ValueError(f"seed must be in [0, 2**64), got {self.seed}")
         object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in self.stop_token_ids))
@@ -47,6 +51,7 @@ class Trace:
     temp_logp: list[float] = field(default_factory=list)  # log pi_phi(c_t, z_t | h_t); 0 without a head
     logp: list[float] = field(default_factory=list)  # log-prob of the token under its sampling distribution
     entropy: list[float] = field(default_factory=list)  # entropy of that distribution (nats)
+    top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)  # only if SamplingParams.logprobs
 
 
 @dataclass

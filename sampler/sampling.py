@@ -2,19 +2,34 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 
 
+class Draw(NamedTuple):
+    tokens: Tensor  # int64 [B]
+    logp: Tensor  # float32 [B] log-prob of each token under its distribution
+    entropy: Tensor  # float32 [B] entropy of that distribution (nats)
+    top_ids: Tensor | None  # int64 [B, k] the k most likely tokens of that distribution, if asked
+    top_logp: Tensor | None  # float32 [B, k] their log-probs
+
+
 def sample_tokens(
-    logits: Tensor, tau: Tensor, u: Tensor, top_k: Tensor | None = None, top_p: Tensor | None = None
-) -> tuple[Tensor, Tensor, Tensor]:
+    logits: Tensor,
+    tau: Tensor,
+    u: Tensor,
+    top_k: Tensor | None = None,
+    top_p: Tensor | None = None,
+    num_top: int = 0,
+) -> Draw:
     """Sample one token per row from softmax(logits / tau), by inverse CDF with the uniforms u.
 
-    logits: float32 [B, V]; tau: [B] (0 = greedy: argmax, logp 0, entropy 0); u: [B] in (0, 1);
-    top_k: int64 [B] (0 = off), top_p: float32 [B] (1 = off), applied after the temperature.
-    Returns tokens int64 [B], log-prob of each token under the distribution it was drawn from [B],
-    and that distribution's entropy [B].
+    logits: float32 [B, V]; tau: [B]; u: [B] in (0, 1); top_k: int64 [B] (0 = off) and top_p:
+    float32 [B] (1 = off), applied after the temperature; num_top: also return the num_top most
+    likely tokens and their log-probs. tau = 0 is greedy: the argmax, reported (log-prob, entropy,
+    alternatives) under the unscaled distribution, tau = 1.
     """
     greedy = tau <= 0
     x = logits / torch.where(greedy, 1.0, tau)[:, None]
@@ -33,7 +48,11 @@ def sample_tokens(
         entropy = -torch.special.xlogy(probs, probs).sum(dim=-1)
     else:  # H = lse - sum_v p_v x_v, the dot product as one batched matmul
         entropy = lse.squeeze(-1) - torch.bmm(probs[:, None, :], x[:, :, None]).reshape(-1)
-    return tokens, torch.where(greedy, 0.0, logp), torch.where(greedy, 0.0, entropy)
+    top_ids = top_logp = None
+    if num_top > 0:
+        top_x, top_ids = x.topk(num_top, dim=-1)
+        top_logp = top_x - lse
+    return Draw(tokens, logp, entropy, top_ids, top_logp)
 
 
 def filter_logits(x: Tensor, top_k: Tensor | None, top_p: Tensor | None) -> Tensor:

@@ -75,25 +75,23 @@ def collate(seqs: Seq[Sequence], pad_id: int = 0) -> SequenceBatch:
 
 
 def token_logprobs(logits: Tensor, targets: Tensor, tau: Tensor) -> Tensor:
-    """log softmax(logits / tau)[target], in float32. tau = 0 (greedy) scores 0.
+    """log softmax(logits / tau)[target], in float32; tau = 0 (greedy) is scored at tau = 1, as the
+    sampler reports it.
 
     logits: [..., V]; targets: int64 [...]; tau: [...]. Returns float32 [...].
 
     >>> token_logprobs(torch.tensor([[0.0, 0.0]]), torch.tensor([1]), torch.tensor([1.0])).exp()
     tensor([0.5000])
     """
-    greedy = tau <= 0
-    x = logits.float() / torch.where(greedy, 1.0, tau.float())[..., None]
-    logp = x.gather(-1, targets[..., None]).squeeze(-1) - torch.logsumexp(x, dim=-1)
-    return torch.where(greedy, 0.0, logp)
+    x = logits.float() / torch.where(tau <= 0, 1.0, tau.float())[..., None]
+    return x.gather(-1, targets[..., None]).squeeze(-1) - torch.logsumexp(x, dim=-1)
 
 
 def token_entropy(logits: Tensor, tau: Tensor) -> Tensor:
-    """Entropy of softmax(logits / tau) in nats, float32 [...]; 0 where tau = 0."""
-    greedy = tau <= 0
-    x = logits.float() / torch.where(greedy, 1.0, tau.float())[..., None]
+    """Entropy of softmax(logits / tau) in nats, float32 [...]; tau = 0 counts as tau = 1."""
+    x = logits.float() / torch.where(tau <= 0, 1.0, tau.float())[..., None]
     logp = F.log_softmax(x, dim=-1)
-    return torch.where(greedy, 0.0, -(logp.exp() * logp).sum(-1))
+    return -(logp.exp() * logp).sum(-1)
 
 
 def completion_hidden(model: nn.Module, batch: SequenceBatch) -> Tensor:
