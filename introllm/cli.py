@@ -1,6 +1,8 @@
 """``introllm``: one command, one subcommand per job.
 
-    introllm generate "prompt"     decode with the learned temperature and show the per-token trace
+    introllm serve                 OpenAI-compatible HTTP server with per-token temperature traces
+    introllm complete "prompt"     ask a running server; show each token coloured by its temperature
+    introllm generate "prompt"     decode in-process with the learned temperature, show the trace
     introllm bench                 engine vs Hugging Face generate, learned vs fixed temperature
 
 Heavy imports (torch, transformers) happen inside the subcommands so that ``--help`` is instant.
@@ -27,6 +29,23 @@ examples:
   introllm generate "2+2=" --raw --n 4 --seed 1           no chat template, four samples
 
 policies: learned, always-update, prompt-level, fixed:T, greedy, ead, ead-exp, tampo
+"""
+
+EXAMPLES_SERVE = """\
+examples:
+  introllm serve                                   the embedded model on http://127.0.0.1:8000
+  introllm serve --checkpoint runs/x/final --port 9000 --api-key secret
+
+  curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' \\
+    -d '{"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "Hi"}]}'
+"""
+
+EXAMPLES_COMPLETE = """\
+examples:
+  introllm complete "The capital of France is"               completion, learned temperature
+  introllm complete "Tell me a joke." --chat --stream         chat, tokens as they arrive
+  introllm complete "Hi" --chat --temperature 0 --json        greedy, raw JSON
+  introllm complete "Explain GRPO." --chat --html trace.html  also write an HTML page of the trace
 """
 
 EXAMPLES_BENCH = """\
@@ -72,6 +91,49 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
+    srv = sub.add_parser(
+        "serve",
+        help="OpenAI-compatible HTTP server with per-token temperature traces",
+        description="Serve /v1/completions, /v1/chat/completions, /v1/models, /health and /metrics. "
+        "Omit temperature for the learned policy; a number is a fixed temperature (0 = greedy); "
+        "the 'policy' field picks any policy by name. Each choice carries temperature_trace.",
+        epilog=EXAMPLES_SERVE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _common_model_args(srv)
+    srv.add_argument("--model-name", help="model id clients use (default: the checkpoint directory's name)")
+    srv.add_argument("--host", default="127.0.0.1", help="interface to bind [127.0.0.1]; 0.0.0.0 exposes the server")
+    srv.add_argument("--port", type=int, default=8000, help="port [8000]")
+    srv.add_argument("--api-key", default=os.environ.get("INTROLLM_API_KEY"), help="require this bearer key on /v1/* [$INTROLLM_API_KEY]")
+    srv.add_argument("--max-batch", type=_positive_int, default=32, help="most sequences decoded together [32]")
+    srv.add_argument("--max-queue", type=_positive_int, default=64, help="most waiting requests before 429 [64]")
+    srv.add_argument("--max-tokens", type=_positive_int, default=1024, help="cap on max_tokens per request [1024]")
+    srv.add_argument("--max-n", type=_positive_int, default=None, help="cap on n per request [min(16, max batch)]")
+    srv.set_defaults(func=cmd_serve)
+
+    comp = sub.add_parser(
+        "complete",
+        help="ask a running server and show each token coloured by its temperature",
+        description="Send a prompt to an IntroLLM server (introllm serve) and print the completion with "
+        "each token coloured by its sampling temperature, and a summary line.",
+        epilog=EXAMPLES_COMPLETE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    comp.add_argument("prompt", help="the prompt text")
+    comp.add_argument("--url", default=os.environ.get("INTROLLM_URL", "http://127.0.0.1:8000"), help="server URL [$INTROLLM_URL or http://127.0.0.1:8000]")
+    comp.add_argument("--api-key", default=os.environ.get("INTROLLM_API_KEY"), help="bearer key [$INTROLLM_API_KEY]")
+    comp.add_argument("--model", help="model id (default: the server's first model)")
+    comp.add_argument("--chat", action="store_true", help="use /v1/chat/completions (the prompt is the user message)")
+    comp.add_argument("--stream", action="store_true", help="print tokens as they arrive")
+    comp.add_argument("--max-tokens", type=_positive_int, default=128, help="most tokens to generate [128]")
+    comp.add_argument("--temperature", type=float, help="a fixed temperature (0 = greedy); omit for the learned policy")
+    comp.add_argument("--policy", help="a temperature policy by name (learned, fixed:0.7, ead, ...)")
+    comp.add_argument("--seed", type=int, help="random seed")
+    comp.add_argument("--stop", action="append", help="stop sequence (repeatable)")
+    comp.add_argument("--json", action="store_true", help="print the raw response JSON instead")
+    comp.add_argument("--html", metavar="FILE", help="also write a self-contained HTML page of the trace")
+    comp.set_defaults(func=cmd_complete)
+
     gen = sub.add_parser(
         "generate",
         help="generate a completion and show the temperature of every token",
@@ -115,6 +177,82 @@ def _quiet_transformers() -> None:
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from introllm.server.app import serve
+    from introllm.server.config import ServerConfig
+
+    _quiet_transformers()
+    serve(
+        ServerConfig(
+            checkpoint=args.checkpoint,
+            model_name=args.model_name,
+            host=args.host,
+            port=args.port,
+            device=args.device,
+            dtype=args.dtype,
+            api_key=args.api_key,
+            max_batch=args.max_batch,
+            max_queue=args.max_queue,
+            max_tokens=args.max_tokens,
+            max_n=args.max_n,
+            trust_remote_code=args.trust_remote_code,
+        )
+    )
+    return 0
+
+
+def cmd_complete(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from rich.console import Console
+    from rich.text import Text
+
+    from introllm.clients import Client
+    from introllm.clients.html import trace_page
+    from introllm.clients.render import TraceView, coloured_text, legend, summary, tau_colour
+
+    client = Client(args.url, api_key=args.api_key, model=args.model)
+    options = dict(max_tokens=args.max_tokens, temperature=args.temperature, policy=args.policy, seed=args.seed, stop=args.stop)
+    console = Console(highlight=False)
+    start = time.perf_counter()
+    if args.stream:
+        tokens, temps, updated = [], [], []
+        for piece in client.stream(args.prompt, chat=args.chat, **options):
+            if args.json:
+                print(json.dumps(asdict(piece)))
+                continue
+            if piece.index != 0:
+                continue
+            if piece.text == "".join(piece.tokens):
+                for tok, tau in zip(piece.tokens, piece.temperatures):
+                    console.print(Text(tok, style=tau_colour(tau)), end="")
+            elif piece.text:
+                console.print(Text(piece.text, style=tau_colour(piece.temperatures[-1])), end="")
+            tokens += piece.tokens
+            temps += piece.temperatures
+            updated += piece.updated
+        view = TraceView(tokens, temps, updated)
+        if not args.json:
+            console.print()
+    else:
+        result = client.complete(args.prompt, chat=args.chat, **options)
+        if args.json:
+            print(json.dumps(result.raw, indent=2, ensure_ascii=False))
+        choice = result.choices[0]
+        view = TraceView(choice.tokens, choice.temperatures, choice.updated)
+        if not args.json:
+            console.print(coloured_text(view))
+    seconds = time.perf_counter() - start
+    if not args.json:
+        console.print(legend())
+        console.print(Text(summary(view, seconds), style="dim"))
+    if args.html:
+        with open(args.html, "w", encoding="utf-8") as f:
+            f.write(trace_page(args.prompt, view.tokens, view.temperatures, view.updated))
+        log.info("wrote %s", args.html)
+    return 0
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -231,18 +369,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    from rich.logging import RichHandler
+    level = logging.WARNING if args.quiet else logging.INFO
+    if sys.stderr.isatty():
+        from rich.logging import RichHandler
 
-    logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO,
-        format="%(message)s",
-        handlers=[RichHandler(show_path=False, show_time=False)],
-    )
+        logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(show_path=False, show_time=args.command == "serve")])
+    else:  # logs to a file or a container: one plain line each
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per HTTP call is noise here
+    from introllm.clients import IntroLLMError
     from introllm.sampler.checkpoint import CheckpointError
 
     try:
         return args.func(args)
-    except (ValueError, CheckpointError, OSError, NotImplementedError) as e:
+    except (ValueError, CheckpointError, OSError, NotImplementedError, IntroLLMError) as e:
         if os.environ.get("INTROLLM_DEBUG"):
             raise
         print(f"introllm {args.command}: error: {e}", file=sys.stderr)

@@ -57,3 +57,45 @@ def embedded():
     from introllm.sampler.models import load_model
 
     return load_model(device="cpu", dtype="float32")
+
+
+# --------------------------------------------------------------------------- live HTTP servers
+
+import contextlib  # noqa: E402
+import socket  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def live_server(config, checkpoint=None, loader=None, wait_ready: bool = True):
+    """A real uvicorn server on a free local port, in a thread; yields its base URL."""
+    import httpx
+    import uvicorn
+
+    from introllm.server.app import create_app
+
+    config.port = free_port()
+    app = create_app(config, checkpoint=checkpoint, loader=loader)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=config.port, log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{config.port}"
+    deadline = time.monotonic() + 120
+    while not server.started:
+        assert time.monotonic() < deadline, "server did not start"
+        time.sleep(0.05)
+    while wait_ready and httpx.get(url + "/health").status_code != 200:
+        assert time.monotonic() < deadline, "server did not become ready"
+        time.sleep(0.1)
+    try:
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

@@ -1,0 +1,264 @@
+"""Continuous batching: one decode loop in a thread, requests joining and leaving between steps.
+
+The HTTP handlers run on the asyncio event loop; the engine runs here, in a single thread that owns
+the ``DecodeBatch``. A request is queued by ``submit`` (bounded: ``QueueFull`` beyond
+``max_queue``), joins the running batch at the next step when it has room (``max_batch``
+sequences), and from then on gets, after every step, the events of its sequences through an
+``asyncio.Queue`` (one thread-safe hand-off per request per step). ``cancel`` — a client that went
+away — removes its sequences before the next step, so their slots are free for others.
+
+Text is produced here too: each sequence has an incremental detokenizer and a stop-string check,
+so a stop string ends its sequence in the very step that completed it. Text that could be the
+start of a stop string is held back until it is clear it is not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from introllm.sampler import Engine, SamplingParams, Sequence
+from introllm.sampler.text import Detokenizer
+
+from .metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+class QueueFull(Exception):
+    """The waiting queue is at max_queue."""
+
+
+@dataclass
+class TokenEvent:
+    """One generated token of one choice (choice index = prompt index * n + sample index)."""
+
+    index: int
+    token_id: int
+    piece: str  # the token's own text, for the trace
+    text: str  # text to append to the choice's output now (stop strings held back / cut)
+    tau: float
+    updated: bool
+    logp: float
+    top_logprobs: list[tuple[int, float]] | None
+    finish_reason: str | None  # set on the choice's last token
+
+
+@dataclass
+class Done:
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass
+class Failed:
+    message: str
+
+
+@dataclass
+class Request:
+    """What a handler submits. ``events`` receives lists of TokenEvent, then Done or Failed."""
+
+    request_id: str
+    prompts: list[list[int]]
+    params: SamplingParams
+    n: int = 1
+    stop: list[str] = field(default_factory=list)
+    arrival: float = field(default_factory=time.monotonic)
+    loop: asyncio.AbstractEventLoop | None = None
+    events: asyncio.Queue | None = None
+    cancelled: bool = False
+    # scheduler-side
+    seqs: list[Sequence] = field(default_factory=list)
+    open_choices: int = 0
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.prompts) * self.n
+
+
+class _Text:
+    """Detokenizer plus stop strings for one sequence."""
+
+    def __init__(self, tokenizer, stop: list[str]):
+        self.detok = Detokenizer(tokenizer)
+        self.stop = stop
+        self.text = ""  # everything decoded so far
+        self.sent = 0  # characters of text already released
+
+    def push(self, token_id: int, final: bool) -> tuple[str, str, bool]:
+        """Returns (the token's piece, text to release now, whether a stop string was hit)."""
+        piece = self.detok.push(token_id)
+        if final:
+            piece += self.detok.flush()
+        self.text += piece
+        if self.stop:
+            hits = [i for i in (self.text.find(s, max(0, self.sent - len(s))) for s in self.stop) if i >= 0]
+            if hits:
+                cut = min(hits)
+                out, self.sent = self.text[self.sent : cut], max(self.sent, cut)
+                self.text = self.text[:cut]
+                return piece, out, True
+            if not final:  # hold back a tail that could still become a stop string
+                hold = max((k for s in self.stop for k in range(1, len(s)) if self.text.endswith(s[:k])), default=0)
+                end = max(self.sent, len(self.text) - hold)
+                out, self.sent = self.text[self.sent : end], end
+                return piece, out, False
+        out, self.sent = self.text[self.sent :], len(self.text)
+        return piece, out, False
+
+
+class Scheduler:
+    def __init__(self, engine: Engine, tokenizer, *, max_batch: int, max_queue: int, metrics: Metrics):
+        self.engine = engine
+        self.tokenizer = tokenizer
+        self.max_batch = max_batch
+        self.max_queue = max_queue
+        self.metrics = metrics
+        self.batch = engine.new_batch()
+        self._pending: collections.deque[Request] = collections.deque()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._running: dict[int, tuple[Request, _Text, int]] = {}  # id(seq) -> owner, text state, choice index
+        self._last_token_at: dict[int, float] = {}
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name="introllm-decode", daemon=True)
+
+    # ------------------------------------------------------------------ event-loop side
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stopping = True
+        self._wake.set()
+        self._thread.join(timeout)
+
+    def submit(self, request: Request) -> None:
+        """Queue a request (call on the event loop). Raises QueueFull."""
+        request.loop = asyncio.get_running_loop()
+        request.events = asyncio.Queue()
+        with self._lock:
+            if len(self._pending) >= self.max_queue:
+                raise QueueFull
+            self._pending.append(request)
+            self.metrics.queue_depth.set(len(self._pending))
+        self._wake.set()
+
+    def cancel(self, request: Request) -> None:
+        """The client is gone: drop the request before the next step (thread-safe)."""
+        request.cancelled = True
+        self._wake.set()
+
+    # ------------------------------------------------------------------ decode thread
+
+    def _send(self, request: Request, item: Any) -> None:
+        request.loop.call_soon_threadsafe(request.events.put_nowait, item)
+
+    def _admit(self) -> None:
+        with self._lock:
+            self._pending = collections.deque(r for r in self._pending if not r.cancelled)
+            while self._pending and self.batch.num_running + self._pending[0].num_rows <= self.max_batch:
+                request = self._pending.popleft()
+                try:
+                    groups = self.batch.add(request.prompts, request.params, n=request.n, request_ids=[request.request_id] * len(request.prompts))
+                except ValueError as e:  # validated by the handler already; kept as a safety net
+                    self._send(request, Failed(str(e)))
+                    continue
+                request.seqs = [s for g in groups for s in g]
+                request.open_choices = len(request.seqs)
+                for index, seq in enumerate(request.seqs):
+                    self._running[id(seq)] = (request, _Text(self.tokenizer, request.stop), index)
+            self.metrics.queue_depth.set(len(self._pending))
+
+    def _drop_cancelled(self) -> None:
+        gone = [seq for seq in self.batch.rows if self._running[id(seq)][0].cancelled]
+        if gone:
+            self.batch.cancel(gone)
+            for seq in gone:
+                self._forget(seq)
+
+    def _forget(self, seq: Sequence) -> None:
+        self._running.pop(id(seq), None)
+        self._last_token_at.pop(id(seq), None)
+
+    def _loop(self) -> None:
+        while not self._stopping:
+            self._admit()
+            self._drop_cancelled()
+            self.metrics.running.set(self.batch.num_running)
+            if not self.batch.num_running:
+                self._wake.wait(timeout=0.5)
+                self._wake.clear()
+                continue
+            start = time.monotonic()
+            try:
+                stepped = self.batch.step()
+            except Exception as e:  # a failing step fails the requests in it, not the server
+                log.exception("decode step failed; failing %d running sequences", self.batch.num_running)
+                self._fail_all(f"internal error while decoding: {type(e).__name__}")
+                continue
+            self._dispatch(stepped, start)
+
+    def _dispatch(self, stepped: list[Sequence], step_start: float) -> None:
+        now = time.monotonic()
+        out: dict[int, tuple[Request, list[TokenEvent]]] = {}
+        stop_hits = []
+        for seq in stepped:
+            request, text, index = self._running[id(seq)]
+            tok = seq.token_ids[-1]
+            piece, released, hit = text.push(tok, final=seq.finished)
+            if hit and not seq.finished:
+                stop_hits.append(seq)
+            finish = "stop" if hit else seq.finish_reason
+            tr = seq.trace
+            event = TokenEvent(
+                index=index,
+                token_id=tok,
+                piece=piece,
+                text=released,
+                tau=tr.tau[-1],
+                updated=tr.updated[-1],
+                logp=tr.logp[-1],
+                top_logprobs=tr.top_logprobs[-1] if tr.top_logprobs else None,
+                finish_reason=finish,
+            )
+            out.setdefault(id(request), (request, []))[1].append(event)
+            previous = self._last_token_at.get(id(seq))
+            if previous is None:
+                self.metrics.ttft.observe(now - request.arrival)
+            else:
+                self.metrics.itl.observe(now - previous)
+            self._last_token_at[id(seq)] = now
+            self.metrics.observe_token(tr.tau[-1], tr.updated[-1])
+            if finish is not None:
+                self._forget(seq)
+                request.open_choices -= 1
+        if stop_hits:
+            self.batch.cancel(stop_hits)
+            for seq in stop_hits:
+                seq.finish_reason = "stop"
+        self.metrics.observe_step(len(stepped), now - step_start)
+        for request, events in out.values():
+            self._send(request, events)
+            if request.open_choices == 0:
+                self._send(
+                    request,
+                    Done(
+                        prompt_tokens=sum(len(p) for p in request.prompts),
+                        completion_tokens=sum(len(s.token_ids) for s in request.seqs),
+                    ),
+                )
+
+    def _fail_all(self, message: str) -> None:
+        requests = {id(r): r for r, _, _ in self._running.values()}
+        for request in requests.values():
+            self._send(request, Failed(message))
+        self._running.clear()
+        self._last_token_at.clear()
+        self.batch = self.engine.new_batch()

@@ -1,0 +1,137 @@
+"""Every bad input gets a 4xx with an OpenAI-style body that names the problem; the server keeps
+serving. Readiness, API keys and the queue limit."""
+
+import threading
+
+import httpx
+import openai
+import pytest
+
+from conftest import live_server
+from introllm.server.config import ServerConfig
+
+pytestmark = pytest.mark.slow
+
+MODEL = "smollm2-135m-instruct"
+
+
+@pytest.fixture(scope="module")
+def url(embedded):
+    with live_server(ServerConfig(max_tokens=64, max_n=4, max_batch=8), checkpoint=embedded) as u:
+        yield u
+
+
+def _post(url, path, body=None, raw=None, headers=None):
+    if raw is not None:
+        return httpx.post(url + path, content=raw, headers={"Content-Type": "application/json", **(headers or {})}, timeout=60)
+    return httpx.post(url + path, json=body, headers=headers, timeout=60)
+
+
+BAD = [
+    # (path, body or raw bytes, status, words the message must contain, param)
+    ("/v1/completions", b"{not json", 400, "not valid JSON", None),
+    ("/v1/completions", b"[1, 2]", 400, "must be a JSON object", None),
+    ("/v1/completions", {"model": "gpt-9", "prompt": "hi"}, 404, "'gpt-9' does not exist", "model"),
+    ("/v1/completions", {"model": MODEL, "prompt": ""}, 400, "prompt is empty", "prompt"),
+    ("/v1/completions", {"model": MODEL, "prompt": []}, 400, "prompt is empty", "prompt"),
+    ("/v1/completions", {"model": MODEL}, 400, "missing required field: prompt", "prompt"),
+    ("/v1/completions", {"model": MODEL, "prompt": "hi " * 9000}, 400, "context is 8192 tokens", "prompt"),
+    ("/v1/completions", {"model": MODEL, "prompt": [10**9]}, 400, "outside the vocabulary", "prompt"),
+    ("/v1/completions", {"model": MODEL, "prompt": "hi", "max_tokens": 65}, 400, "at most 64", "max_tokens"),
+    ("/v1/completions", {"model": MODEL, "prompt": "hi", "max_tokens": 0}, 400, "greater than or equal to 1", "max_tokens"),
+    ("/v1/completions", {"model": MODEL, "prompt": "hi", "n": 5}, 400, "n is 5; this server allows at most 4", "n"),
+    ("/v1/completions", {"model": MODEL, "prompt": ["a", "b", "c"], "n": 4}, 400, "exceeds the batch size 8", "n"),
+    ("/v1/completions", {"model": MODEL, "prompt": "hi", "temperature": -0.5}, 400, "greater than or equal to 0", "temperature"),
+    ("/v1/completions", {"model": MODEL, "prompt": "hi", "temperature": 3}, 400, "less than or equal to 2", "temperature"),
+    ("/v1/completions", {"model": MODEL, "prompt": "hi", "policy": "warm"}, 400, "unknown temperature policy 'warm'", "policy"),
+    ("/v1/completions", {"model": MODEL, "prompt": "hi", "policy": "fixed:-2"}, 400, ">= 0", "policy"),
+    ("/v1/completions", {"model": MODEL, "prompt": "hi", "policy": "learned", "temperature": 1}, 400, "either temperature", None),
+    ("/v1/completions", {"model": MODEL, "prompt": "hi", "polcy": "learned"}, 400, "Unrecognized request argument supplied: polcy", "polcy"),
+    ("/v1/completions", {"model": MODEL, "prompt": "hi", "top_p": 0}, 400, "greater than 0", "top_p"),
+    ("/v1/completions", {"model": MODEL, "prompt": "hi", "stop": ["a", "b", "c", "d", "e"]}, 400, "at most 4 stop", "stop"),
+    ("/v1/completions", {"model": MODEL, "prompt": "hi", "presence_penalty": 1.0}, 400, "presence_penalty is not supported", None),
+    ("/v1/completions", {"model": MODEL, "prompt": "hi", "echo": True}, 400, "echo is not supported", None),
+    ("/v1/chat/completions", {"model": MODEL, "messages": []}, 400, "at least 1 item", "messages"),
+    ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": ""}]}, 400, "messages are empty", "messages"),
+    ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "wizard", "content": "hi"}]}, 400, "messages.0.role", "messages.0.role"),
+    ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]}, 400, "tools is not supported", None),
+    ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 100}, 400, "at most 64", "max_tokens"),
+    ("/v1/nowhere", {}, 404, "no route /v1/nowhere", None),
+]
+
+
+@pytest.mark.parametrize("path, body, status, words, param", BAD, ids=[f"{i}-{b[2]}" for i, b in enumerate(BAD)])
+def test_bad_input_is_a_clear_4xx(url, path, body, status, words, param):
+    r = _post(url, path, raw=body) if isinstance(body, bytes) else _post(url, path, body)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert words in err["message"], err
+    assert err["param"] == param
+    assert err["type"] in ("invalid_request_error",)
+
+
+def test_still_serves_after_bad_inputs(url):
+    for path, body, *_ in BAD:
+        _post(url, path, raw=body) if isinstance(body, bytes) else _post(url, path, body)
+    r = _post(url, "/v1/completions", {"model": MODEL, "prompt": "Hello", "max_tokens": 3, "temperature": 0})
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 3
+
+
+def test_openai_client_raises_typed_errors(url):
+    client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
+    with pytest.raises(openai.BadRequestError, match="unknown temperature policy"):
+        client.completions.create(model=MODEL, prompt="hi", extra_body={"policy": "warm"})
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="nope", prompt="hi")
+
+
+def test_api_key(embedded):
+    with live_server(ServerConfig(api_key="s3cret"), checkpoint=embedded) as url:
+        body = {"model": MODEL, "prompt": "hi", "max_tokens": 2}
+        for headers, status, words in [
+            ({}, 401, "missing API key"),
+            ({"Authorization": "Bearer wrong"}, 401, "incorrect API key"),
+            ({"Authorization": "Basic s3cret"}, 401, "incorrect API key"),
+        ]:
+            r = _post(url, "/v1/completions", body, headers=headers)
+            assert r.status_code == status and words in r.json()["error"]["message"]
+        r = _post(url, "/v1/completions", raw=b"{bad", headers={})
+        assert r.status_code == 401  # checked before the body is read
+        assert httpx.get(url + "/health").status_code == 200  # health and metrics stay open
+        client = openai.OpenAI(base_url=url + "/v1", api_key="s3cret", max_retries=0)
+        assert client.completions.create(model=MODEL, prompt="hi", max_tokens=2).usage.completion_tokens == 2
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=url + "/v1", api_key="nope", max_retries=0).models.list()
+
+
+def test_health_is_503_until_loaded_and_reports_load_failures(embedded):
+    gate = threading.Event()
+
+    def slow_loader():
+        gate.wait(60)
+        return embedded
+
+    with live_server(ServerConfig(), loader=slow_loader, wait_ready=False) as url:
+        r = httpx.get(url + "/health")
+        assert r.status_code == 503 and r.json()["status"] == "loading"
+        r = _post(url, "/v1/completions", {"model": MODEL, "prompt": "hi"})
+        assert r.status_code == 503 and "still loading" in r.json()["error"]["message"]
+        gate.set()
+        for _ in range(100):
+            if httpx.get(url + "/health").status_code == 200:
+                break
+            threading.Event().wait(0.1)
+        assert httpx.get(url + "/health").status_code == 200
+
+    def broken_loader():
+        raise FileNotFoundError("no such checkpoint: /x")
+
+    with live_server(ServerConfig(), loader=broken_loader, wait_ready=False) as url:
+        for _ in range(50):
+            r = httpx.get(url + "/health")
+            if r.json()["status"] == "error":
+                break
+            threading.Event().wait(0.1)
+        assert r.status_code == 503 and "no such checkpoint" in r.json()["message"]
+        r = _post(url, "/v1/completions", {"model": MODEL, "prompt": "hi"})
+        assert r.status_code == 503 and "failed to load" in r.json()["error"]["message"]
