@@ -80,9 +80,9 @@ class BatchKVCache(Cache):
             v[:, :, :keep] = layer.v_buf[rows, :, drop_left : layer.length]
             layer._set(k, v, keep)
 
-    def repeat(self, n: int) -> None:
-        """Each row becomes n consecutive rows (one prefill shared by n samples)."""
-        if n == 1:
+    def repeat(self, n: "int | Tensor") -> None:
+        """Row i becomes n (or n[i]) consecutive rows (one prefill shared by several samples)."""
+        if isinstance(n, int) and n == 1:
             return
         for layer in self.layers:
             layer._set(layer.k_buf.repeat_interleave(n, 0), layer.v_buf.repeat_interleave(n, 0), layer.length)

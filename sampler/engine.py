@@ -131,14 +131,7 @@ class Engine:
         if len(params) != len(prompts):
             raise ValueError(f"got {len(params)} SamplingParams for {len(prompts)} prompts")
         batch = self.new_batch()
-        groups: dict[SamplingParams, list[int]] = {}
-        for i, p in enumerate(params):
-            groups.setdefault(p, []).append(i)
-        out: list[list[Sequence]] = [[] for _ in prompts]
-        for p, idx in groups.items():
-            added = batch.add([prompts[i] for i in idx], p, n=n, request_ids=idx, first_streams=[i * n for i in idx])
-            for i, seqs in zip(idx, added):
-                out[i] = seqs
+        out = batch.add(prompts, params, n=n, first_streams=[i * n for i in range(len(prompts))])
         while batch.num_running:
             stepped = batch.step()
             if on_step is not None:
@@ -203,40 +196,48 @@ class DecodeBatch:
     def add(
         self,
         prompts: Seq[Seq[int]],
-        params: SamplingParams,
-        n: int = 1,
+        params: SamplingParams | Seq[SamplingParams],
+        n: int | Seq[int] = 1,
         request_ids: Seq[Hashable] | None = None,
         first_streams: Seq[int] | None = None,
     ) -> list[list[Sequence]]:
-        """Prefill ``prompts`` once each, expand each to n samples and join the running batch.
+        """Prefill ``prompts`` in one forward pass, expand prompt i to n[i] samples, join the batch.
 
-        Sample j of prompt i draws its random numbers from stream ``first_streams[i] + j`` of the
-        seed (default: i * n + j, so no two samples of one call share numbers).
+        ``params`` and ``n`` are one value for all prompts or one per prompt, so requests with
+        different settings share a prefill. Sample j of prompt i draws its random numbers from
+        stream ``first_streams[i] + j`` of its seed (default: the sample's index among all rows of
+        this call, so no two samples of one call share numbers).
 
-        Returns, per prompt, its n Sequence objects (filled in by later steps). Raises ValueError,
-        before touching the batch, for an empty prompt, a token id outside the vocabulary, or a
-        prompt that leaves no room in the model's context.
+        Returns, per prompt, its Sequence objects (filled in by later steps). Raises ValueError,
+        before touching the batch, for an empty prompt, a token id outside the vocabulary, a
+        prompt that leaves no room in the model's context, or an unknown policy.
         """
         engine = self.engine
-        if n < 1:
-            raise ValueError(f"n must be >= 1, got {n}")
-        if not prompts:
+        count = len(prompts)
+        if not count:
             return []
+        params = [params] * count if isinstance(params, SamplingParams) else list(params)
+        ns = [n] * count if isinstance(n, int) else list(n)
+        if len(params) != count or len(ns) != count:
+            raise ValueError(f"{count} prompts need as many params and n values, got {len(params)} and {len(ns)}")
         for i, prompt in enumerate(prompts):
+            if ns[i] < 1:
+                raise ValueError(f"n must be >= 1, got {ns[i]}")
             if len(prompt) == 0:
                 raise ValueError(f"prompt {i} is empty")
             if min(prompt) < 0 or max(prompt) >= engine.vocab_size:
                 raise ValueError(f"prompt {i} has a token id outside the vocabulary [0, {engine.vocab_size})")
             if len(prompt) >= engine.max_context:
                 raise ValueError(f"prompt {i} has {len(prompt)} tokens; the model's context is {engine.max_context}")
-        policy = engine.policy(params.policy)
-        request_ids = list(range(len(prompts))) if request_ids is None else list(request_ids)
-        first_streams = [i * n for i in range(len(prompts))] if first_streams is None else list(first_streams)
+        policies = [engine.policy(p.policy) for p in params]
+        request_ids = list(range(count)) if request_ids is None else list(request_ids)
+        if first_streams is None:
+            first_streams = [sum(ns[:i]) for i in range(count)]
         device = engine.device
 
         # Prefill, left-padded to the longest prompt.
         length = max(len(p) for p in prompts)
-        ids = torch.zeros(len(prompts), length, dtype=torch.long, device=device)
+        ids = torch.zeros(count, length, dtype=torch.long, device=device)
         mask = torch.zeros_like(ids)
         for i, prompt in enumerate(prompts):
             ids[i, length - len(prompt) :] = torch.as_tensor(prompt, dtype=torch.long)
@@ -246,29 +247,35 @@ class DecodeBatch:
         h = self._forward(ids, mask, positions, cache)
 
         # One row per sample.
-        cache.repeat(n)
-        mask, h = mask.repeat_interleave(n, 0), h.repeat_interleave(n, 0)
-        seed = params.seed if params.seed is not None else secrets.randbits(63)
+        repeats = torch.tensor(ns, device=device)
+        cache.repeat(repeats)
+        mask, h = mask.repeat_interleave(repeats, 0), h.repeat_interleave(repeats, 0)
+        seeds = [p.seed if p.seed is not None else secrets.randbits(63) for p in params]
         seqs = [
-            [Sequence(rid, j, list(map(int, p)), seed, policy.spec) for j in range(n)]
-            for rid, p in zip(request_ids, prompts)
+            [Sequence(rid, j, list(map(int, prompt)), seed, policy.spec) for j in range(k)]
+            for rid, prompt, seed, policy, k in zip(request_ids, prompts, seeds, policies, ns)
         ]
         flat = [s for group in seqs for s in group]
-        rows = len(flat)
+
+        def per_row(values, dtype=torch.long) -> Tensor:
+            return torch.tensor(values, dtype=dtype, device=device).repeat_interleave(repeats)
+
         new_state = {
-            "seed": torch.full((rows,), seed - (1 << 64) if seed >= 1 << 63 else seed, dtype=torch.long, device=device),
-            "stream": (torch.as_tensor(first_streams, device=device)[:, None] + torch.arange(n, device=device)).flatten(),
-            "step": torch.zeros(rows, dtype=torch.long, device=device),
-            "tau_prev": torch.full((rows,), policy.initial_tau, dtype=torch.float32, device=device),
+            "seed": per_row([sd - (1 << 64) if sd >= 1 << 63 else sd for sd in seeds]),
+            "stream": per_row(first_streams) + torch.cat([torch.arange(k, device=device) for k in ns]),
+            "step": torch.zeros(len(flat), dtype=torch.long, device=device),
+            "tau_prev": per_row([pol.initial_tau for pol in policies], torch.float32),
             "position": mask.sum(-1),
-            "max_new": torch.full((rows,), params.max_new_tokens, dtype=torch.long, device=device),
-            "top_k": torch.full((rows,), params.top_k, dtype=torch.long, device=device),
-            "top_p": torch.full((rows,), params.top_p, dtype=torch.float32, device=device),
-            "logprobs": torch.full((rows,), params.logprobs, dtype=torch.long, device=device),
-            "policy": torch.full((rows,), self._policy_index(policy), dtype=torch.long, device=device),
+            "max_new": per_row([p.max_new_tokens for p in params]),
+            "top_k": per_row([p.top_k for p in params]),
+            "top_p": per_row([p.top_p for p in params], torch.float32),
+            "logprobs": per_row([p.logprobs for p in params]),
+            "policy": per_row([self._policy_index(pol) for pol in policies]),
         }
-        stops = frozenset(params.stop_token_ids) | (frozenset() if params.ignore_eos else engine.eos_token_ids)
-        self._join(flat, new_state, [stops] * rows, cache, mask, h)
+        stops = [
+            frozenset(p.stop_token_ids) | (frozenset() if p.ignore_eos else engine.eos_token_ids) for p in params
+        ]
+        self._join(flat, new_state, [stop for stop, k in zip(stops, ns) for _ in range(k)], cache, mask, h)
         return seqs
 
     def _policy_index(self, policy: TemperaturePolicy) -> int:

@@ -161,20 +161,41 @@ class Scheduler:
         request.loop.call_soon_threadsafe(request.events.put_nowait, item)
 
     def _admit(self) -> None:
+        """Move waiting requests into the batch while it has room, all in one prefill pass."""
         with self._lock:
             self._pending = collections.deque(r for r in self._pending if not r.cancelled)
-            while self._pending and self.batch.num_running + self._pending[0].num_rows <= self.max_batch:
-                request = self._pending.popleft()
-                try:
-                    groups = self.batch.add(request.prompts, request.params, n=request.n, request_ids=[request.request_id] * len(request.prompts))
-                except ValueError as e:  # validated by the handler already; kept as a safety net
-                    self._send(request, Failed(str(e)))
-                    continue
-                request.seqs = [s for g in groups for s in g]
-                request.open_choices = len(request.seqs)
-                for index, seq in enumerate(request.seqs):
-                    self._running[id(seq)] = (request, _Text(self.tokenizer, request.stop), index)
+            joining, rows = [], self.batch.num_running
+            while self._pending and rows + self._pending[0].num_rows <= self.max_batch:
+                joining.append(self._pending.popleft())
+                rows += joining[-1].num_rows
             self.metrics.queue_depth.set(len(self._pending))
+        if not joining:
+            return
+        try:
+            self._add(joining)
+        except ValueError:  # validated by the handlers already; find the culprit, keep the rest
+            for request in joining:
+                try:
+                    self._add([request])
+                except ValueError as e:
+                    self._send(request, Failed(str(e)))
+
+    def _add(self, requests: list[Request]) -> None:
+        prompts, params, ns, ids, streams = [], [], [], [], []
+        for request in requests:
+            for i, prompt in enumerate(request.prompts):
+                prompts.append(prompt)
+                params.append(request.params)
+                ns.append(request.n)
+                ids.append(request.request_id)
+                streams.append(i * request.n)  # as if the request were alone: seeds reproduce
+        groups = self.batch.add(prompts, params, n=ns, request_ids=ids, first_streams=streams)
+        for request in requests:
+            request.seqs = [s for g in groups[: len(request.prompts)] for s in g]
+            groups = groups[len(request.prompts) :]
+            request.open_choices = len(request.seqs)
+            for index, seq in enumerate(request.seqs):
+                self._running[id(seq)] = (request, _Text(self.tokenizer, request.stop), index)
 
     def _drop_cancelled(self) -> None:
         gone = [seq for seq in self.batch.rows if self._running[id(seq)][0].cancelled]

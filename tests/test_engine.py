@@ -231,3 +231,22 @@ def test_top_logprobs(llama):
             assert dict(top)[tok] == pytest.approx(lp, abs=1e-6)
     (plain,), = e.generate(PROMPTS[:1], SamplingParams(max_new_tokens=6, seed=0, policy="fixed:0.7"))
     assert plain.trace.top_logprobs == [] and plain.token_ids == seq.token_ids
+
+
+def test_add_with_per_prompt_params_and_n(llama):
+    """Requests with different settings share one prefill and decode as if alone."""
+    e = _engine(llama)
+    a = SamplingParams(max_new_tokens=6, seed=1, policy="fixed:0.8", ignore_eos=True)
+    b = SamplingParams(max_new_tokens=9, seed=2, ignore_eos=True, top_k=5)
+    batch = e.new_batch()
+    together = batch.add(PROMPTS[:2], [a, b], n=[2, 1], first_streams=[0, 0])
+    while batch.num_running:
+        batch.step()
+    assert [len(g) for g in together] == [2, 1]
+    alone_a = e.generate(PROMPTS[:1], a, n=2)[0]
+    alone_b = e.generate(PROMPTS[1:2], b)[0]
+    assert [s.token_ids for s in together[0]] == [s.token_ids for s in alone_a]
+    assert [s.token_ids for s in together[1]] == [s.token_ids for s in alone_b]
+    assert [len(s.token_ids) for s in together[0] + together[1]] == [6, 6, 9]
+    with pytest.raises(ValueError, match="need as many params"):
+        batch.add(PROMPTS[:2], [a], n=1)
