@@ -49,7 +49,10 @@ examples:
 """
 
 EXAMPLES_BENCH = """\
-Prints tokens/s for the engine with the learned policy, with fixed temperature 1.0, with its
+With --server, drives a running server instead: N concurrent streaming clients, requests/s,
+output tokens/s and TTFT / inter-token latency percentiles per concurrency level.
+
+Without it, prints tokens/s for the engine with the learned policy, with fixed temperature 1.0, with its
 speed-ups off (the model's own forward inside the engine's loop), and for Hugging Face generate,
 at each batch size: whole runs of --new-tokens tokens, interleaved, median of --repeats. The
 learned policy's overhead is measured separately by stepping a learned and a fixed-temperature
@@ -168,6 +171,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-generate", action="store_true", help="skip Hugging Face generate")
     bench.add_argument("--no-plain", action="store_true", help="skip the engine run with its speed-ups off")
     bench.add_argument("--json", metavar="FILE", help="also write every measurement to FILE as JSON")
+    load = bench.add_argument_group("server load test (instead of the engine benchmark)")
+    load.add_argument("--server", metavar="URL", nargs="?", const="http://127.0.0.1:8000", help="drive a running server at URL [http://127.0.0.1:8000]")
+    load.add_argument("--concurrency", type=_int_list, default=[1, 16], help="concurrent streaming clients, comma-separated [1,16]")
+    load.add_argument("--requests-per-client", type=_positive_int, default=3, help="requests each client sends in turn [3]")
+    load.add_argument("--max-tokens", type=_positive_int, default=48, help="tokens per request (EOS ignored) [48]")
+    load.add_argument("--api-key", default=os.environ.get("INTROLLM_API_KEY"), help="bearer key [$INTROLLM_API_KEY]")
     bench.set_defaults(func=cmd_bench)
     return parser
 
@@ -309,7 +318,35 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_load(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from introllm.clients.loadtest import run_load, summary_rows
+
+    console = Console(stderr=True)
+    results = []
+    for c in args.concurrency:
+        console.print(f"  {c} concurrent clients x {args.requests_per_client} requests of {args.max_tokens} tokens ...", style="dim")
+        results.append(asyncio.run(run_load(args.server, c, c * args.requests_per_client, args.max_tokens, args.api_key)))
+    rows = summary_rows(results)
+    table = Table(title=f"server load test: {args.server}, streamed completions of {args.max_tokens} tokens")
+    for name in rows[0]:
+        table.add_column(name, justify="right")
+    for row in rows:
+        table.add_row(*row.values())
+    Console().print(table)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump([{**r.__dict__} for r in results], f, indent=2)
+    return 1 if any(r.failed for r in results) else 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.server:
+        return cmd_load(args)
     from rich.console import Console
     from rich.table import Table
 
