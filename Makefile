@@ -1,9 +1,9 @@
 # Two commands do all set-up on a fresh machine:
-#   make run    install into .venv (first time only), then decode with the embedded model
+#   make run    install into .venv (first time only), then serve the embedded model on 127.0.0.1:8000
 #   make test   install into .venv (first time only), then run the whole test suite
 VENV ?= .venv
 PY := $(VENV)/bin/python
-PROMPT ?= What is the capital of France?
+PORT ?= 8000
 
 .PHONY: install run test bench clean
 
@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 run: install
-	$(VENV)/bin/introllm generate "$(PROMPT)"
+	$(VENV)/bin/introllm serve --port $(PORT)
 
 test: install
 	$(PY) -m pytest
