@@ -179,6 +179,10 @@ class Scheduler:
                     self._add([request])
                 except ValueError as e:
                     self._send(request, Failed(str(e)))
+        except Exception as e:  # prefill failed (e.g. out of memory): these requests fail, the batch is intact
+            log.exception("prefill failed for %d requests", len(joining))
+            for request in joining:
+                self._send(request, Failed(f"internal error while reading the prompt: {type(e).__name__}"))
 
     def _add(self, requests: list[Request]) -> None:
         prompts, params, ns, ids, streams = [], [], [], [], []
@@ -210,30 +214,41 @@ class Scheduler:
 
     def _loop(self) -> None:
         while not self._stopping:
-            self._admit()
-            self._drop_cancelled()
-            self.metrics.running.set(self.batch.num_running)
-            if not self.batch.num_running:
-                self._wake.wait(timeout=0.5)
-                self._wake.clear()
-                continue
-            start = time.monotonic()
             try:
-                stepped = self.batch.step()
-            except Exception as e:  # a failing step fails the requests in it, not the server
-                log.exception("decode step failed; failing %d running sequences", self.batch.num_running)
+                self._iteration()
+            except Exception as e:  # the decode thread must outlive any failure: fail what is running
+                log.exception("decode loop failed; failing %d running sequences", self.batch.num_running)
                 self._fail_all(f"internal error while decoding: {type(e).__name__}")
-                continue
-            self._dispatch(stepped, start)
+
+    def _iteration(self) -> None:
+        self._admit()
+        self._drop_cancelled()
+        self.metrics.running.set(self.batch.num_running)
+        if not self.batch.num_running:
+            self._wake.wait(timeout=0.5)
+            self._wake.clear()
+            return
+        start = time.monotonic()
+        stepped = self.batch.step()
+        self._dispatch(stepped, start)
 
     def _dispatch(self, stepped: list[Sequence], step_start: float) -> None:
         now = time.monotonic()
         out: dict[int, tuple[Request, list[TokenEvent]]] = {}
         stop_hits = []
+        broken: dict[int, Request] = {}
         for seq in stepped:
+            if id(seq) not in self._running:  # its request failed earlier in this step
+                continue
             request, text, index = self._running[id(seq)]
             tok = seq.token_ids[-1]
-            piece, released, hit = text.push(tok, final=seq.finished)
+            try:
+                piece, released, hit = text.push(tok, final=seq.finished)
+            except Exception as e:  # e.g. a tokenizer that cannot decode: this request only
+                log.exception("request %s failed while decoding its text", request.request_id)
+                broken[id(request)] = request
+                self._fail(request, f"internal error while decoding the text: {type(e).__name__}")
+                continue
             if hit and not seq.finished:
                 stop_hits.append(seq)
             finish = "stop" if hit else seq.finish_reason
@@ -266,6 +281,8 @@ class Scheduler:
                 seq.finish_reason = "stop"
         self.metrics.observe_step(len(stepped), now - step_start)
         for request, events in out.values():
+            if id(request) in broken:
+                continue
             self._send(request, events)
             if request.open_choices == 0:
                 self._send(
@@ -275,6 +292,15 @@ class Scheduler:
                         completion_tokens=sum(len(s.token_ids) for s in request.seqs),
                     ),
                 )
+
+    def _fail(self, request: Request, message: str) -> None:
+        """End one request with an error; its other sequences leave the batch."""
+        mine = [seq for seq in request.seqs if id(seq) in self._running]
+        self.batch.cancel([seq for seq in mine if not seq.finished])
+        for seq in mine:
+            self._forget(seq)
+        request.open_choices = 0
+        self._send(request, Failed(message))
 
     def _fail_all(self, message: str) -> None:
         requests = {id(r): r for r, _, _ in self._running.values()}

@@ -135,3 +135,51 @@ def test_health_is_503_until_loaded_and_reports_load_failures(embedded):
         assert r.status_code == 503 and "no such checkpoint" in r.json()["message"]
         r = _post(url, "/v1/completions", {"model": MODEL, "prompt": "hi"})
         assert r.status_code == 503 and "failed to load" in r.json()["error"]["message"]
+
+
+def test_a_failing_request_fails_alone_and_a_failing_step_does_not_kill_the_server(embedded, monkeypatch):
+    import asyncio
+
+    from introllm.server import scheduler
+
+    original_push = scheduler._Text.push
+
+    def push(self, token_id, final):  # a request whose text cannot be produced
+        if "BOOM" in self.stop:
+            raise RuntimeError("cannot decode")
+        return original_push(self, token_id, final)
+
+    monkeypatch.setattr(scheduler._Text, "push", push)
+    with live_server(ServerConfig(), checkpoint=embedded) as url:
+        client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
+
+        async def one(stop):
+            try:
+                r = await client.completions.create(model=MODEL, prompt="Tell me a story.", max_tokens=12, stop=stop, seed=1, extra_body={"ignore_eos": True})
+                return r.usage.completion_tokens
+            except openai.InternalServerError as e:
+                return str(e)
+
+        async def together():
+            return await asyncio.gather(one(None), one(["BOOM"]), one(None))
+
+        results = asyncio.run(together())
+        assert results[0] == results[2] == 12
+        assert "internal error while decoding the text" in results[1]
+
+        # A decode step that raises fails the requests in it, and the server goes on serving.
+        from introllm.sampler.engine import DecodeBatch
+
+        original_step, calls = DecodeBatch.step, []
+
+        def flaky_step(self):
+            calls.append(1)
+            if len(calls) == 3:
+                raise RuntimeError("simulated kernel failure")
+            return original_step(self)
+
+        monkeypatch.setattr(DecodeBatch, "step", flaky_step)
+        r = _post(url, "/v1/completions", {"model": MODEL, "prompt": "Hi", "max_tokens": 8, "ignore_eos": True})
+        assert r.status_code == 500 and "internal error while decoding: RuntimeError" in r.json()["error"]["message"]
+        r = _post(url, "/v1/completions", {"model": MODEL, "prompt": "Hi", "max_tokens": 8, "ignore_eos": True})
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 8
