@@ -17,6 +17,7 @@ tokens depend only on its seed, never on its batch neighbours.
 
 from __future__ import annotations
 
+import collections
 import logging
 import secrets
 from typing import Callable, Hashable, Sequence as Seq
@@ -87,7 +88,7 @@ class Engine:
         self.vocab_size = self.lm_head.weight.shape[0]
         self.max_context = int(getattr(model.config, "max_position_embeddings", 0) or 1 << 30)
         self.eos_token_ids = _eos_ids(model)
-        self._policies: dict[str, TemperaturePolicy] = {}
+        self._policies: collections.OrderedDict[str, TemperaturePolicy] = collections.OrderedDict()
         self._output: Projection | None = None
         self._output_packed = fast_cpu_kernels
 
@@ -105,9 +106,14 @@ class Engine:
         return self.lm_head.weight.device
 
     def policy(self, spec: str) -> TemperaturePolicy:
-        """The policy object for ``spec`` (built once, then shared by every request that names it)."""
-        if spec not in self._policies:
+        """The policy object for ``spec``, shared by the requests that name it (the most recent
+        256 specs are kept: a server sees arbitrary fixed temperatures)."""
+        if spec in self._policies:
+            self._policies.move_to_end(spec)
+        else:
             self._policies[spec] = build_policy(spec, self.head)
+            if len(self._policies) > 256:
+                self._policies.popitem(last=False)
         return self._policies[spec]
 
     def new_batch(self) -> "DecodeBatch":
