@@ -56,7 +56,8 @@ Without it, prints tokens/s for the engine with the learned policy, with fixed t
 speed-ups off (the model's own forward inside the engine's loop), and for Hugging Face generate,
 at each batch size: whole runs of --new-tokens tokens, interleaved, median of --repeats. The
 learned policy's overhead is measured separately by stepping a learned and a fixed-temperature
-batch alternately, one step at a time, so both see the same machine load. Ratios are the figures
+batch alternately, one step at a time, and taking the median ratio of paired step times, so
+both see the same machine load. Ratios are the figures
 to quote; absolute numbers vary from machine to machine and run to run.
 """
 
@@ -376,7 +377,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     )
     table = Table(
         title=f"tokens/s, median of {args.repeats} (higher is better)",
-        caption="learned overhead: decode-step time, learned vs fixed:1.0 batches stepped alternately",
+        caption="learned overhead: median ratio of decode-step times, learned vs fixed:1.0 batches stepped alternately",
     )
     names = list(results[0].tokens_per_s)
     table.add_column("batch", justify="right")
@@ -387,7 +388,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         table.add_column("engine / generate", justify="right")
     for r in results:
         row = [str(r.batch_size)] + [f"{r.median(n):.1f}" for n in names]
-        row.append(f"{(r.step_ms['learned'] / r.step_ms['fixed:1.0'] - 1) * 100:+.1f} %")
+        row.append(f"{r.overhead['overhead'] * 100:+.1f} %")
         if not args.no_generate:
             row.append(f"{r.median('engine learned') / r.median('HF generate'):.2f}x")
         table.add_row(*row)

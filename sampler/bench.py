@@ -39,8 +39,8 @@ class BenchResult:
     batch_size: int
     new_tokens: int
     tokens_per_s: dict[str, list[float]] = field(default_factory=dict)
-    step_ms: dict[str, float] = field(default_factory=dict)
-    """Median decode-step time per policy, the policies' steps interleaved one by one."""
+    overhead: dict[str, float] = field(default_factory=dict)
+    """The learned policy's step cost against fixed:1.0, from paired steps (see step_overhead)."""
 
     def median(self, name: str) -> float:
         return statistics.median(self.tokens_per_s[name])
@@ -78,26 +78,32 @@ def _hf_generate(model, prompts: list[list[int]], new_tokens: int, pad_id: int) 
         )
 
 
-def step_times(engine: Engine, prompts: list[list[int]], policies: list[str], steps: int = 64) -> dict[str, float]:
-    """Median decode-step milliseconds per policy, stepping one batch per policy in turn.
+def step_overhead(engine: Engine, prompts: list[list[int]], policy: str, baseline: str, steps: int = 128) -> dict[str, float]:
+    """Decode-step cost of ``policy`` relative to ``baseline``, measured on paired steps.
 
-    Whole-run timings drift with the machine's load over tens of seconds; alternating single
-    steps (in A-B, B-A order) puts both policies under the same conditions, which is what a
-    few-percent overhead needs.
+    Whole-run timings drift with the machine's load over tens of seconds. Here one batch per
+    policy is stepped in turn (A-B, then B-A, ...), each pair of consecutive steps gives a ratio
+    t_policy / t_baseline under the same load, and the median ratio is reported with the median
+    step times. Returns {"policy_ms", "baseline_ms", "overhead"} (overhead = median ratio - 1).
     """
     batches = {}
-    for policy in policies:
+    for spec in (policy, baseline):
         batch = engine.new_batch()
-        batch.add(prompts, SamplingParams(max_new_tokens=steps + 4, policy=policy, seed=0, ignore_eos=True))
+        batch.add(prompts, SamplingParams(max_new_tokens=steps + 4, policy=spec, seed=0, ignore_eos=True))
         batch.step()  # first step: packing, allocations
-        batches[policy] = batch
-    times: dict[str, list[float]] = {p: [] for p in policies}
+        batches[spec] = batch
+    times: dict[str, list[float]] = {policy: [], baseline: []}
     for i in range(steps):
-        for policy in policies if i % 2 == 0 else policies[::-1]:
+        for spec in (policy, baseline) if i % 2 == 0 else (baseline, policy):
             start = time.perf_counter()
-            batches[policy].step()
-            times[policy].append(time.perf_counter() - start)
-    return {p: 1000 * statistics.median(t) for p, t in times.items()}
+            batches[spec].step()
+            times[spec].append(time.perf_counter() - start)
+    ratios = [a / b for a, b in zip(times[policy], times[baseline])]
+    return {
+        "policy_ms": 1000 * statistics.median(times[policy]),
+        "baseline_ms": 1000 * statistics.median(times[baseline]),
+        "overhead": statistics.median(ratios) - 1.0,
+    }
 
 
 def run_bench(
@@ -148,9 +154,9 @@ def run_bench(
                 result.tokens_per_s[name].append(tps)
                 if on_measure:
                     on_measure(name, batch_size, tps)
-        result.step_ms = step_times(engine, prompts, ["learned", "fixed:1.0"])
+        result.overhead = step_overhead(engine, prompts, "learned", "fixed:1.0")
         if on_measure:
-            for policy, ms in result.step_ms.items():
-                on_measure(f"step ms, {policy}, interleaved", batch_size, ms)
+            on_measure("step ms, learned (paired)", batch_size, result.overhead["policy_ms"])
+            on_measure("step ms, fixed:1.0 (paired)", batch_size, result.overhead["baseline_ms"])
         results.append(result)
     return results
