@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .cache import BatchKVCache
-from .kernels import Projection
+from .kernels import Projection, stamp
 
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
 
@@ -81,11 +81,11 @@ class FusedDecoder:
                 )
             )
         self._packed = packed
+        self._sources = [t for layer in self._layers for p in layer.values() if isinstance(p, Projection) for t in p.sources]
+        self._stamp = stamp(self._sources)
 
     def _stale(self, packed: bool) -> bool:
-        if not self._layers or packed != self._packed:
-            return True
-        return any(p.stale() for layer in self._layers for p in layer.values() if isinstance(p, Projection))
+        return not self._layers or packed != self._packed or stamp(self._sources) != self._stamp
 
     def __call__(self, input_ids: Tensor, mask: Tensor, positions: Tensor, cache: BatchKVCache, packed: bool = True) -> Tensor:
         """``packed``: use oneDNN-packed weights when the model is on CPU in float32."""

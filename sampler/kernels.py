@@ -38,8 +38,10 @@ def packing_supported(module: nn.Module) -> bool:
     )
 
 
-def _stamp(linears: Sequence[nn.Linear]) -> tuple:
-    return tuple((p.data_ptr(), p._version) for lin in linears for p in lin.parameters())
+def stamp(tensors: Sequence[torch.Tensor]) -> list[tuple[int, int]]:
+    """(storage, version) of each tensor: changes on an optimizer step (in place) and on ``to()``
+    (new storage). Cheap enough to check once per decode step."""
+    return [(t.data_ptr(), t._version) for t in tensors]
 
 
 class Projection:
@@ -51,7 +53,8 @@ class Projection:
 
     def __init__(self, linears: Sequence[nn.Linear], packed: bool = True):
         self.linears = list(linears)
-        self._stamp = _stamp(self.linears)
+        self.sources = [p for lin in self.linears for p in (lin.weight, lin.bias) if p is not None]
+        self._stamp = stamp(self.sources)
         w = [lin.weight.detach() for lin in self.linears]
         weight = torch.cat(w) if len(w) > 1 else w[0]
         biases = [lin.bias for lin in self.linears]
@@ -62,7 +65,9 @@ class Projection:
         self.weight = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), _PACK_HINT) if self.packed else weight
 
     def stale(self) -> bool:
-        return _stamp(self.linears) != self._stamp
+        """True when the layers' weights changed since this copy was made. (A layer given a new
+        Parameter object is not noticed: build a new Projection, or a new Engine, after that.)"""
+        return stamp(self.sources) != self._stamp
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed:

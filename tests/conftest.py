@@ -99,3 +99,13 @@ def live_server(config, checkpoint=None, loader=None, wait_ready: bool = True):
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server_url(embedded):
+    """A server on the embedded model with the default settings, one per test module (so the
+    modules' metrics do not mix)."""
+    from introllm.server.config import ServerConfig
+
+    with live_server(ServerConfig(), checkpoint=embedded) as url:
+        yield url

@@ -6,8 +6,6 @@ import httpx
 import openai
 import pytest
 
-from conftest import live_server
-from introllm.server.config import ServerConfig
 
 pytestmark = pytest.mark.slow
 
@@ -15,9 +13,8 @@ MODEL = "smollm2-135m-instruct"
 
 
 @pytest.fixture(scope="module")
-def url(embedded):
-    with live_server(ServerConfig(max_batch=32, max_queue=64), checkpoint=embedded) as u:
-        yield u
+def url(server_url):
+    return server_url
 
 
 @pytest.fixture

@@ -23,9 +23,8 @@ MODEL = "smollm2-135m-instruct"
 
 
 @pytest.fixture(scope="module")
-def url(embedded):
-    with live_server(ServerConfig(max_batch=32, max_queue=64), checkpoint=embedded) as u:
-        yield u
+def url(server_url):
+    return server_url
 
 
 def metrics(url) -> dict[tuple, float]:
