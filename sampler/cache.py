@@ -11,7 +11,6 @@ slots on the left, masked out by the batch's attention mask. The batch operation
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 from transformers.cache_utils import Cache, DynamicLayer
 

@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
 import threading
 import time
-import uuid
 from typing import Any, AsyncIterator
 
 from fastapi import FastAPI, Request
@@ -32,25 +30,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from introllm.sampler import Engine, SamplingParams
 
 from .config import ServerConfig
+from .errors import APIError, describe_validation, error_body
 from .metrics import Metrics
+from .middleware import Auth, RequestLog
 from .responses import ChoiceState, chat_logprobs, completion_logprobs, trace, usage
 from .scheduler import Done, Failed, QueueFull, Request as GenRequest, Scheduler, TokenEvent
 from .schemas import ChatCompletionRequest, CompletionRequest
 
 log = logging.getLogger("introllm.server")
-
-ENDPOINTS = {"/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/metrics"}
-
-
-class APIError(Exception):
-    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error", param: str | None = None, code: str | None = None):
-        super().__init__(message)
-        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
-
-
-def error_body(message: str, type: str = "invalid_request_error", param: str | None = None, code: str | None = None) -> dict:
-    return {"error": {"message": message, "type": type, "param": param, "code": code}}
-
 
 class ServerState:
     """The loaded model and the decode loop; ``ready`` once both exist."""
@@ -119,7 +106,7 @@ def create_app(config: ServerConfig, checkpoint=None, loader=None) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
-        return JSONResponse(error_body(*_describe_validation(exc)), status_code=400)
+        return JSONResponse(error_body(*describe_validation(exc)), status_code=400)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
@@ -132,8 +119,8 @@ def create_app(config: ServerConfig, checkpoint=None, loader=None) -> FastAPI:
         return JSONResponse(error_body("internal server error", "server_error"), status_code=500)
 
     if config.api_key:
-        app.add_middleware(_Auth, api_key=config.api_key)
-    app.add_middleware(_RequestLog, metrics=metrics)  # outermost: logs and counts the 401s too
+        app.add_middleware(Auth, api_key=config.api_key)
+    app.add_middleware(RequestLog, metrics=metrics)  # outermost: logs and counts the 401s too
 
     # ------------------------------------------------------------------ helpers
 
@@ -376,93 +363,6 @@ def create_app(config: ServerConfig, checkpoint=None, loader=None) -> FastAPI:
                 request.scope["state"]["outcome"] = 499
 
     return app
-
-
-def _describe_validation(exc: RequestValidationError) -> tuple[str, str, str | None]:
-    """One readable line for a pydantic error list: (message, type, param)."""
-    errors = exc.errors()
-    if not errors:
-        return "invalid request", "invalid_request_error", None
-    e = errors[0]
-    loc = [str(p) for p in e.get("loc", ()) if p != "body"]
-    param = ".".join(loc) or None
-    kind = e.get("type", "")
-    if kind == "json_invalid":
-        return f"the request body is not valid JSON: {e.get('ctx', {}).get('error', e.get('msg'))}", "invalid_request_error", None
-    if kind == "extra_forbidden":
-        return f"Unrecognized request argument supplied: {param}", "invalid_request_error", param
-    if kind == "missing":
-        return f"missing required field: {param}", "invalid_request_error", param
-    if kind in ("model_attributes_type", "dict_type") and not loc:
-        return "the request body must be a JSON object", "invalid_request_error", None
-    message = e.get("msg", "invalid value")
-    message = message.removeprefix("Value error, ")
-    return (f"{param}: {message}" if param else message), "invalid_request_error", param
-
-
-class _Auth:
-    """ASGI middleware: /v1/* needs ``Authorization: Bearer <api key>``; checked before the body is read."""
-
-    def __init__(self, app, api_key: str):
-        self.app = app
-        self.key = api_key.encode()
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope.get("path", "").startswith("/v1/"):
-            header = dict(scope.get("headers", [])).get(b"authorization", b"").decode("latin-1")
-            scheme, _, key = header.partition(" ")
-            problem = None
-            if not header:
-                problem = "missing API key: send 'Authorization: Bearer <key>'"
-            elif scheme.lower() != "bearer" or not hmac.compare_digest(key.strip().encode(), self.key):
-                problem = "incorrect API key provided"
-            if problem:
-                response = JSONResponse(error_body(problem, code="invalid_api_key"), status_code=401)
-                return await response(scope, receive, send)
-        return await self.app(scope, receive, send)
-
-
-class _RequestLog:
-    """ASGI middleware: a request id, one log line and the request metrics per HTTP request."""
-
-    def __init__(self, app, metrics: Metrics):
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        rid = uuid.uuid4().hex[:16]
-        scope.setdefault("state", {})["request_id"] = rid
-        start = time.monotonic()
-        status = [0]
-        logged = [False]
-        path = scope.get("path", "")
-        endpoint = path if path in ENDPOINTS else "other"
-
-        def finish(outcome: int) -> None:
-            if logged[0]:
-                return
-            logged[0] = True
-            seconds = time.monotonic() - start
-            self.metrics.requests.labels(endpoint=endpoint, status=str(outcome)).inc()
-            if endpoint.startswith("/v1/") and endpoint != "/v1/models":
-                self.metrics.request_latency.observe(seconds)
-                prompt, completion = scope["state"].get("usage", (0, 0))
-                log.info("%s %s %s %d prompt=%d completion=%d %.0f ms", rid, scope["method"], path, outcome, prompt, completion, seconds * 1000)
-
-        async def send_wrapper(message):
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-                message.setdefault("headers", []).append((b"x-request-id", rid.encode()))
-            await send(message)
-            if message["type"] == "http.response.body" and not message.get("more_body", False):
-                finish(scope["state"].get("outcome", status[0]))
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            finish(499)  # no-op after a complete response; otherwise the client went away mid-way
 
 
 def serve(config: ServerConfig) -> None:

@@ -1,6 +1,5 @@
 import pytest
 import torch
-from transformers import LlamaConfig
 
 from conftest import EOS, VOCAB, random_head, tiny_llama
 from introllm.sampler import Engine, SamplingParams, sample_tokens

@@ -1,10 +1,8 @@
 """The fused decode step computes what the model's own forward computes."""
 
-import copy
-
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
+from transformers import MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from conftest import random_head, tiny_llama, tiny_qwen3
 from introllm.sampler import Engine, SamplingParams
