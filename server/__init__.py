@@ -1,1 +1,2 @@
-"""server: see DESIGN.md."""
+"""The OpenAI-compatible HTTP server: ``create_app`` / ``serve`` in app.py, the continuous-batching
+scheduler in scheduler.py, Prometheus metrics in metrics.py."""
