@@ -4,6 +4,7 @@
     introllm complete "prompt"     ask a running server; show each token coloured by its temperature
     introllm generate "prompt"     decode in-process with the learned temperature, show the trace
     introllm bench                 engine vs Hugging Face generate, learned vs fixed temperature
+    introllm train                 RL fine-tuning of model and temperature head -> checkpoints
 
 Heavy imports (torch, transformers) happen inside the subcommands so that ``--help`` is instant.
 Expected failures (bad flags, a missing checkpoint, an unknown policy) print one line and exit 2;
@@ -114,6 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--max-tokens", type=_positive_int, default=1024, help="cap on max_tokens per request [1024]")
     srv.add_argument("--max-n", type=_positive_int, default=None, help="cap on n per request [min(16, max batch)]")
     srv.set_defaults(func=cmd_serve)
+
+    from introllm.training.cli import add_parser as add_train_parser
+
+    add_train_parser(sub)
 
     comp = sub.add_parser(
         "complete",

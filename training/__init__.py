@@ -1,3 +1,13 @@
-"""RLVR training (hierarchical GRPO with coordinate ascent): not built yet, see the training issue.
-The pieces it will stand on already live in the sampler: rollouts (Engine), re-scoring of recorded
-actions (sampler.scoring) and the checkpoint format."""
+"""RLVR training: hierarchical GRPO with coordinate ascent (paper §4.3, Algorithm 1) and the
+baselines, as ``introllm train``.
+
+    config    typed dataclasses, one per concern (flags are generated from them)
+    data      problems from files, reasoning-gym or the hub; prompts; the seeded order
+    rewards   answer extraction and checking in a worker process with a deadline
+    losses    group advantages, clipped surrogate, KL, the one token aggregation
+    methods   introllm, grpo, ead, tampo, prompt-level, always-update by name
+    rollout   G samples per prompt from the engine, scored: the Rollout record
+    update    one forward pass, step A (model) and step B (head), gradient accumulation
+    state     resumable optimizer / RNG / data state in safetensors and JSON
+    trainer   the loop
+"""

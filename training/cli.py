@@ -1,0 +1,126 @@
+"""``introllm train``: flags generated from the config dataclasses, so every field is a flag whose
+help is the field's docstring and whose default is the field's default."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from .config import SECTIONS, ConfigError, TrainConfig, field_docs, read_config_file
+
+EXAMPLES = """\
+examples:
+  introllm train                                      the embedded SmolLM2 on 1-digit arithmetic, IntroLLM
+  introllm train --method grpo --fixed-tau 1.0 --output runs/grpo
+  introllm train --dataset problems.jsonl --prompt-field problem --answer-field solution
+  introllm train --config run.toml --steps 200        a config file, one value overridden
+  introllm train --resume runs/introllm --steps 80    continue a run (exactly where it stopped)
+  accelerate launch --num_processes 8 -m introllm train --model ckpt/qwen3 --batch-size 128
+
+methods: introllm, grpo, ead, tampo, prompt-level, always-update
+output:  DIR/metrics.jsonl (one line per step), DIR/samples.jsonl (completions with traces),
+         DIR/checkpoint-N/ (resumable), DIR/final/ (load with: introllm serve --checkpoint DIR/final)
+config file (TOML, or JSON with the same shape):
+  [method]
+  method = "introllm"
+  [rollout]
+  batch_size = 8
+  [data]
+  dataset = "rg:basic_arithmetic"
+  rg_args = {min_terms = 2, max_terms = 3, min_digits = 1, max_digits = 1}
+"""
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "train",
+        help="RL fine-tuning (GRPO with a learned temperature head, or a baseline) producing checkpoints",
+        description="Train model and temperature head with hierarchical GRPO and coordinate ascent "
+        "(paper §4.3, Algorithm 1), or a baseline method. Defaults follow the paper's Table 5 where "
+        "they fit a CPU run (batch size and length are smaller). Flags override the --config file.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", metavar="FILE", help="TOML or JSON file with [data], [rollout], [method], [optim], [run] tables")
+    p.add_argument("--resume", metavar="DIR", help="continue a run: its directory (latest checkpoint) or one checkpoint-N")
+    p.add_argument("--print-config", action="store_true", help="print the resolved configuration as JSON and exit")
+    p.add_argument("--no-progress", action="store_true", help="one log line per step instead of a progress bar")
+    for section, cls in SECTIONS.items():
+        group = p.add_argument_group(f"[{section}]")
+        docs = field_docs(cls)
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            help_text = f"{docs.get(f.name, '')} [{default!r}]".replace("%", "%%")
+            kwargs: dict[str, Any] = {"dest": f"{section}.{f.name}", "default": None, "help": help_text}
+            if isinstance(default, bool):
+                kwargs["action"] = argparse.BooleanOptionalAction
+            elif isinstance(default, tuple):
+                kwargs.update(nargs=len(default), type=type(default[0]), metavar="X")
+            elif isinstance(default, dict):
+                kwargs.update(type=_json_table, metavar="JSON")
+            else:
+                kwargs.update(type=type(default), metavar=type(default).__name__.upper())
+            group.add_argument(_flag(f.name), **kwargs)
+    p.set_defaults(func=run)
+    return p
+
+
+def _json_table(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not a JSON object: {e.msg}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object")
+    return value
+
+
+def resolve_config(args: argparse.Namespace) -> TrainConfig:
+    """defaults < saved config of a resumed run < --config file < flags."""
+    values: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+    if args.resume:
+        from .state import latest_checkpoint, read_trainer_state
+
+        ckpt = latest_checkpoint(Path(args.resume))
+        if ckpt is None:
+            raise ConfigError(f"resume: {args.resume} holds no checkpoint-N with a trainer_state/ directory")
+        values = read_trainer_state(ckpt)["config"]
+        values["run"]["output"] = str(Path(args.resume) if ckpt != Path(args.resume) else ckpt.parent)
+    if args.config:
+        for section, table in read_config_file(args.config).items():
+            if section not in SECTIONS:
+                raise ConfigError(f"unknown config section [{section}] in {args.config}; valid: {', '.join(SECTIONS)}")
+            if not isinstance(table, dict):
+                raise ConfigError(f"[{section}] in {args.config} must be a table")
+            values.setdefault(section, {}).update(table)
+    for key, value in vars(args).items():
+        if "." in key and value is not None:
+            section, name = key.split(".", 1)
+            values.setdefault(section, {})[name] = value
+    return TrainConfig.from_dict(values)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = resolve_config(args)
+    if args.print_config:
+        print(json.dumps(cfg.to_dict(), indent=2))
+        return 0
+    import transformers
+
+    from .trainer import train
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    final = train(cfg, resume_from=args.resume, show_progress=False if args.no_progress else None)
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        print(f"final checkpoint: {final}\nserve it with: introllm serve --checkpoint {final}")
+    return 0

@@ -1,0 +1,304 @@
+"""The training loop (paper Algorithm 1), read top to bottom:
+
+    rollout -> reward -> advantage -> method hook -> step A + step B -> log -> save
+
+It runs under Hugging Face accelerate: one process or ``accelerate launch`` over several (DDP).
+Each process rolls out its share of the step's prompts; the model and head gradients are
+averaged across processes by the DDP wrapper; only the main process writes files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from introllm.sampler import Engine, build_policy
+from introllm.sampler.checkpoint import atomic_directory, load_checkpoint, write_head
+from introllm.sampler.head import HeadConfig, TemperatureHead
+from introllm.sampler.models import default_checkpoint, resolve_device, resolve_dtype
+from introllm.sampler.text import token_pieces
+
+from . import rollout as R
+from .config import ConfigError, TrainConfig
+from .data import ProblemStream, check_data_config, encode_prompt, load_problems
+from .methods import build_method
+from .rewards import RewardWorker, load_scorer, resolve_reward
+from .state import latest_checkpoint, read_trainer_state, restore_optimizers_and_rng, write_trainer_state
+from .update import PolicyScorer, update
+
+log = logging.getLogger(__name__)
+
+KEEP_CHECKPOINTS = 2  # older checkpoint-N directories are deleted (each holds the full model)
+
+
+def prepare_run_dir(cfg: TrainConfig, resume: bool) -> Path:
+    out = Path(cfg.run.output)
+    if not resume and out.exists() and any(out.iterdir()):
+        if not cfg.run.overwrite:
+            raise ConfigError(f"output: {out} exists and is not empty; pass --overwrite to replace it or --resume {out} to continue it")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def train(cfg: TrainConfig, *, resume_from: str | None = None, show_progress: bool | None = None) -> Path:
+    """Run training; returns the final checkpoint directory (``output/final``)."""
+    from accelerate import Accelerator
+
+    check_data_config(cfg.data)
+    reward_name = resolve_reward(cfg.data.reward, cfg.data.dataset)
+    load_scorer(reward_name)  # a bad reward fails now, not after the model has loaded
+    device = resolve_device(cfg.run.device)
+    accelerator = Accelerator(cpu=device.type == "cpu")
+    device = accelerator.device
+    world, rank = accelerator.num_processes, accelerator.process_index
+    if cfg.rollout.batch_size % world:
+        raise ConfigError(f"batch_size: {cfg.rollout.batch_size} prompts do not split over {world} processes")
+    main = accelerator.is_main_process
+    if not main:  # one process speaks for all
+        logging.getLogger("introllm").setLevel(logging.WARNING)
+
+    # ---------------------------------------------------------------- data, model, head, method
+    train_set, eval_set = load_problems(cfg.data, seed=cfg.run.seed)
+    resume_dir = None
+    if resume_from:
+        resume_dir = latest_checkpoint(Path(resume_from))
+        if resume_dir is None:
+            raise ConfigError(f"resume: {resume_from} holds no checkpoint-N with a trainer_state/ directory")
+    start = resume_dir or (Path(cfg.run.model) if cfg.run.model else default_checkpoint())
+    dtype = resolve_dtype(cfg.run.dtype, device)
+    ck = load_checkpoint(start, device=device, dtype=dtype, trust_remote_code=cfg.run.trust_remote_code, require_head=False)
+    model, tokenizer = ck.model, ck.tokenizer
+    if tokenizer is None:
+        raise ConfigError(f"model: {start} has no tokenizer files")
+    hidden = model.config.get_text_config(decoder=True).hidden_size
+    head_cfg = HeadConfig(hidden, cfg.rollout.tau_min, cfg.rollout.tau_max, min(max(1.0, cfg.rollout.tau_min), cfg.rollout.tau_max))
+    head = ck.head if ck.head is not None else TemperatureHead(head_cfg).to(device)
+    head.config = head_cfg  # the bounds are the run's; the weights do not depend on them
+    head.to(device=device, dtype=torch.float32)
+    method = build_method(cfg.method, cfg.run.steps)
+    _disable_dropout(model)
+    if cfg.optim.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.requires_grad_(cfg.optim.model_lr > 0)
+    head.requires_grad_(method.trains_head and cfg.optim.head_lr > 0)
+    ref_model = None
+    if cfg.optim.kl_coef > 0:
+        base = Path(cfg.run.model) if cfg.run.model else default_checkpoint()
+        ref_model = load_checkpoint(base, device=device, dtype=dtype, require_head=False).model.requires_grad_(False)
+
+    betas = tuple(cfg.optim.adam_betas)
+    optimizers = {}
+    if cfg.optim.model_lr > 0:
+        optimizers["optimizer_model"] = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.optim.model_lr, betas=betas, weight_decay=cfg.optim.weight_decay)
+    if method.trains_head and cfg.optim.head_lr > 0:
+        optimizers["optimizer_head"] = torch.optim.AdamW(list(head.parameters()), lr=cfg.optim.head_lr, betas=betas, weight_decay=cfg.optim.weight_decay)
+    scorer = accelerator.prepare(PolicyScorer(model, head if method.trains_head else None))
+    model.train()
+    engine = Engine(model, head)
+    stream = ProblemStream(train_set, cfg.run.seed)
+    first_step = 0
+    if resume_dir is not None:
+        state = read_trainer_state(resume_dir)
+        restore_optimizers_and_rng(resume_dir, optimizers, state)
+        stream.load_state_dict(state["data"])
+        method.load_state_dict(state["method"])
+        first_step = int(state["step"])
+    run_dir = prepare_run_dir(cfg, resume=resume_dir is not None) if main else Path(cfg.run.output)
+    accelerator.wait_for_everyone()
+    if main:
+        (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        _truncate_jsonl(run_dir / "metrics.jsonl", first_step)
+        _truncate_jsonl(run_dir / "samples.jsonl", first_step)
+    rewards = RewardWorker(timeout=cfg.data.reward_timeout)
+    G, P = cfg.rollout.group_size, cfg.rollout.batch_size // world
+    log.info("training %s with %s on %s: %d problems (%d held out), %d steps of %d prompts x %d samples, %d process(es) on %s",
+             start, cfg.method.method, cfg.data.dataset, len(train_set), len(eval_set), cfg.run.steps, cfg.rollout.batch_size, G, world, device)
+
+    def save(step: int, final: bool = False) -> Path:
+        target = run_dir / ("final" if final else f"checkpoint-{step:06d}")
+        if main:
+            with atomic_directory(target) as tmp:
+                model.save_pretrained(tmp, safe_serialization=True)
+                tokenizer.save_pretrained(tmp)
+                write_head(tmp, head, model.config)
+                write_trainer_state(tmp, optimizers=optimizers, state={
+                    "step": step, "data": stream.state_dict(), "method": method.state_dict(),
+                    "method_name": cfg.method.method, "config": cfg.to_dict(),
+                })
+            _prune_checkpoints(run_dir)
+        accelerator.wait_for_everyone()
+        return target
+
+    def evaluate(step: int) -> float:
+        if not eval_set:
+            return float("nan")
+        shard = eval_set[rank::world]
+        ids = [encode_prompt(p, cfg.data, tokenizer) for p in shard]
+        ro = R.collect(engine, tokenizer, shard, ids, first_index=10**6 + rank, seed=cfg.run.seed, step=0,
+                       policy=method.rollout_policy(step), group_size=cfg.run.eval_samples,
+                       max_new_tokens=cfg.rollout.max_new_tokens, rewards=rewards, reward_name=reward_name)
+        correct = accelerator.reduce(torch.tensor([float((ro.rewards >= 1).sum()), float(len(ro.rewards))], device=device), "sum")
+        return float(correct[0] / correct[1])
+
+    # ---------------------------------------------------------------- the loop
+    progress = _Progress(cfg.run.steps, first_step, enabled=main and (sys.stderr.isatty() if show_progress is None else show_progress))
+    try:
+        if first_step == 0 and eval_set:
+            _append_jsonl(run_dir / "metrics.jsonl", {"step": 0, "eval_accuracy": evaluate(0)}, main)
+        for step in range(first_step, cfg.run.steps):
+            t0 = time.perf_counter()
+            for opt in optimizers.values():  # linear warm-up, a pure function of the step
+                for g in opt.param_groups:
+                    g["lr"] = g.setdefault("initial_lr", g["lr"]) * min(1.0, (step + 1) / max(cfg.optim.warmup_steps, 1))
+            # 1. rollout: G samples of each of this process's prompts
+            problems = stream.next(cfg.rollout.batch_size)[rank * P : (rank + 1) * P]
+            ids = [encode_prompt(p, cfg.data, tokenizer) for p in problems]
+            method.prepare(engine)
+            policy_spec = method.rollout_policy(step)
+            # 2. reward and 3. advantage (eq. 3), inside collect
+            ro = R.collect(engine, tokenizer, problems, ids, first_index=rank * P, seed=cfg.run.seed, step=step,
+                           policy=policy_spec, group_size=G, max_new_tokens=cfg.rollout.max_new_tokens,
+                           rewards=rewards, reward_name=reward_name)
+            t_rollout = time.perf_counter() - t0
+            # 4. steps A and B
+            stats = update(
+                scorer, model, head if method.trains_head else None,
+                build_policy(policy_spec, head) if method.trains_head else None,
+                ro.sequences, ro.adv, optimizers=optimizers, pad_id=_pad_id(tokenizer),
+                clip_eps=cfg.optim.clip_eps, max_grad_norm=cfg.optim.max_grad_norm,
+                micro_batch_size=cfg.optim.micro_batch_size, ppo_epochs=cfg.optim.ppo_epochs,
+                mask_truncated=cfg.optim.mask_truncated, ref_model=ref_model, kl_coef=cfg.optim.kl_coef,
+                accelerator=accelerator if world > 1 else None, with_tau_loglik=method.needs_tau_likelihoods,
+            )
+            # 5. method hook (EAD's length average, TAMPO's meta-policy) on the whole batch
+            gathered = accelerator.gather(R.sequence_stats(ro).to(device)).cpu()
+            loglik = accelerator.gather(stats.tau_loglik.to(device)).cpu() if stats.tau_loglik is not None else None
+            method_metrics = method.observe(step, adv=gathered[:, 9].float(), lengths=gathered[:, 2], tau_loglik=loglik)
+            # 6. log
+            errs = accelerator.reduce(torch.tensor([ro.num_reward_errors, ro.num_reward_timeouts], device=device), "sum").tolist()
+            metrics: dict[str, Any] = {"step": step + 1, **R.summarize(gathered, int(errs[0]), int(errs[1]))}
+            metrics.update({k: v for k, v in stats.__dict__.items() if k != "tau_loglik"})
+            metrics.update(method_metrics)
+            metrics.update(policy=policy_spec, lr_model=_lr(optimizers, "optimizer_model"), lr_head=_lr(optimizers, "optimizer_head"),
+                           rollout_seconds=t_rollout, step_seconds=time.perf_counter() - t0)
+            last = step + 1 == cfg.run.steps
+            if (cfg.run.eval_every and (step + 1) % cfg.run.eval_every == 0) or last:
+                metrics["eval_accuracy"] = evaluate(step + 1)
+            _append_jsonl(run_dir / "metrics.jsonl", metrics, main)
+            if cfg.run.sample_every and (step % cfg.run.sample_every == 0 or last):
+                _append_jsonl(run_dir / "samples.jsonl", _samples(step + 1, ro, tokenizer, G), main)
+            progress.update(metrics)
+            # 7. save
+            if cfg.run.save_every and (step + 1) % cfg.run.save_every == 0 and not last:
+                save(step + 1)
+        _check_replicas(accelerator, model, head)
+        final = save(cfg.run.steps, final=True)
+    finally:
+        progress.close()
+        rewards.close()
+    return final
+
+
+def _check_replicas(accelerator, model, head) -> None:
+    """Data-parallel processes must hold the same weights; a difference means gradients were not synced."""
+    if accelerator.num_processes == 1:
+        return
+    with torch.no_grad():
+        total = torch.stack([p.double().sum() for p in list(model.parameters()) + list(head.parameters())]).sum()
+    sums = accelerator.gather(total.reshape(1).to(accelerator.device)).cpu()
+    if (sums - sums[0]).abs().max() > 1e-9 * max(1.0, float(sums[0].abs())):
+        raise RuntimeError(f"data-parallel processes diverged (weight sums {sums.tolist()})")
+
+
+def _disable_dropout(model: torch.nn.Module) -> None:
+    """RL ratios assume the policy that sampled is the one scored: no dropout noise in training."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    for name in ("attention_dropout", "hidden_dropout", "dropout"):
+        if hasattr(model.config, name):
+            setattr(model.config, name, 0.0)
+
+
+def _pad_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+
+
+def _lr(optimizers, name) -> float:
+    return optimizers[name].param_groups[0]["lr"] if name in optimizers else 0.0
+
+
+def _append_jsonl(path: Path, row: dict, main: bool) -> None:
+    if main:
+        with open(path, "a") as f:
+            f.write(json.dumps(row, default=_json_default) + "\n")
+
+
+def _json_default(x):
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
+def _truncate_jsonl(path: Path, last_step: int) -> None:
+    """On resume, drop records of steps after the checkpoint (they will be redone), atomically."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= last_step]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(line + "\n" for line in keep))
+    tmp.replace(path)
+
+
+def _prune_checkpoints(run_dir: Path) -> None:
+    found = sorted(run_dir.glob("checkpoint-*"))
+    for old in found[:-KEEP_CHECKPOINTS]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _samples(step: int, ro: R.Rollout, tokenizer, G: int) -> dict:
+    """The first prompt's group: texts, rewards and per-token traces."""
+    problem = ro.problems[0]
+    completions = []
+    for s, text, r in zip(ro.sequences[:G], ro.texts[:G], ro.rewards[:G].tolist()):
+        completions.append({
+            "text": text, "reward": r, "finish_reason": s.finish_reason,
+            "tokens": token_pieces(tokenizer, s.token_ids, skip_special_tokens=False),
+            "tau": [round(t, 4) for t in s.trace.tau], "updated": s.trace.updated,
+        })
+    return {"step": step, "id": problem.id, "problem": problem.prompt, "answer": problem.answer, "completions": completions}
+
+
+class _Progress:
+    """A rich progress bar with step, reward, mean tau and ETA on a terminal; one log line per step otherwise."""
+
+    def __init__(self, total: int, done: int, enabled: bool):
+        self.total, self.bar = total, None
+        if enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
+            self.task = self.bar.add_task("train", total=total, completed=done, info="")
+            self.bar.start()
+
+    def update(self, m: dict) -> None:
+        info = f"reward {m['reward']:.3f}  tau {m['tau_mean']:.2f}  upd {m['update_rate']:.2f}  len {m['response_length']:.0f}"
+        if self.bar is not None:
+            self.bar.update(self.task, completed=m["step"], info=info)
+            return
+        log.info("step %d/%d  %s  acc %.3f  %.1f s%s", m["step"], self.total, info, m["accuracy"], m["step_seconds"],
+                 f"  eval {m['eval_accuracy']:.3f}" if "eval_accuracy" in m else "")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
