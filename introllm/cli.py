@@ -183,6 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--requests-per-client", type=_positive_int, default=3, help="requests each client sends in turn [3]")
     load.add_argument("--max-tokens", type=_positive_int, default=48, help="tokens per request (EOS ignored) [48]")
     load.add_argument("--api-key", default=os.environ.get("INTROLLM_API_KEY"), help="bearer key [$INTROLLM_API_KEY]")
+    tr = bench.add_argument_group("training step overhead (instead of the engine benchmark)")
+    tr.add_argument("--train", action="store_true", help="time IntroLLM training steps against fixed-temperature GRPO steps")
+    tr.add_argument("--prompts", type=_positive_int, default=4, help="prompts per step [4]")
+    tr.add_argument("--group-size", type=_positive_int, default=8, help="samples per prompt [8]")
     bench.set_defaults(func=cmd_bench)
     return parser
 
@@ -353,6 +357,8 @@ def cmd_load(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.server:
         return cmd_load(args)
+    if args.train:
+        return cmd_bench_train(args)
     from rich.console import Console
     from rich.table import Table
 
@@ -403,6 +409,39 @@ def cmd_bench(args: argparse.Namespace) -> int:
             json.dump(
                 {"device": str(device), "dtype": str(ck.model.dtype), "results": [r.__dict__ for r in results]}, f, indent=2
             )
+    return 0
+
+
+def cmd_bench_train(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from introllm.sampler.models import load_model
+    from introllm.training.bench import train_step_overhead
+    from introllm.training.config import DataConfig
+    from introllm.training.data import encode_prompt, load_problems
+
+    _quiet_transformers()
+    ck = load_model(args.checkpoint, args.device, "float32" if args.dtype == "auto" else args.dtype, args.trust_remote_code)
+    if ck.head is None:
+        raise ValueError(f"{ck.path} has no temperature head to benchmark")
+    data = DataConfig(num_problems=max(50, args.prompts))
+    problems, _ = load_problems(data)
+    prompts = [encode_prompt(p, data, ck.tokenizer) for p in problems[: args.prompts]]
+    console = Console(stderr=True)
+    console.print(f"[bold]introllm bench --train[/]: {ck.path.name}, {args.prompts} prompts x {args.group_size} samples, "
+                  f"{args.new_tokens} tokens each (EOS ignored), {args.repeats} ABBA pairs")
+    result = train_step_overhead(
+        ck.model, ck.head, prompts, group_size=args.group_size, new_tokens=args.new_tokens, repeats=args.repeats,
+        on_measure=lambda m, t, r, u: console.print(f"  {m:<9} step {t:6.2f} s  (rollout {r:5.2f} s, update {u:5.2f} s)", style="dim"),
+    )
+    console.print(
+        f"step overhead of introllm over grpo: {result['step_overhead']:+.1%} (median of paired ratios; "
+        f"rollout {result['rollout_overhead']:+.1%}, update {result['update_overhead']:+.1%}); median step "
+        f"{result['median_step_seconds']['introllm']:.2f} s vs {result['median_step_seconds']['grpo']:.2f} s"
+    )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
     return 0
 
 

@@ -147,3 +147,12 @@ def test_tau_likelihoods_match_a_naive_loop(rollout):
             for k, tau in enumerate((0.6, 1.0, 1.5)):
                 expect = token_logprobs(logits, torch.tensor(s.token_ids), torch.full((len(s.token_ids),), tau)).mean()
                 assert abs(float(got[i, k]) - float(expect)) < 1e-5
+
+
+def test_step_overhead_benchmark_pairs_equal_work():
+    from introllm.training.bench import train_step_overhead
+
+    model, head = tiny_llama(), random_head(48, scale=0.3)
+    result = train_step_overhead(model, head, [[5, 6, 7], [8, 9]], group_size=2, new_tokens=4, repeats=2, micro_batch_size=2)
+    assert len(result["raw"]["introllm"]["step"]) == len(result["raw"]["grpo"]["step"]) == 2
+    assert result["step_overhead"] > -1 and result["median_step_seconds"]["grpo"] > 0
