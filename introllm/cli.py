@@ -5,6 +5,9 @@
     introllm generate "prompt"     decode in-process with the learned temperature, show the trace
     introllm bench                 engine vs Hugging Face generate, learned vs fixed temperature
     introllm train                 RL fine-tuning of model and temperature head -> checkpoints
+    introllm eval                  Avg@k / Pass@k on a benchmark, per-token traces to JSONL
+    introllm compare RESULT...     Markdown table of evaluation results (paper Table 1 shape)
+    introllm plot --run DIR        the paper's figures as PNG files plus index.html
 
 Heavy imports (torch, transformers) happen inside the subcommands so that ``--help`` is instant.
 Expected failures (bad flags, a missing checkpoint, an unknown policy) print one line and exit 2;
@@ -119,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     from introllm.training.cli import add_parser as add_train_parser
 
     add_train_parser(sub)
+    from introllm.training.eval_cli import add_parsers as add_eval_parsers
+
+    add_eval_parsers(sub)
 
     comp = sub.add_parser(
         "complete",

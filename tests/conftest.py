@@ -59,6 +59,23 @@ def embedded():
     return load_model(device="cpu", dtype="float32")
 
 
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory):
+    """A checkpoint of a 2-layer random Llama with SmolLM2's tokenizer (so prompts, the chat
+    template and decoding are real) and a fresh head: for end-to-end training and eval tests."""
+    from transformers import AutoTokenizer
+
+    from introllm.sampler.checkpoint import save_checkpoint
+    from introllm.sampler.models import default_checkpoint
+
+    tok = AutoTokenizer.from_pretrained(default_checkpoint())
+    model = tiny_llama(vocab_size=len(tok), hidden_size=32, intermediate_size=64, eos_token_id=tok.eos_token_id,
+                       pad_token_id=tok.pad_token_id, max_position_embeddings=512, tie_word_embeddings=True)
+    path = tmp_path_factory.mktemp("tiny") / "ckpt"
+    save_checkpoint(path, model, TemperatureHead(HeadConfig(32)), tok)
+    return path
+
+
 # --------------------------------------------------------------------------- live HTTP servers
 
 import contextlib  # noqa: E402

@@ -54,11 +54,11 @@ def naive_objective(model, head, seqs, adv):
     return -total / len(seqs)
 
 
-def run_update(model, head, seqs, adv, **kw):
+def run_update(model, head, seqs, adv, clip_eps=0.2, **kw):
     opts = {"optimizer_model": Capture(model.parameters()), "optimizer_head": Capture(head.parameters())}
     model.train()
     stats = update(PolicyScorer(model, head), model, head, build_policy("learned", head), seqs, adv,
-                   optimizers=opts, pad_id=0, clip_eps=0.2, max_grad_norm=0.0, **kw)
+                   optimizers=opts, pad_id=0, clip_eps=clip_eps, max_grad_norm=0.0, **kw)
     return stats, opts["optimizer_model"].grads, opts["optimizer_head"].grads
 
 
@@ -74,6 +74,18 @@ def test_first_step_gradient_is_the_policy_gradient(rollout):
     for p, g in zip(head.parameters(), g_head):
         assert torch.allclose(g, p.grad, atol=1e-6, rtol=1e-4)
     assert any(g.abs().sum() > 0 for g in g_head) and any(g.abs().sum() > 0 for g in g_model)
+
+
+def test_importance_ratio_is_exactly_one_on_the_first_inner_step_only(rollout):
+    model, head, seqs, adv = rollout
+    # with a clip range of 1e-9, any ratio other than exactly 1 would be clipped somewhere
+    stats, _, _ = run_update(model, head, seqs, adv, clip_eps=1e-9, micro_batch_size=5)
+    assert stats.clip_frac == 0 and stats.clip_frac_temp == 0
+    # a second inner step after a real optimizer step sees ratios != 1: the check can fail
+    opts = {"optimizer_model": torch.optim.AdamW(model.parameters(), lr=1e-2), "optimizer_head": torch.optim.AdamW(head.parameters(), lr=1e-2)}
+    stats = update(PolicyScorer(model, head), model, head, build_policy("learned", head), seqs, adv, optimizers=opts,
+                   pad_id=0, clip_eps=1e-9, max_grad_norm=0.0, micro_batch_size=5, ppo_epochs=2)
+    assert stats.clip_frac > 0.2 and stats.clip_frac_temp > 0.2
 
 
 def test_gradient_accumulation_gives_the_full_batch_gradient(rollout):

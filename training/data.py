@@ -58,14 +58,20 @@ def source_kind(dataset: str) -> str:
     return "hub"
 
 
+def read_problems(cfg: DataConfig) -> list[Problem]:
+    """Every problem of the dataset, in file order. Fails with a DataError on an empty or malformed dataset."""
+    problems = _LOADERS[source_kind(cfg.dataset)](cfg, cfg.dataset)
+    if not problems:
+        raise DataError(f"dataset {cfg.dataset} has no problems")
+    return problems
+
+
 def load_problems(cfg: DataConfig, *, seed: int = 0) -> tuple[list[Problem], list[Problem]]:
     """(train, held-out): all problems, duplicates (same prompt) dropped, shuffled with ``seed``,
     the last ``eval_size`` held out. Fails with a DataError on an empty or malformed dataset."""
-    problems = _LOADERS[source_kind(cfg.dataset)](cfg, cfg.dataset)
+    problems = read_problems(cfg)
     seen: set[str] = set()
     unique = [p for p in problems if not (p.prompt in seen or seen.add(p.prompt))]
-    if not unique:
-        raise DataError(f"dataset {cfg.dataset} has no problems")
     random.Random(seed).shuffle(unique)
     n_eval = min(cfg.eval_size, len(unique) - 1)
     if cfg.eval_size and len(unique) - cfg.eval_size < 1:

@@ -39,11 +39,16 @@ log = logging.getLogger(__name__)
 KEEP_CHECKPOINTS = 2  # older checkpoint-N directories are deleted (each holds the full model)
 
 
+def check_output(cfg: TrainConfig, resume: bool) -> None:
+    out = Path(cfg.run.output)
+    if not resume and not cfg.run.overwrite and out.exists() and any(out.iterdir()):
+        raise ConfigError(f"output: {out} exists and is not empty; pass --overwrite to replace it or --resume {out} to continue it")
+
+
 def prepare_run_dir(cfg: TrainConfig, resume: bool) -> Path:
     out = Path(cfg.run.output)
+    check_output(cfg, resume)
     if not resume and out.exists() and any(out.iterdir()):
-        if not cfg.run.overwrite:
-            raise ConfigError(f"output: {out} exists and is not empty; pass --overwrite to replace it or --resume {out} to continue it")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     return out
@@ -54,6 +59,7 @@ def train(cfg: TrainConfig, *, resume_from: str | None = None, show_progress: bo
     from accelerate import Accelerator
 
     check_data_config(cfg.data)
+    check_output(cfg, resume=bool(resume_from))  # before minutes of loading, not after
     reward_name = resolve_reward(cfg.data.reward, cfg.data.dataset)
     load_scorer(reward_name)  # a bad reward fails now, not after the model has loaded
     device = resolve_device(cfg.run.device)
@@ -188,6 +194,9 @@ def train(cfg: TrainConfig, *, resume_from: str | None = None, show_progress: bo
             metrics: dict[str, Any] = {"step": step + 1, **R.summarize(gathered, int(errs[0]), int(errs[1]))}
             metrics.update({k: v for k, v in stats.__dict__.items() if k != "tau_loglik"})
             metrics.update(method_metrics)
+            by_level = _tau_by_level(accelerator, ro, G)
+            if by_level:
+                metrics["tau_mean_by_level"] = by_level
             metrics.update(policy=policy_spec, lr_model=_lr(optimizers, "optimizer_model"), lr_head=_lr(optimizers, "optimizer_head"),
                            rollout_seconds=t_rollout, step_seconds=time.perf_counter() - t0)
             last = step + 1 == cfg.run.steps
@@ -217,6 +226,21 @@ def _check_replicas(accelerator, model, head) -> None:
     sums = accelerator.gather(total.reshape(1).to(accelerator.device)).cpu()
     if (sums - sums[0]).abs().max() > 1e-9 * max(1.0, float(sums[0].abs())):
         raise RuntimeError(f"data-parallel processes diverged (weight sums {sums.tolist()})")
+
+
+def _tau_by_level(accelerator, ro: R.Rollout, G: int) -> dict[str, float]:
+    """Mean tau per difficulty level over the batch (Fig. 5 by difficulty); {} without levels."""
+    from accelerate.utils import gather_object
+
+    local = [(p.level, sum(s.trace.tau), len(s.trace.tau)) for i, p in enumerate(ro.problems) if p.level is not None
+             for s in ro.sequences[i * G : (i + 1) * G]]
+    rows = gather_object(local) if accelerator.num_processes > 1 else local
+    sums: dict[str, list[float]] = {}
+    for level, total, count in rows:
+        acc = sums.setdefault(level, [0.0, 0])
+        acc[0] += total
+        acc[1] += count
+    return {level: total / count for level, (total, count) in sorted(sums.items()) if count}
 
 
 def _disable_dropout(model: torch.nn.Module) -> None:

@@ -1,0 +1,104 @@
+"""``introllm eval``, ``introllm compare`` and ``introllm plot``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+EVAL_EXAMPLES = """\
+examples:
+  introllm eval --dataset rg:basic_arithmetic --limit 32                   the embedded model, learned tau
+  introllm eval --checkpoint runs/introllm/final --dataset math500.jsonl --k 8 --output results/intro.jsonl
+  introllm eval --checkpoint runs/introllm/final --dataset math500.jsonl --policy fixed:0.6 --output results/t06.jsonl
+  introllm compare results/*.summary.json
+
+benchmark files: JSONL, one problem per line: {"problem": ..., "answer": ..., "level": ..., "subject": ..., "id": ...}
+(level, subject, id optional; field names are flags). Answers are checked with math-verify.
+"""
+
+
+def add_parsers(sub) -> None:
+    from .config import DataConfig
+
+    ev = sub.add_parser("eval", help="Avg@k / Pass@k of a checkpoint on a benchmark, with per-token traces",
+                        description="Sample k completions per problem, check each answer, report Avg@k and Pass@k "
+                        "overall and per level / subject; every sample (text, correctness, trace) goes to a JSONL file.",
+                        epilog=EVAL_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ev.add_argument("--checkpoint", metavar="DIR", default="", help="checkpoint directory (default: the embedded model)")
+    ev.add_argument("--dataset", required=True, help="JSONL/JSON/CSV/Parquet benchmark file, or rg:<task>")
+    ev.add_argument("--k", type=int, default=8, help="k of Avg@k and Pass@k [8]")
+    ev.add_argument("--n", type=int, default=0, help="samples per problem, >= k; Pass@k is unbiased for n > k [k]")
+    ev.add_argument("--policy", default="learned", help="temperature policy: learned, fixed:T, greedy, ead, tampo... [learned]")
+    ev.add_argument("--max-new-tokens", type=int, default=512, help="most tokens per sample [512]")
+    ev.add_argument("--limit", type=int, default=0, help="only the first N problems [all]")
+    ev.add_argument("--batch-prompts", type=int, default=8, help="problems decoded together [8]")
+    ev.add_argument("--seed", type=int, default=0, help="seed of the samples [0]")
+    ev.add_argument("--name", default="", help="row name for introllm compare [checkpoint (policy)]")
+    ev.add_argument("--output", default="", metavar="FILE", help="records file (.jsonl) [eval/<dataset>-<policy>.jsonl]")
+    d = DataConfig()
+    ev.add_argument("--prompt-field", default=d.prompt_field, help=f"field of the problem text ('problem' is tried too) [{d.prompt_field}]")
+    ev.add_argument("--answer-field", default=d.answer_field, help=f"field of the reference answer [{d.answer_field}]")
+    ev.add_argument("--reward", default=d.reward, help="auto, math, rg, exact, module:function or file.py:function [auto]")
+    ev.add_argument("--template", default=d.template, choices=["chat", "plain"], help="prompt wrapping [chat]")
+    ev.add_argument("--instruction", default=d.instruction, help="answer-format instruction appended to each problem")
+    ev.add_argument("--num-problems", type=int, default=200, help="problems from an rg: generator [200]")
+    ev.set_defaults(func=cmd_eval)
+
+    cmp_ = sub.add_parser("compare", help="Markdown table of evaluation results (the paper's Table 1 shape)",
+                          description="Benchmarks x methods with Avg@k and Pass@k in percent, the best of each column in bold.")
+    cmp_.add_argument("results", nargs="+", metavar="RESULT", help="summary files (or the records files beside them) from introllm eval")
+    cmp_.add_argument("--output", metavar="FILE", help="also write the table to FILE")
+    cmp_.set_defaults(func=cmd_compare)
+
+    pl = sub.add_parser("plot", help="the paper's figures for training runs and an evaluation, plus index.html",
+                        description="Figures 2-7 of the paper as PNG files and an index.html that shows them.")
+    pl.add_argument("--run", action="append", required=True, metavar="DIR", help="training run directory; repeat to compare runs")
+    pl.add_argument("--eval", metavar="FILE", help="records file from introllm eval for the token-level figures [the run's samples]")
+    pl.add_argument("--output", required=True, metavar="DIR", help="where the PNG files and index.html go")
+    pl.set_defaults(func=cmd_plot)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import transformers
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from .config import DataConfig
+    from .evaluate import EvalConfig, benchmark_name, evaluate
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    data = DataConfig(dataset=args.dataset, prompt_field=args.prompt_field, answer_field=args.answer_field, reward=args.reward,
+                      template=args.template, instruction=args.instruction, num_problems=args.num_problems, eval_size=0)
+    cfg = EvalConfig(checkpoint=args.checkpoint, k=args.k, n=args.n, policy=args.policy, max_new_tokens=args.max_new_tokens,
+                     limit=args.limit, batch_prompts=args.batch_prompts, seed=args.seed, name=args.name)
+    output = args.output or f"eval/{benchmark_name(args.dataset)}-{args.policy.replace(':', '')}.jsonl"
+    with Progress(TextColumn("eval"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[acc]}"), TimeRemainingColumn(),
+                  disable=not sys.stderr.isatty()) as bar:
+        task = bar.add_task("eval", total=None, acc="")
+        s = evaluate(cfg, data, output, on_progress=lambda done, total, acc: bar.update(task, completed=done, total=total, acc=f"accuracy {acc:.3f}"))
+    print(f"{s.name} on {benchmark_name(s.dataset)}: Avg@{s.k} {100 * s.avg_at_k:.2f}  Pass@{s.k} {100 * s.pass_at_k:.2f}  "
+          f"({s.num_problems} problems x {s.n} samples, mean {s.mean_tokens:.0f} tokens)")
+    for title, rows in (("level", s.by_level), ("subject", s.by_subject)):
+        for key, v in rows.items():
+            print(f"  {title} {key}: Avg@{s.k} {100 * v['avg_at_k']:.2f}  Pass@{s.k} {100 * v['pass_at_k']:.2f}  ({v['num_problems']} problems)")
+    print(f"records: {output}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .evaluate import compare_table, load_summary
+
+    table = compare_table([load_summary(p) for p in args.results])
+    print(table, end="")
+    if args.output:
+        Path(args.output).write_text(table)
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from .plots import make_plots
+
+    written = make_plots([Path(r) for r in args.run], Path(args.output), Path(args.eval) if args.eval else None)
+    print(f"wrote {len(written)} files; open {Path(args.output) / 'index.html'}")
+    return 0

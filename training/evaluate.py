@@ -1,0 +1,234 @@
+"""Evaluation: k samples per problem, checked like training rewards; Avg@k and Pass@k overall and
+per subset (paper §5, Table 1).
+
+Benchmark files are JSONL, one problem per line:
+
+    {"problem": "What is 3 + 4?", "answer": "7", "level": "Level 1", "subject": "Prealgebra", "id": "p-1"}
+
+``problem`` (or ``question``) and ``answer`` are required; ``level``, ``subject`` and ``id`` are
+optional and give the per-subset rows. MATH-500, AIME 2024, AMC 2023, Minerva, OlympiadBench and
+Omni-Math files in this shape work as they are (field names are flags); ``rg:<task>`` evaluates on
+a reasoning-gym generator.
+
+Output: one JSONL record per sample (text, extracted answer, correctness, per-token trace) and a
+summary JSON beside it (``FILE.summary.json``) that ``introllm compare`` reads.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .config import ConfigError, DataConfig
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased Pass@k from n samples of which c are correct: 1 - C(n-c, k) / C(n, k)
+    (Chen et al., 2021), as a stable product.
+
+    >>> pass_at_k(2, 1, 1)
+    0.5
+    >>> pass_at_k(8, 1, 8)
+    1.0
+    """
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"need 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
+
+
+def avg_at_k(correct: list[bool]) -> float:
+    """Avg@k: the mean accuracy of a problem's samples (all n of them, an unbiased estimate)."""
+    return sum(correct) / len(correct)
+
+
+@dataclass
+class EvalConfig:
+    checkpoint: str = ""
+    """Checkpoint directory (empty: the embedded SmolLM2-135M-Instruct with its head)."""
+    k: int = 8
+    """k of Avg@k and Pass@k."""
+    n: int = 0
+    """Samples per problem (0: k). With n > k, Pass@k uses the unbiased estimator."""
+    policy: str = "learned"
+    """Temperature policy of the samples: learned, fixed:0.6, greedy, ead, tampo, ..."""
+    max_new_tokens: int = 512
+    """Most tokens per sample."""
+    limit: int = 0
+    """Evaluate only the first this many problems (0: all)."""
+    batch_prompts: int = 8
+    """Problems decoded together (each with its n samples)."""
+    seed: int = 0
+    """Seed of the samples (equal seeds give equal samples)."""
+    name: str = ""
+    """Row name in `introllm compare` (default: checkpoint name and policy)."""
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise ConfigError(f"k: must be >= 1, got {self.k}")
+        self.n = self.n or self.k
+        if self.n < self.k:
+            raise ConfigError(f"n: must be >= k ({self.k}), got {self.n}")
+        if self.max_new_tokens < 1 or self.batch_prompts < 1 or self.limit < 0:
+            raise ConfigError("max_new_tokens and batch_prompts must be >= 1, limit >= 0")
+
+
+@dataclass
+class Summary:
+    name: str
+    dataset: str
+    checkpoint: str
+    policy: str
+    k: int
+    n: int
+    num_problems: int
+    avg_at_k: float
+    pass_at_k: float
+    mean_tokens: float
+    by_level: dict[str, dict[str, float]] = field(default_factory=dict)
+    by_subject: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+def summarize(records: list[dict[str, Any]], *, k: int, name: str = "", dataset: str = "", checkpoint: str = "", policy: str = "") -> Summary:
+    """Avg@k / Pass@k overall and per level and subject, from per-sample records."""
+    by_problem: dict[str, list[dict]] = defaultdict(list)
+    for r in records:
+        by_problem[str(r["problem_id"])].append(r)
+    if not by_problem:
+        raise ValueError("no records to summarise")
+    n = min(len(v) for v in by_problem.values())
+
+    def scores(problems: list[list[dict]]) -> dict[str, float]:
+        avg = statistics.mean(avg_at_k([bool(s["correct"]) for s in p]) for p in problems)
+        pas = statistics.mean(pass_at_k(len(p), sum(bool(s["correct"]) for s in p), min(k, len(p))) for p in problems)
+        return {"avg_at_k": avg, "pass_at_k": pas, "num_problems": len(problems)}
+
+    groups = list(by_problem.values())
+    subsets: dict[str, dict[str, list]] = {"level": defaultdict(list), "subject": defaultdict(list)}
+    for p in groups:
+        for key in subsets:
+            if p[0].get(key) is not None:
+                subsets[key][str(p[0][key])].append(p)
+    overall = scores(groups)
+    return Summary(
+        name=name, dataset=dataset, checkpoint=checkpoint, policy=policy, k=k, n=n, num_problems=len(groups),
+        avg_at_k=overall["avg_at_k"], pass_at_k=overall["pass_at_k"],
+        mean_tokens=statistics.mean(r["num_tokens"] for r in records),
+        by_level={lv: scores(ps) for lv, ps in sorted(subsets["level"].items())},
+        by_subject={sj: scores(ps) for sj, ps in sorted(subsets["subject"].items())},
+    )
+
+
+def evaluate(cfg: EvalConfig, data: DataConfig, output: str | Path, *, on_progress: Callable[[int, int, float], None] | None = None) -> Summary:
+    """Sample, check, write records and summary; returns the summary."""
+    import torch
+
+    from introllm.sampler import Engine, SamplingParams
+    from introllm.sampler.models import load_model
+    from introllm.sampler.text import token_pieces
+
+    from .data import encode_prompt, read_problems
+    from .rewards import RewardWorker, extract_answer, load_scorer, resolve_reward
+
+    reward_name = resolve_reward(data.reward, data.dataset)
+    load_scorer(reward_name)
+    problems = read_problems(data)
+    if cfg.limit:
+        problems = problems[: cfg.limit]
+    ck = load_model(cfg.checkpoint or None, device="auto", dtype="auto")
+    engine = Engine(ck.model, ck.head)
+    engine.policy(cfg.policy)  # an unknown policy fails here, before any sampling
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    records: list[dict] = []
+    correct_so_far = 0
+    tmp = output.with_name(output.name + ".tmp")
+    with RewardWorker(timeout=data.reward_timeout) as worker, open(tmp, "w") as f, torch.inference_mode():
+        for start in range(0, len(problems), cfg.batch_prompts):
+            batch = problems[start : start + cfg.batch_prompts]
+            ids = [encode_prompt(p, data, ck.tokenizer) for p in batch]
+            params = [SamplingParams(max_new_tokens=cfg.max_new_tokens, policy=cfg.policy, seed=cfg.seed * 1_000_003 + start + i) for i in range(len(batch))]
+            for problem, group in zip(batch, engine.generate(ids, params, n=cfg.n)):
+                texts = [ck.tokenizer.decode(s.token_ids, skip_special_tokens=True) for s in group]
+                result = worker.score(reward_name, texts, [problem.answer] * len(texts), [problem.metadata] * len(texts))
+                for j, (s, text, reward) in enumerate(zip(group, texts, result.rewards)):
+                    rec = {
+                        "problem_id": problem.id, "sample": j, "level": problem.level, "subject": problem.subject,
+                        "answer": problem.answer, "extracted": extract_answer(text), "correct": reward >= 1.0, "reward": reward,
+                        "text": text, "finish_reason": s.finish_reason, "num_tokens": len(s.token_ids),
+                        "tokens": token_pieces(ck.tokenizer, s.token_ids, skip_special_tokens=False),
+                        "tau": [round(t, 4) for t in s.trace.tau], "updated": s.trace.updated,
+                    }
+                    correct_so_far += rec["correct"]
+                    records.append(rec)
+                    f.write(json.dumps(rec) + "\n")
+            if on_progress:
+                on_progress(min(start + cfg.batch_prompts, len(problems)), len(problems), correct_so_far / max(len(records), 1))
+    tmp.replace(output)
+    name = cfg.name or f"{Path(cfg.checkpoint).name if cfg.checkpoint else 'smollm2-135m-instruct'} ({cfg.policy})"
+    summary = summarize(records, k=cfg.k, name=name, dataset=data.dataset, checkpoint=cfg.checkpoint or "embedded", policy=cfg.policy)
+    summary_path(output).write_text(json.dumps(asdict(summary), indent=2) + "\n")
+    return summary
+
+
+def summary_path(records_path: str | Path) -> Path:
+    p = Path(records_path)
+    return p.with_name(p.name.removesuffix(".jsonl") + ".summary.json")
+
+
+def load_summary(path: str | Path) -> Summary:
+    """A summary file, or the summary beside a records file."""
+    p = Path(path)
+    if not p.name.endswith(".summary.json"):
+        p = summary_path(p)
+    if not p.is_file():
+        raise ValueError(f"{path}: no evaluation summary (expected {p}, written by introllm eval)")
+    try:
+        return Summary(**json.loads(p.read_text()))
+    except (json.JSONDecodeError, TypeError) as e:
+        raise ValueError(f"{p} is not an evaluation summary: {e}") from None
+
+
+def benchmark_name(dataset: str) -> str:
+    return dataset[3:] if dataset.startswith("rg:") else Path(dataset).name.removesuffix(".jsonl").removesuffix(".json")
+
+
+def compare_table(summaries: list[Summary]) -> str:
+    """Markdown table in the shape of the paper's Table 1: methods x benchmarks, Avg@k and Pass@k
+    in percent, the best of each column in bold, and the average over benchmarks."""
+    if not summaries:
+        raise ValueError("nothing to compare")
+    benches = list(dict.fromkeys(benchmark_name(s.dataset) for s in summaries))
+    methods = list(dict.fromkeys(s.name for s in summaries))
+    ks = {s.k for s in summaries}
+    k = ks.pop() if len(ks) == 1 else None
+    cell: dict[tuple[str, str], Summary] = {(s.name, benchmark_name(s.dataset)): s for s in summaries}
+    columns = [(b, metric) for b in benches for metric in ("avg_at_k", "pass_at_k")]
+    if len(benches) > 1:
+        columns += [("Average", "avg_at_k"), ("Average", "pass_at_k")]
+
+    def value(m: str, b: str, metric: str) -> float | None:
+        if b == "Average":
+            vals = [value(m, x, metric) for x in benches]
+            return None if None in vals else statistics.mean(vals)
+        s = cell.get((m, b))
+        return None if s is None else 100 * getattr(s, metric)
+
+    best = {c: max((v for m in methods if (v := value(m, *c)) is not None), default=None) for c in columns}
+    label = {"avg_at_k": f"Avg@{k}" if k else "Avg@k", "pass_at_k": f"Pass@{k}" if k else "Pass@k"}
+    lines = ["| Method | " + " | ".join(f"{b} {label[metric]}" for b, metric in columns) + " |",
+             "|---|" + "---:|" * len(columns)]
+    for m in methods:
+        cells = []
+        for c in columns:
+            v = value(m, *c)
+            text = "–" if v is None else f"{v:.2f}"
+            cells.append(f"**{text}**" if v is not None and v == best[c] and len(methods) > 1 else text)
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
