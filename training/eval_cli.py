@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 EVAL_EXAMPLES = """\
 examples:
@@ -73,10 +76,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     cfg = EvalConfig(checkpoint=args.checkpoint, k=args.k, n=args.n, policy=args.policy, max_new_tokens=args.max_new_tokens,
                      limit=args.limit, batch_prompts=args.batch_prompts, seed=args.seed, name=args.name)
     output = args.output or f"eval/{benchmark_name(args.dataset)}-{args.policy.replace(':', '')}.jsonl"
+    tty = sys.stderr.isatty()
     with Progress(TextColumn("eval"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[acc]}"), TimeRemainingColumn(),
-                  disable=not sys.stderr.isatty()) as bar:
+                  disable=not tty) as bar:
         task = bar.add_task("eval", total=None, acc="")
-        s = evaluate(cfg, data, output, on_progress=lambda done, total, acc: bar.update(task, completed=done, total=total, acc=f"accuracy {acc:.3f}"))
+
+        def progress(done: int, total: int, acc: float) -> None:
+            bar.update(task, completed=done, total=total, acc=f"accuracy {acc:.3f}")
+            if not tty:  # a log file gets one line per batch instead of a bar
+                log.info("eval: %d/%d problems, running accuracy %.3f", done, total, acc)
+
+        s = evaluate(cfg, data, output, on_progress=progress)
     print(f"{s.name} on {benchmark_name(s.dataset)}: Avg@{s.k} {100 * s.avg_at_k:.2f}  Pass@{s.k} {100 * s.pass_at_k:.2f}  "
           f"({s.num_problems} problems x {s.n} samples, mean {s.mean_tokens:.0f} tokens)")
     for title, rows in (("level", s.by_level), ("subject", s.by_subject)):
