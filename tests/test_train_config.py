@@ -78,6 +78,17 @@ def test_empty_dataset_and_rows_without_answers_are_named(tmp_path):
         load_problems(DataConfig(dataset=str(tmp_path / "missing.jsonl")))
 
 
+def test_prompt_templates():
+    from introllm.training.data import Problem, format_prompt
+
+    p = Problem(id="1", prompt="What is 2 + 2?", answer="4")
+    assert format_prompt(p, DataConfig()) == "What is 2 + 2?\nGive only the final answer as 'Answer: <number>'."
+    plain = DataConfig(template="plain", prompt_template="Q: {problem}\n{instruction}\nA:", instruction="Be brief.")
+    assert format_prompt(p, plain) == "Q: What is 2 + 2?\nBe brief.\nA:"
+    with pytest.raises(ConfigError, match="prompt_template"):
+        DataConfig(template="plain", prompt_template="no placeholder")
+
+
 def test_hub_names_fail_clearly_offline():
     with pytest.raises(DataError, match="local .jsonl"):
         load_problems(DataConfig(dataset="someone/some-math-dataset"))

@@ -112,12 +112,11 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
-    import transformers
+    from introllm.sampler.models import quiet_transformers
 
     from .trainer import train
 
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
+    quiet_transformers()
     final = train(cfg, resume_from=args.resume, show_progress=False if args.no_progress else None)
     from accelerate import PartialState
 

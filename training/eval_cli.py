@@ -63,14 +63,14 @@ def add_parsers(sub) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    import transformers
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from .config import DataConfig
     from .evaluate import EvalConfig, benchmark_name, evaluate
 
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
+    from introllm.sampler.models import quiet_transformers
+
+    quiet_transformers()
     data = DataConfig(dataset=args.dataset, prompt_field=args.prompt_field, answer_field=args.answer_field, reward=args.reward,
                       template=args.template, instruction=args.instruction, num_problems=args.num_problems, eval_size=0)
     cfg = EvalConfig(checkpoint=args.checkpoint, k=args.k, n=args.n, policy=args.policy, max_new_tokens=args.max_new_tokens,

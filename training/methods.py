@@ -112,7 +112,7 @@ class EAD(Method):
     def gamma(self, step: int) -> float:
         from introllm.sampler.policies import ead_gamma
 
-        return ead_gamma(self.cfg.ead_c0, self.avg_len or 1.0, step, self.total_steps) if self.avg_len else 1.0
+        return 1.0 if self.avg_len is None else ead_gamma(self.cfg.ead_c0, self.avg_len, step, self.total_steps)
 
     def rollout_policy(self, step):
         c = self.cfg

@@ -28,14 +28,6 @@ class Rollout:
     num_reward_errors: int = 0
     num_reward_timeouts: int = 0
 
-    @property
-    def lengths(self) -> Tensor:  # int64 [N] generated tokens per sequence
-        return torch.tensor([len(s.token_ids) for s in self.sequences])
-
-    @property
-    def truncated(self) -> Tensor:  # bool [N] cut off at max_new_tokens
-        return torch.tensor([s.finish_reason == "length" for s in self.sequences])
-
 
 def rollout_seed(seed: int, step: int, index: int) -> int:
     """Seed of prompt ``index`` (in the global batch) at training step ``step``: rollouts depend

@@ -147,12 +147,16 @@ def train(cfg: TrainConfig, *, resume_from: str | None = None, show_progress: bo
     def evaluate(step: int) -> float:
         if not eval_set:
             return float("nan")
-        shard = eval_set[rank::world]
-        ids = [encode_prompt(p, cfg.data, tokenizer) for p in shard]
-        ro = R.collect(engine, tokenizer, shard, ids, first_index=10**6 + rank, seed=cfg.run.seed, step=0,
-                       policy=method.rollout_policy(step), group_size=cfg.run.eval_samples,
-                       max_new_tokens=cfg.rollout.max_new_tokens, rewards=rewards, reward_name=reward_name)
-        correct = accelerator.reduce(torch.tensor([float((ro.rewards >= 1).sum()), float(len(ro.rewards))], device=device), "sum")
+        per = -(-len(eval_set) // world)  # contiguous shards: seeds follow the global index, whatever the world size
+        shard = eval_set[rank * per : (rank + 1) * per]
+        counts = torch.zeros(2, device=device)
+        if shard:
+            ids = [encode_prompt(p, cfg.data, tokenizer) for p in shard]
+            ro = R.collect(engine, tokenizer, shard, ids, first_index=10**6 + rank * per, seed=cfg.run.seed, step=0,
+                           policy=method.rollout_policy(step), group_size=cfg.run.eval_samples,
+                           max_new_tokens=cfg.rollout.max_new_tokens, rewards=rewards, reward_name=reward_name)
+            counts += torch.tensor([float((ro.rewards >= 1).sum()), float(len(ro.rewards))], device=device)
+        correct = accelerator.reduce(counts, "sum")
         return float(correct[0] / correct[1])
 
     # ---------------------------------------------------------------- the loop
