@@ -17,7 +17,6 @@ tokens depend only on its seed, never on its batch neighbours.
 
 from __future__ import annotations
 
-import collections
 import logging
 import secrets
 from typing import Callable, Hashable, Sequence as Seq
@@ -30,7 +29,7 @@ from . import fastpath
 from .cache import BatchKVCache
 from .head import TemperatureHead
 from .kernels import Projection, packed_linears
-from .policies import TemperaturePolicy, build_policy
+from .policies import PolicyCache, TemperaturePolicy, act_mixed
 from .records import SamplingParams, Sequence
 from .rng import SLOT_TOKEN, uniforms
 from .sampling import sample_tokens
@@ -88,7 +87,7 @@ class Engine:
         self.vocab_size = self.lm_head.weight.shape[0]
         self.max_context = int(getattr(model.config, "max_position_embeddings", 0) or 1 << 30)
         self.eos_token_ids = _eos_ids(model)
-        self._policies: collections.OrderedDict[str, TemperaturePolicy] = collections.OrderedDict()
+        self._policies = PolicyCache()
         self._output: Projection | None = None
         self._output_packed = fast_cpu_kernels
 
@@ -106,15 +105,8 @@ class Engine:
         return self.lm_head.weight.device
 
     def policy(self, spec: str) -> TemperaturePolicy:
-        """The policy object for ``spec``, shared by the requests that name it (the most recent
-        256 specs are kept: a server sees arbitrary fixed temperatures)."""
-        if spec in self._policies:
-            self._policies.move_to_end(spec)
-        else:
-            self._policies[spec] = build_policy(spec, self.head)
-            if len(self._policies) > 256:
-                self._policies.popitem(last=False)
-        return self._policies[spec]
+        """The policy object for ``spec``, shared by the requests that name it."""
+        return self._policies.get(spec, self.head)
 
     def new_batch(self) -> "DecodeBatch":
         return DecodeBatch(self)
@@ -132,17 +124,39 @@ class Engine:
         once each and their KV cache shared by the n samples. ``on_step`` sees the sequences that
         got a token at each step (progress bars, streaming).
         """
-        if isinstance(params, SamplingParams):
-            params = [params] * len(prompts)
-        if len(params) != len(prompts):
-            raise ValueError(f"got {len(params)} SamplingParams for {len(prompts)} prompts")
-        batch = self.new_batch()
-        out = batch.add(prompts, params, n=n, first_streams=[i * n for i in range(len(prompts))])
-        while batch.num_running:
-            stepped = batch.step()
-            if on_step is not None:
-                on_step(stepped)
-        return out
+        return run_to_completion(self.new_batch(), prompts, params, n, on_step)
+
+
+def run_to_completion(batch, prompts, params, n, on_step=None) -> list[list[Sequence]]:
+    """Decode every prompt n times in ``batch`` (a DecodeBatch or a VLLMBatch) until all finish."""
+    if isinstance(params, SamplingParams):
+        params = [params] * len(prompts)
+    if len(params) != len(prompts):
+        raise ValueError(f"got {len(params)} SamplingParams for {len(prompts)} prompts")
+    out = batch.add(prompts, params, n=n, first_streams=[i * n for i in range(len(prompts))])
+    while batch.num_running:
+        stepped = batch.step()
+        if on_step is not None:
+            on_step(stepped)
+    return out
+
+
+def validate_prompts(prompts, params: list[SamplingParams], ns: list[int], vocab_size: int, max_context: int) -> None:
+    """Raise ValueError for a batch that cannot be decoded: an empty prompt, a token id outside the
+    vocabulary, a prompt that leaves no room in the model's context, n < 1, or list lengths that
+    do not match the number of prompts."""
+    count = len(prompts)
+    if len(params) != count or len(ns) != count:
+        raise ValueError(f"{count} prompts need as many params and n values, got {len(params)} and {len(ns)}")
+    for i, prompt in enumerate(prompts):
+        if ns[i] < 1:
+            raise ValueError(f"n must be >= 1, got {ns[i]}")
+        if len(prompt) == 0:
+            raise ValueError(f"prompt {i} is empty")
+        if min(prompt) < 0 or max(prompt) >= vocab_size:
+            raise ValueError(f"prompt {i} has a token id outside the vocabulary [0, {vocab_size})")
+        if len(prompt) >= max_context:
+            raise ValueError(f"prompt {i} has {len(prompt)} tokens; the model's context is {max_context}")
 
 
 def _eos_ids(model: nn.Module) -> frozenset[int]:
@@ -224,17 +238,7 @@ class DecodeBatch:
             return []
         params = [params] * count if isinstance(params, SamplingParams) else list(params)
         ns = [n] * count if isinstance(n, int) else list(n)
-        if len(params) != count or len(ns) != count:
-            raise ValueError(f"{count} prompts need as many params and n values, got {len(params)} and {len(ns)}")
-        for i, prompt in enumerate(prompts):
-            if ns[i] < 1:
-                raise ValueError(f"n must be >= 1, got {ns[i]}")
-            if len(prompt) == 0:
-                raise ValueError(f"prompt {i} is empty")
-            if min(prompt) < 0 or max(prompt) >= engine.vocab_size:
-                raise ValueError(f"prompt {i} has a token id outside the vocabulary [0, {engine.vocab_size})")
-            if len(prompt) >= engine.max_context:
-                raise ValueError(f"prompt {i} has {len(prompt)} tokens; the model's context is {engine.max_context}")
+        validate_prompts(prompts, params, ns, engine.vocab_size, engine.max_context)
         policies = [engine.policy(p.policy) for p in params]
         request_ids = list(range(count)) if request_ids is None else list(request_ids)
         if first_streams is None:
@@ -381,18 +385,8 @@ class DecodeBatch:
     def _act(self, u: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Run each policy on its rows; returns tau, updated, z, temp_logp, each [B]."""
         s = self.state
-        if len(self._policies) == 1 or bool((s["policy"] == s["policy"][0]).all()):
-            a = self._policies[int(s["policy"][0])].act(self.h, s["step"], s["tau_prev"], u)
-            return a.tau.float(), a.updated, a.z.float(), a.logp.float()
-        rows = len(self.rows)
-        tau = torch.zeros(rows, device=u.device)
-        z, temp_logp = torch.zeros_like(tau), torch.zeros_like(tau)
-        updated = torch.zeros(rows, dtype=torch.bool, device=u.device)
-        for index in s["policy"].unique().tolist():
-            idx = (s["policy"] == index).nonzero().squeeze(-1)
-            a = self._policies[index].act(self.h[idx], s["step"][idx], s["tau_prev"][idx], u[idx])
-            tau[idx], updated[idx], z[idx], temp_logp[idx] = a.tau.float(), a.updated, a.z.float(), a.logp.float()
-        return tau, updated, z, temp_logp
+        a = act_mixed(self._policies, s["policy"], self.h, s["step"], s["tau_prev"], u)
+        return a.tau, a.updated, a.z, a.logp
 
     def _advance(self, tokens: Tensor) -> None:
         s = self.state

@@ -23,6 +23,7 @@ Specs take arguments after a colon: ``fixed:0.7``, ``ead:gamma=0.99,tau_min=0.1`
 
 from __future__ import annotations
 
+import collections
 import math
 from dataclasses import dataclass
 from typing import Callable, ClassVar
@@ -119,6 +120,47 @@ def build_policy(spec: str, head: "H.TemperatureHead | None" = None) -> Temperat
         return cls(*positional, **named)
     except TypeError as e:
         raise ValueError(f"bad arguments for policy {name!r}: {e}") from None
+
+
+def act_mixed(policies: list[TemperaturePolicy], which: Tensor, h: Tensor, step: Tensor, tau_prev: Tensor, u: Tensor) -> TempAction:
+    """One step for a batch whose rows use different policies: row i acts under
+    ``policies[which[i]]`` (which: int64 [B]). Each policy runs once, on its own rows. The result's
+    tau, z and logp are float32."""
+    kinds = which.unique()
+    if kinds.numel() == 1:
+        a = policies[int(kinds[0])].act(h, step, tau_prev, u)
+        return TempAction(tau=a.tau.float(), updated=a.updated, z=a.z.float(), logp=a.logp.float())
+    rows = which.shape[0]
+    out = TempAction(
+        tau=torch.zeros(rows, device=u.device),
+        updated=torch.zeros(rows, dtype=torch.bool, device=u.device),
+        z=torch.zeros(rows, device=u.device),
+        logp=torch.zeros(rows, device=u.device),
+    )
+    for kind in kinds.tolist():
+        idx = (which == kind).nonzero().squeeze(-1)
+        a = policies[kind].act(h[idx], step[idx], tau_prev[idx], u[idx])
+        out.tau[idx], out.updated[idx], out.z[idx], out.logp[idx] = a.tau.float(), a.updated, a.z.float(), a.logp.float()
+    return out
+
+
+class PolicyCache:
+    """Policy objects by spec, shared by the requests that name the same spec. The ``size`` most
+    recently used specs are kept (a server sees arbitrary fixed temperatures)."""
+
+    def __init__(self, size: int = 256):
+        self.size = size
+        self._items: collections.OrderedDict[str, TemperaturePolicy] = collections.OrderedDict()
+
+    def get(self, spec: str, head: "H.TemperatureHead | None") -> TemperaturePolicy:
+        """The policy for ``spec`` (built with ``head`` the first time); ValueError as build_policy."""
+        if spec in self._items:
+            self._items.move_to_end(spec)
+        else:
+            self._items[spec] = build_policy(spec, head)
+            if len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return self._items[spec]
 
 
 # --------------------------------------------------------------------------- head-driven policies
