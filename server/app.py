@@ -57,23 +57,31 @@ class ServerState:
 
     def load(self) -> None:
         try:
-            ck = self.checkpoint or (self.loader() if self.loader else None)
-            if ck is None:
-                from introllm.sampler.models import load_model
+            if self.config.backend == "vllm":
+                self.engine, tokenizer, path = _load_vllm(self.config)
+            else:
+                ck = self.checkpoint or (self.loader() if self.loader else None)
+                if ck is None:
+                    from introllm.sampler.models import load_model
 
-                log.info("loading %s", self.config.checkpoint or "the embedded default model")
-                ck = load_model(self.config.checkpoint, self.config.device, self.config.dtype, self.config.trust_remote_code)
-            if ck.tokenizer is None:
-                raise ValueError(f"{ck.path} has no tokenizer files; the server needs them")
-            self.model_name = self.config.model_name or ck.path.name
-            self.tokenizer = ck.tokenizer
-            self.engine = Engine(ck.model, ck.head)
+                    log.info("loading %s", self.config.checkpoint or "the embedded default model")
+                    ck = load_model(self.config.checkpoint, self.config.device, self.config.dtype, self.config.trust_remote_code)
+                self.engine, tokenizer, path = Engine(ck.model, ck.head), ck.tokenizer, ck.path
+            if tokenizer is None:
+                raise ValueError(f"{path} has no tokenizer files; the server needs them")
+            self.model_name = self.config.model_name or path.name
+            self.tokenizer = tokenizer
             self.scheduler = Scheduler(
-                self.engine, ck.tokenizer, max_batch=self.config.max_batch, max_queue=self.config.max_queue, metrics=self.metrics
+                self.engine, tokenizer, max_batch=self.config.max_batch, max_queue=self.config.max_queue, metrics=self.metrics
             )
             self.scheduler.start()
             self.ready = True
-            log.info("serving %s (%s)", self.model_name, "learned temperature head" if ck.head else "no head: fixed temperatures only")
+            log.info(
+                "serving %s on the %s backend (%s)",
+                self.model_name,
+                self.config.backend,
+                "learned temperature head" if self.engine.head is not None else "no head: fixed temperatures only",
+            )
         except Exception as e:  # reported by /health and by every request
             self.load_error = f"{type(e).__name__}: {e}"
             log.exception("could not load the model")
@@ -81,6 +89,32 @@ class ServerState:
     def shutdown(self) -> None:
         if self.scheduler is not None:
             self.scheduler.stop()
+
+
+def _load_vllm(config: ServerConfig):
+    """The vLLM engine and the tokenizer for ``config`` (the embedded model when no checkpoint)."""
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    from introllm.sampler.models import default_checkpoint
+    from introllm.sampler.vllm_engine import VLLMEngine
+
+    path = Path(config.checkpoint) if config.checkpoint else default_checkpoint()
+    log.info("loading %s into vLLM%s", path, " (eager)" if config.vllm_eager else " (compiling the model: minutes on a CPU)")
+    engine = VLLMEngine(
+        path,
+        dtype=config.dtype,
+        max_batch=config.max_batch,
+        eager=config.vllm_eager,
+        kv_cache_gib=config.kv_cache_gib,
+        trust_remote_code=config.trust_remote_code,
+        engine_args=config.vllm_args,
+    )
+    tokenizer = None
+    if any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=config.trust_remote_code)
+    return engine, tokenizer, path
 
 
 def create_app(config: ServerConfig, checkpoint=None, loader=None) -> FastAPI:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -31,8 +32,20 @@ class ServerConfig:
     default_max_tokens: int = 256
     """max_tokens when a chat request gives none (completions follow OpenAI's default of 16)."""
     trust_remote_code: bool = False
+    backend: str = "torch"
+    """torch: the in-process engine (sampler.Engine). vllm: vLLM with the head in its loop."""
+    vllm_eager: bool = False
+    """vLLM backend: skip torch.compile / CUDA graphs (starts in seconds, decodes slower)."""
+    kv_cache_gib: float | None = None
+    """vLLM backend: KV cache memory in GiB (default: vLLM's choice, most of the free memory)."""
+    vllm_args: dict[str, Any] = field(default_factory=dict)
+    """vLLM backend: further EngineArgs fields, e.g. {"max_model_len": 4096}."""
 
     def __post_init__(self) -> None:
+        if self.backend not in ("torch", "vllm"):
+            raise ValueError(f"backend must be torch or vllm, got {self.backend!r}")
+        if self.kv_cache_gib is not None and not self.kv_cache_gib > 0:
+            raise ValueError(f"kv_cache_gib must be > 0, got {self.kv_cache_gib}")
         if self.max_n is None:
             self.max_n = min(16, self.max_batch)
         for name in ("max_batch", "max_queue", "max_tokens", "max_n", "default_max_tokens"):

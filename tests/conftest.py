@@ -41,6 +41,14 @@ def random_head(hidden_size: int, seed: int = 0, scale: float = 0.5) -> Temperat
     return head
 
 
+def check_trace(trace, n_tokens, lo=0.6, hi=1.5):
+    """A choice's temperature_trace: one entry per token in each field, tau in [lo, hi], bool flags."""
+    assert set(trace) == {"token_ids", "tokens", "temperatures", "updated"}
+    assert len(trace["token_ids"]) == len(trace["tokens"]) == len(trace["temperatures"]) == len(trace["updated"]) == n_tokens
+    assert all(lo <= t <= hi for t in trace["temperatures"])
+    assert all(isinstance(u, bool) for u in trace["updated"])
+
+
 @pytest.fixture
 def llama():
     return tiny_llama()

@@ -6,6 +6,8 @@ import httpx
 import openai
 import pytest
 
+from conftest import check_trace
+
 
 pytestmark = pytest.mark.slow
 
@@ -22,13 +24,6 @@ def client(url):
     return openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
 
 
-def _check_trace(trace, n_tokens, lo=0.6, hi=1.5):
-    assert set(trace) == {"token_ids", "tokens", "temperatures", "updated"}
-    assert len(trace["token_ids"]) == len(trace["tokens"]) == len(trace["temperatures"]) == len(trace["updated"]) == n_tokens
-    assert all(lo <= t <= hi for t in trace["temperatures"])
-    assert all(isinstance(u, bool) for u in trace["updated"])
-
-
 def test_models_and_health(url, client):
     assert [m.id for m in client.models.list().data] == [MODEL]
     assert httpx.get(url + "/health").json() == {"status": "ok", "model": MODEL}
@@ -38,7 +33,7 @@ def test_completion_learned(client):
     r = client.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=12, seed=3)
     (choice,) = r.choices
     assert r.usage.prompt_tokens > 0 and r.usage.completion_tokens == len(choice.temperature_trace["token_ids"])
-    _check_trace(choice.temperature_trace, r.usage.completion_tokens)
+    check_trace(choice.temperature_trace, r.usage.completion_tokens)
     assert choice.finish_reason in ("stop", "length") and choice.text
     assert any(choice.temperature_trace["updated"])  # the untrained head updates half the time
 
@@ -49,7 +44,7 @@ def test_chat_greedy_is_deterministic(client):
     assert a.choices[0].message.content == b.choices[0].message.content
     assert "Paris" in a.choices[0].message.content
     trace = a.choices[0].temperature_trace
-    _check_trace(trace, a.usage.completion_tokens, lo=0.0, hi=0.0)
+    check_trace(trace, a.usage.completion_tokens, lo=0.0, hi=0.0)
     assert not any(trace["updated"])
 
 
@@ -106,7 +101,7 @@ def _check_stream(chunks, chat):
                     entries[k] += trace[k]
             finish = c.finish_reason or finish
     assert usage is not None and finish in ("stop", "length")
-    _check_trace(entries, usage.completion_tokens, lo=0.0)
+    check_trace(entries, usage.completion_tokens, lo=0.0)
     return text, entries
 
 

