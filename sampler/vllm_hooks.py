@@ -63,6 +63,8 @@ class RequestState:
     updated: list[bool] = field(default_factory=list)
     z: list[float] = field(default_factory=list)
     temp_logp: list[float] = field(default_factory=list)
+    u_start: int = -(1 << 62)  # the step u_chunk starts at
+    u_chunk: Tensor | None = None  # [UNIFORM_CHUNK, NUM_UNIFORMS] uniforms of steps u_start, ...
 
     def tau_before(self, step: int) -> float:
         return self.tau[step - 1] if step > 0 else self.policy.initial_tau
@@ -131,6 +133,7 @@ def temperature_processor_class(requests: dict[str, RequestState], tap: HiddenSt
                 if row_b is not None and direction == MoveDirectionality.SWAP:
                     self.rows[a] = row_b
 
+        @torch.inference_mode()
         def apply(self, logits: Tensor) -> Tensor:
             if not self.rows:
                 return logits
@@ -144,19 +147,42 @@ def temperature_processor_class(requests: dict[str, RequestState], tap: HiddenSt
             states = [self.rows[i][0] for i in index]
             steps = [len(self.rows[i][1]) for i in index]
             dev = logits.device
-            idx = torch.tensor(index, device=dev)
+            every_row = len(index) == logits.shape[0]
+            idx = None if every_row else torch.tensor(index, device=dev)
             step = torch.tensor(steps, device=dev)
             tau_prev = torch.tensor([s.tau_before(t) for s, t in zip(states, steps)], device=dev)
-            seed = torch.tensor([s.seed for s in states], device=dev)
-            stream = torch.tensor([s.stream for s in states], device=dev)
-            u = uniforms(seed, step, stream)
+            u = _step_uniforms(states, steps, dev)
             policies = list({id(s.policy): s.policy for s in states}.values())
             which = torch.tensor([next(k for k, p in enumerate(policies) if p is s.policy) for s in states], device=dev)
-            a = act_mixed(policies, which, h[idx], step, tau_prev, u)
-            logits[idx] = logits[idx] / a.tau[:, None].to(logits.dtype)
+            a = act_mixed(policies, which, h if every_row else h[idx], step, tau_prev, u)
+            if every_row:  # every row on an IntroLLM policy (the usual case)
+                logits.div_(a.tau[:, None].to(logits.dtype))
+            else:  # one pass over the vocabulary either way; other rows are multiplied by 1 (exact)
+                scale = torch.ones(logits.shape[0], dtype=logits.dtype, device=dev)
+                logits.mul_(scale.index_copy_(0, idx, a.tau.reciprocal().to(logits.dtype))[:, None])
             for s, t, values in zip(states, steps, zip(*(x.tolist() for x in (a.tau, a.updated, a.z, a.logp)))):
                 s.record(t, *values)
             return logits
 
     return TemperatureProcessor
 
+
+UNIFORM_CHUNK = 64
+"""Steps of random numbers drawn at once per request. The numbers are a function of (seed, step,
+stream) only, so drawing them ahead changes nothing but the cost: one Philox call per request per
+64 steps instead of one per step (its ~100 small tensor ops dominate the policy's time here)."""
+
+
+def _step_uniforms(states: list[RequestState], steps: list[int], device) -> Tensor:
+    """This step's uniforms for each row, float32 [B, NUM_UNIFORMS], from the requests' chunks."""
+    stale = [k for k, (s, t) in enumerate(zip(states, steps)) if not (s.u_start <= t < s.u_start + UNIFORM_CHUNK)]
+    if stale:
+        num = len(stale)
+        seed = torch.tensor([states[k].seed for k in stale], device=device).repeat_interleave(UNIFORM_CHUNK)
+        stream = torch.tensor([states[k].stream for k in stale], device=device).repeat_interleave(UNIFORM_CHUNK)
+        first = torch.tensor([steps[k] for k in stale], device=device).repeat_interleave(UNIFORM_CHUNK)
+        offset = torch.arange(UNIFORM_CHUNK, device=device).repeat(num)
+        chunks = uniforms(seed, first + offset, stream).view(num, UNIFORM_CHUNK, -1)
+        for j, k in enumerate(stale):
+            states[k].u_chunk, states[k].u_start = chunks[j], steps[k]
+    return torch.stack([s.u_chunk[t - s.u_start] for s, t in zip(states, steps)])
