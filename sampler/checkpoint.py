@@ -61,6 +61,12 @@ def base_fingerprint(model_config) -> dict[str, Any]:
     }
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_directory(final: str | os.PathLike) -> Iterator[Path]:
     """Yield a fresh temporary directory; on success it replaces ``final`` in one rename."""
@@ -70,9 +76,13 @@ def atomic_directory(final: str | os.PathLike) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
+        mode = 0o666 & ~_umask()
         for f in tmp.rglob("*"):  # data on disk before the rename makes it visible
             if not f.is_file():
                 continue
+            # safetensors >= 0.8 creates its files 0600 whatever the umask; a checkpoint written by
+            # one user (root in an image build, a trainer) must stay readable by the server's user.
+            os.chmod(f, mode)
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
         old = None

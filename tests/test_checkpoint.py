@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 import torch
@@ -90,3 +91,16 @@ def test_atomic_write_keeps_previous_checkpoint_on_failure(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["ck"]  # no temporary left behind
     save_checkpoint(target, model, random_head(48, seed=1))  # overwriting works and replaces
     assert not torch.equal(load_head(target).fc1.weight, head.fc1.weight)
+
+
+def test_files_are_readable_by_other_users(tmp_path):
+    """safetensors creates its files 0600; a checkpoint written by root (an image build) must be
+    readable by the server's non-root user, as the umask says."""
+    old = os.umask(0o022)
+    try:
+        path = save_checkpoint(tmp_path / "ck", tiny_llama(), random_head(48))
+    finally:
+        os.umask(old)
+    modes = {f.name: f.stat().st_mode & 0o777 for f in path.iterdir() if f.is_file()}
+    assert "temperature_head.safetensors" in modes and "model.safetensors" in modes
+    assert set(modes.values()) == {0o644}, modes
