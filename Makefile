@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PORT ?= 8000
 
-.PHONY: install install-vllm run test bench clean
+.PHONY: install install-vllm run test bench docker-test clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -31,6 +31,10 @@ run: install
 
 test: install-vllm
 	$(PY) -m pytest
+
+# The images built and run with podman, as this project's machines allow (see docs/deployment.md).
+docker-test: install
+	bash docker/scripts/test-containers.sh
 
 bench: install
 	$(VENV)/bin/introllm bench
