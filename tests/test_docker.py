@@ -1,5 +1,5 @@
 """The deployment files under docker/: the compose files against the Compose Specification's JSON
-schema (vendored, offline), the facts that tie the files together (Prometheus scrapes the server's
+schema (the copy the pinned check-jsonschema package ships, so offline), the facts that tie the files together (Prometheus scrapes the server's
 service and port, the health check calls the script the image holds, a non-root user, both images
 copy every package), start.sh's command line, and (slow) install.sh + start.sh run outside Docker
 exactly as the images run them, checked with the openai SDK.
@@ -10,6 +10,7 @@ The images themselves are built and run by docker/scripts/test-containers.sh (po
 from __future__ import annotations
 
 import hashlib
+import importlib.resources
 import json
 import os
 import re
@@ -31,7 +32,7 @@ DOCKER = ROOT / "docker"
 SCRIPTS = DOCKER / "scripts"
 COMPOSE_FILES = sorted(DOCKER.glob("compose*.yaml"))
 DOCKERFILES = [DOCKER / "Dockerfile", DOCKER / "Dockerfile.cuda"]
-SCHEMA_SHA256 = "d549057ebc2925f39f62799eab0db7b9e2c18b35b6c00595199116da3ed10e64"  # docker/schema/README.md
+SCHEMA_SHA256 = "d549057ebc2925f39f62799eab0db7b9e2c18b35b6c00595199116da3ed10e64"  # check-jsonschema 0.39.0
 
 
 def package_dirs() -> list[str]:
@@ -57,8 +58,9 @@ def instructions(dockerfile: Path) -> list[tuple[str, str]]:
 
 @pytest.fixture(scope="module")
 def validator():
-    path = DOCKER / "schema" / "compose-spec.json"
-    assert hashlib.sha256(path.read_bytes()).hexdigest() == SCHEMA_SHA256, "compose-spec.json differs from the vendored file"
+    # check-jsonschema (a dev dependency, pinned) vendors compose-spec/compose-spec's schema/compose-spec.json.
+    path = importlib.resources.files("check_jsonschema") / "builtin_schemas" / "vendor" / "compose-spec.json"
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == SCHEMA_SHA256, "not the compose-spec.json this test was written against"
     schema = json.loads(path.read_text())
     assert schema["title"] == "Compose Specification"
     cls = jsonschema.validators.validator_for(schema)
