@@ -480,14 +480,18 @@ def cmd_bench_vllm(args: argparse.Namespace) -> int:
         on_measure=lambda name, b, v: console.print(f"  batch {b:>3}  {name:<14} {v:8.1f} tok/s", style="dim"),
     )
     names = list(results[0]["median"])
-    table = Table(title=f"tokens/s, median of {repeats} (higher is better); vLLM in {results[0]['vllm_dtype']}",
-                  caption="head overhead: median of paired ratios, vllm default / vllm learned - 1 (target <= 3 %)")
+    dtypes = ", ".join(f"{k} {v}" for k, v in results[0]["dtype"].items())
+    table = Table(title=f"tokens/s, median of {repeats} (higher is better); {dtypes}",
+                  caption="head overhead: median of paired ratios, vllm default / vllm learned - 1 (target <= 3 %); "
+                          "hook time: time in the processor and trace read-back / rest of the learned run")
     table.add_column("batch", justify="right")
     for name in names:
         table.add_column(name, justify="right")
     table.add_column("head overhead", justify="right")
+    table.add_column("hook time", justify="right")
     for r in results:
-        table.add_row(str(r["batch_size"]), *[f"{r['median'][n]:.1f}" for n in names], f"{r['overhead'] * 100:+.1f} %")
+        table.add_row(str(r["batch_size"]), *[f"{r['median'][n]:.1f}" for n in names], f"{r['overhead'] * 100:+.1f} %",
+                      f"{r['hook_overhead'] * 100:.1f} %")
     Console().print(table)
     if args.json:
         with open(args.json, "w") as f:

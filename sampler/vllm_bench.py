@@ -8,15 +8,19 @@ sampling, and the torch engine beside both, at the same batch sizes, in one run.
 - "torch learned": the in-process ``Engine`` on the learned policy.
 
 Every configuration decodes the same chat prompts for exactly ``new_tokens`` tokens (EOS ignored),
-prefill included. The two vLLM engines live in this process and run alternately (A-B, then B-A);
-the overhead is the median over repeats of the paired ratio tokens/s(default) / tokens/s(learned)
-- 1, so slow drifts of a noisy machine cancel. The torch engine runs first, before vLLM sets this
-process's torch threads to 1 for serving; compare its figures as a guide, not to 1 %.
+prefill included, consuming tokens step by step as a streaming server does. Each configuration
+lives in a process of its own (two vLLM engines in one process disturb each other's thread
+binding), and only one runs at a time, in turn (A-B-C, then C-B-A, ...). The head's overhead is
+the median over repeats of the paired ratio tokens/s(default) / tokens/s(learned) - 1, so slow
+drifts of a noisy machine cancel; run to run it still moves by several percent here. So the
+learned engine also times what the head adds (the processor inside vLLM's step and the trace
+read-back after it): "hook overhead" = that time / the rest of the run, a measurement that the
+machine's noise scales but does not swamp.
 """
 
 from __future__ import annotations
 
-import gc
+import contextlib
 import statistics
 import tempfile
 import time
@@ -38,6 +42,14 @@ def head_free_view(checkpoint: Path, into: Path) -> Path:
 
 
 def _stock_engine(path: Path, *, dtype: str, max_batch: int, eager: bool, kv_cache_gib: float):
+    """vLLM as it comes, in this process like VLLMEngine (so only the head differs)."""
+    import os
+
+    from vllm.platforms import current_platform
+
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    if dtype == "auto" and current_platform.device_type == "cpu":
+        dtype = "float32"  # what VLLMEngine does
     from vllm import EngineArgs
     from vllm.v1.engine.llm_engine import LLMEngine
 
@@ -62,6 +74,36 @@ def _run_stock(llm, prompts: list[list[int]], new_tokens: int) -> None:
     assert received == len(prompts) * new_tokens, received
 
 
+def _serve_runs(kind: str, checkpoint: str, options: dict, conn) -> None:
+    """A worker process: build one configuration, then time the batches the parent asks for."""
+    from .engine import Engine
+    from .models import load_model
+    from .vllm_engine import VLLMEngine
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(checkpoint)
+        if kind == "torch learned":
+            ck = load_model(path, "auto", "auto")
+            engine = Engine(ck.model, ck.head)
+            run = lambda prompts, n: engine.generate(prompts, SamplingParams(max_new_tokens=n, ignore_eos=True))
+            dtype = str(ck.model.dtype).removeprefix("torch.")
+        elif kind == "vllm default":
+            stock = _stock_engine(head_free_view(path, Path(tmp) / "model"), **options)
+            run = lambda prompts, n: _run_stock(stock, prompts, n)
+            dtype = str(stock.vllm_config.model_config.dtype).removeprefix("torch.")
+        else:
+            ours = VLLMEngine(path, **options)
+            run = lambda prompts, n: ours.generate(prompts, SamplingParams(max_new_tokens=n, ignore_eos=True))
+            dtype = ours.dtype
+        hooks = ours.hook_seconds if kind == "vllm learned" else (lambda: 0.0)
+        conn.send(dtype)
+        while (job := conn.recv()) is not None:
+            prompts, new_tokens = job
+            start, hooked = time.perf_counter(), hooks()
+            run(prompts, new_tokens)
+            conn.send((time.perf_counter() - start, hooks() - hooked))
+
+
 def run_vllm_bench(
     checkpoint: Path,
     tokenizer,
@@ -76,60 +118,57 @@ def run_vllm_bench(
     on_measure: Callable[[str, int, float], None] | None = None,
 ) -> list[dict]:
     """Tokens/s per batch size and configuration; per batch size a dict with ``tokens_per_s``
-    {name: [per repeat]}, ``median`` {name: tokens/s} and ``overhead`` (learned vs default vLLM,
-    median of paired ratios)."""
-    results = {b: {"batch_size": b, "new_tokens": new_tokens, "tokens_per_s": {}} for b in batch_sizes}
-    prompts = {b: _prompt_ids(tokenizer, b) for b in batch_sizes}
+    {name: [per repeat]}, ``median`` {name: tokens/s}, ``overhead`` (learned vs default vLLM,
+    median of paired ratios) and the dtype each configuration ran in."""
+    import multiprocessing as mp
 
-    def record(name: str, b: int, seconds: float) -> float:
-        tps = b * new_tokens / seconds
-        results[b]["tokens_per_s"].setdefault(name, []).append(tps)
-        if on_measure:
-            on_measure(name, b, tps)
-        return tps
-
-    if include_torch:
-        from .engine import Engine
-        from .models import load_model
-
-        ck = load_model(checkpoint, "auto", "auto")
-        engine = Engine(ck.model, ck.head)
+    ctx = mp.get_context("spawn")  # vLLM and CUDA want fresh interpreters, not forks
+    options = dict(dtype=dtype, max_batch=max(batch_sizes), eager=eager, kv_cache_gib=kv_cache_gib)
+    names = (["torch learned"] if include_torch else []) + ["vllm default", "vllm learned"]
+    workers, dtypes = {}, {}
+    try:
+        for name in names:  # one at a time: two vLLM compilations at once would only slow both
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_serve_runs, args=(name, str(checkpoint), options, child), daemon=True)
+            proc.start()
+            workers[name] = (proc, parent)
+            dtypes[name] = parent.recv()
+        results = []
         for b in batch_sizes:
-            engine.generate(prompts[b][:1], SamplingParams(max_new_tokens=4, seed=0))  # warm-up
-            for _ in range(repeats):
-                start = time.perf_counter()
-                engine.generate(prompts[b], SamplingParams(max_new_tokens=new_tokens, seed=0, ignore_eos=True))
-                record("torch learned", b, time.perf_counter() - start)
-        del engine, ck
-        gc.collect()
+            prompts = _prompt_ids(tokenizer, b)
+            tps: dict[str, list[float]] = {name: [] for name in names}
+            hook_share = []  # per learned run: time in the hooks / the rest of the run
 
-    from .vllm_engine import VLLMEngine
+            def timed(name: str) -> tuple[float, float]:
+                workers[name][1].send((prompts, new_tokens))
+                return workers[name][1].recv()
 
-    max_batch = max(batch_sizes)
-    with tempfile.TemporaryDirectory() as tmp:
-        stock = _stock_engine(head_free_view(checkpoint, Path(tmp) / "model"), dtype=dtype, max_batch=max_batch, eager=eager,
-                              kv_cache_gib=kv_cache_gib)
-        ours = VLLMEngine(checkpoint, dtype=dtype, max_batch=max_batch, eager=eager, kv_cache_gib=kv_cache_gib)
-        learned = SamplingParams(max_new_tokens=new_tokens, ignore_eos=True)
-        runs = {
-            "vllm default": lambda b: _run_stock(stock, prompts[b], new_tokens),
-            "vllm learned": lambda b: ours.generate(prompts[b], learned),
-        }
-        for b in batch_sizes:
-            for run in runs.values():  # warm-up: first batches of this size
-                run(b)
+            for name in names:  # warm-up: first batches of this size
+                timed(name)
             for r in range(repeats):
-                for name in list(runs) if r % 2 == 0 else list(runs)[::-1]:
-                    start = time.perf_counter()
-                    runs[name](b)
-                    record(name, b, time.perf_counter() - start)
-        dtype_used = ours.dtype
-    out = []
-    for b in batch_sizes:
-        res = results[b]
-        tps = res["tokens_per_s"]
-        res["median"] = {name: statistics.median(v) for name, v in tps.items()}
-        res["overhead"] = statistics.median(d / l for d, l in zip(tps["vllm default"], tps["vllm learned"])) - 1.0
-        res["vllm_dtype"] = dtype_used
-        out.append(res)
-    return out
+                for name in names if r % 2 == 0 else names[::-1]:
+                    if name == "torch learned" and r >= 3:  # a guide, not a paired ratio: three runs
+                        continue
+                    seconds, hooked = timed(name)
+                    tps[name].append(b * new_tokens / seconds)
+                    if name == "vllm learned":
+                        hook_share.append(hooked / (seconds - hooked))
+                    if on_measure:
+                        on_measure(name, b, tps[name][-1])
+            results.append({
+                "batch_size": b,
+                "new_tokens": new_tokens,
+                "tokens_per_s": tps,
+                "median": {name: statistics.median(v) for name, v in tps.items()},
+                "overhead": statistics.median(d / l for d, l in zip(tps["vllm default"], tps["vllm learned"])) - 1.0,
+                "hook_overhead": statistics.median(hook_share),
+                "dtype": dtypes,
+            })
+        return results
+    finally:
+        for proc, conn in workers.values():
+            with contextlib.suppress(OSError):
+                conn.send(None)
+            proc.join(30)
+            if proc.is_alive():
+                proc.kill()

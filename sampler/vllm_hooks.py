@@ -35,6 +35,7 @@ docs/vllm.md for the limits that follow (tensor parallelism, speculative decodin
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -79,9 +80,11 @@ class RequestState:
 
 
 class HiddenStateTap:
-    """Holds the hidden states of the rows vLLM is about to sample (set by the tapped model)."""
+    """Holds the hidden states of the rows vLLM is about to sample (set by the tapped model), and
+    the time the processor has spent so far (read by the benchmark)."""
 
     h: Tensor | None = None
+    apply_seconds: float = 0.0
 
 
 def tapped_model_class(base: type, tap: HiddenStateTap, skip_weights: Iterable[str]) -> type:
@@ -133,8 +136,15 @@ def temperature_processor_class(requests: dict[str, RequestState], tap: HiddenSt
                 if row_b is not None and direction == MoveDirectionality.SWAP:
                     self.rows[a] = row_b
 
-        @torch.inference_mode()
         def apply(self, logits: Tensor) -> Tensor:
+            start = time.perf_counter()
+            try:
+                return self._apply(logits)
+            finally:
+                tap.apply_seconds += time.perf_counter() - start
+
+        @torch.inference_mode()
+        def _apply(self, logits: Tensor) -> Tensor:
             if not self.rows:
                 return logits
             h = tap.h
