@@ -141,11 +141,17 @@ def run_to_completion(batch, prompts, params, n, on_step=None) -> list[list[Sequ
     return out
 
 
-def validate_prompts(prompts, params: list[SamplingParams], ns: list[int], vocab_size: int, max_context: int) -> None:
-    """Raise ValueError for a batch that cannot be decoded: an empty prompt, a token id outside the
+def plan_batch(prompts, params, n, request_ids, first_streams, vocab_size: int, max_context: int):
+    """The per-prompt lists ``add`` works from: (params, ns, request_ids, first_streams), each one
+    entry per prompt (a single SamplingParams or n applies to all; request ids default to the
+    prompt's index, first streams to the sample's index among all rows of the call).
+
+    Raises ValueError for a batch that cannot be decoded: an empty prompt, a token id outside the
     vocabulary, a prompt that leaves no room in the model's context, n < 1, or list lengths that
     do not match the number of prompts."""
     count = len(prompts)
+    params = [params] * count if isinstance(params, SamplingParams) else list(params)
+    ns = [n] * count if isinstance(n, int) else list(n)
     if len(params) != count or len(ns) != count:
         raise ValueError(f"{count} prompts need as many params and n values, got {len(params)} and {len(ns)}")
     for i, prompt in enumerate(prompts):
@@ -157,6 +163,10 @@ def validate_prompts(prompts, params: list[SamplingParams], ns: list[int], vocab
             raise ValueError(f"prompt {i} has a token id outside the vocabulary [0, {vocab_size})")
         if len(prompt) >= max_context:
             raise ValueError(f"prompt {i} has {len(prompt)} tokens; the model's context is {max_context}")
+    request_ids = list(range(count)) if request_ids is None else list(request_ids)
+    if first_streams is None:
+        first_streams = [sum(ns[:i]) for i in range(count)]
+    return params, ns, request_ids, list(first_streams)
 
 
 def _eos_ids(model: nn.Module) -> frozenset[int]:
@@ -236,13 +246,10 @@ class DecodeBatch:
         count = len(prompts)
         if not count:
             return []
-        params = [params] * count if isinstance(params, SamplingParams) else list(params)
-        ns = [n] * count if isinstance(n, int) else list(n)
-        validate_prompts(prompts, params, ns, engine.vocab_size, engine.max_context)
+        params, ns, request_ids, first_streams = plan_batch(
+            prompts, params, n, request_ids, first_streams, engine.vocab_size, engine.max_context
+        )
         policies = [engine.policy(p.policy) for p in params]
-        request_ids = list(range(count)) if request_ids is None else list(request_ids)
-        if first_streams is None:
-            first_streams = [sum(ns[:i]) for i in range(count)]
         device = engine.device
 
         # Prefill, left-padded to the longest prompt.

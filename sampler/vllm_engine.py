@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Hashable, Sequence as Seq
 
 from .checkpoint import HEAD_CONFIG, HEAD_WEIGHTS, CheckpointError, load_head
-from .engine import run_to_completion, validate_prompts
+from .engine import plan_batch, run_to_completion
 from .policies import FixedPolicy, PolicyCache, TemperaturePolicy
 from .records import SamplingParams, Sequence
 from .vllm_hooks import EXTRA_ARGS_KEY, HiddenStateTap, RequestState, tapped_model_class, temperature_processor_class
@@ -198,14 +198,10 @@ class VLLMBatch:
         from vllm.sampling_params import RequestOutputKind
 
         engine = self.engine
-        count = len(prompts)
-        params = [params] * count if isinstance(params, SamplingParams) else list(params)
-        ns = [n] * count if isinstance(n, int) else list(n)
-        validate_prompts(prompts, params, ns, engine.vocab_size, engine.max_context)
+        params, ns, request_ids, first_streams = plan_batch(
+            prompts, params, n, request_ids, first_streams, engine.vocab_size, engine.max_context
+        )
         policies = [engine.policy(p.policy) for p in params]
-        request_ids = list(range(count)) if request_ids is None else list(request_ids)
-        if first_streams is None:
-            first_streams = [sum(ns[:i]) for i in range(count)]
 
         groups, added = [], []
         try:
