@@ -48,6 +48,7 @@ _ESCAPED_DOLLAR = re.compile(r"(?<!\\)\\\$")
 _NUMBER = re.compile(r"-?\d+(?:[.,]\d+)*(?:/\d+)?")
 _MATH_DELIMITER = re.compile(r"(?<!\\)\$|\\\(|\\\[")  # an unescaped $, \( or \[
 _LATEX_HINT = re.compile(r"\\[a-zA-Z]|[\^_{]")  # a command, a power, a subscript or a group
+_SENTENCE_END = re.compile(r"\.\s+(?=[A-Z])")  # "7. This is because", "$7$. I hope it is correct"
 _MATH_WRAP = re.compile(r"^(?:\$\$(.+)\$\$|(?<!\\)\$(.+)(?<!\\)\$|\\\[(.+)\\\]|\\\((.+)\\\))$", re.DOTALL)
 
 
@@ -101,8 +102,10 @@ def extract_answer(text: str) -> str:
 
 
 def _clean_span(span: str) -> str:
-    """Strip markdown emphasis, a leading colon, a trailing full stop and one math wrapper."""
-    s = span.strip().strip("*_").strip().lstrip(":").strip().strip("*_").strip()
+    """The answer in the text after a phrase: its first sentence ("7. This is because..." -> "7"),
+    without markdown emphasis, a leading colon, a trailing full stop or one math wrapper."""
+    s = _SENTENCE_END.split(span.strip(), maxsplit=1)[0]
+    s = s.strip().strip("*_").strip().lstrip(":").strip().strip("*_").strip()
     if s.endswith(".") and not s.endswith(".."):
         s = s[:-1].rstrip().rstrip("*_").rstrip()
     m = _MATH_WRAP.match(s)
@@ -128,7 +131,7 @@ def parse_completion(text: str) -> list:
     """math-verify's parse of a completion's final answer (see the module docstring for the order):
     a list of sympy objects and strings, [] when nothing parses. Never raises on model text.
 
-    >>> parse_completion("My first answer is \\\\boxed{5}.\\nChecking again, so \\\\boxed{7}.")  # doctest: +SKIP
+    >>> parse_completion("My first answer is \\\\boxed{5}.\\nChecking again, so \\\\boxed{7}.")
     [7, '7']
     """
     from math_verify import parse
@@ -146,7 +149,7 @@ def parse_completion(text: str) -> list:
         found = parse(f"\\boxed{{{bare}}}", [boxed], extraction_mode="first_match", fallback_mode="no_fallback")
         if found:
             return found
-    return parse(_plain(span), anywhere)
+    return parse(_plain(bare), anywhere)
 
 
 def parse_gold(answer: str) -> list:
@@ -171,7 +174,7 @@ def parse_gold(answer: str) -> list:
 def is_correct(completion: str, answer: str) -> bool:
     """Whether the completion's final answer equals the reference under math-verify.
 
-    >>> is_correct("To find the answer, we add.\\n3 + 4 = 7\\nSo the total is \\\\boxed{7}.", "7")  # doctest: +SKIP
+    >>> is_correct("To find the answer, we add.\\n3 + 4 = 7\\nSo the total is \\\\boxed{7}.", "7")
     True
 
     Raises:
