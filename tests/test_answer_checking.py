@@ -117,6 +117,12 @@ def test_issue_8_escaped_dollar_in_the_box_and_in_the_gold():
         ("\\boxed{1{,}100}", "1,000", 0.0),
         ("Answer: 12,345", "12345", 1.0),
         ("Answer: 12,354", "12345", 0.0),
+        ("\\boxed{\\$32,\\!348}", "\\$32,\\!348", 1.0),  # MATH-500's way (LaTeX negative space)
+        ("\\boxed{\\$32,\\!384}", "\\$32,\\!348", 0.0),
+        ("Answer: 32,\\!348", "32348", 1.0),
+        ("Answer: 32,\\!384", "32348", 0.0),
+        ("\\boxed{1\\,000}", "1000", 1.0),  # SI thin space
+        ("\\boxed{1\\,010}", "1000", 0.0),
         # degrees
         ("\\boxed{90^\\circ}", "90^\\circ", 1.0),
         ("\\boxed{80^\\circ}", "90^\\circ", 0.0),

@@ -26,7 +26,8 @@ its boxed extraction, LaTeX environments, number formats (``1,000``, ``$5``, ``5
 
 The reference answer is always parsed as the content of a ``\\boxed{}`` (or, when it holds one, as
 its last box), so a gold written ``\\$18.90``, ``50\\%``, ``90^\\circ``, ``10\\text{ cm}`` or
-``$\\frac{1}{2}$`` parses like the same text in a model's box.
+``$\\frac{1}{2}$`` parses like the same text in a model's box. In both, LaTeX spacing between
+digit groups (``32,\\!348``, ``1\\,000``) is a thousands separator.
 
 Everything here is parsing only; nothing is evaluated. sympy can still be slow on hostile input,
 so call these in the reward worker process, which has a deadline (see rewards.py).
@@ -48,6 +49,9 @@ _ESCAPED_DOLLAR = re.compile(r"(?<!\\)\\\$")
 _NUMBER = re.compile(r"-?\d+(?:[.,]\d+)*(?:/\d+)?")
 _MATH_DELIMITER = re.compile(r"(?<!\\)\$|\\\(|\\\[")  # an unescaped $, \( or \[
 _LATEX_HINT = re.compile(r"\\[a-zA-Z]|[\^_{]")  # a command, a power, a subscript or a group
+# A LaTeX thin space, negative space, ``\ `` or ``{,}`` between digit groups: 32,\!348 and 1\,000
+# are 32348 and 1000 (MATH writes them so), which math-verify would read as 32 and 1*0.
+_DIGIT_GROUP = re.compile(r"(?<=\d)(?:,|\{,\})?(?:\\[!,;: ]|~)*(?:,|\{,\})?(?=\d{3}(?!\d))")
 _SENTENCE_END = re.compile(r"\.\s+(?=[A-Z])")  # "7. This is because", "$7$. I hope it is correct"
 _MATH_WRAP = re.compile(r"^(?:\$\$(.+)\$\$|(?<!\\)\$(.+)(?<!\\)\$|\\\[(.+)\\\]|\\\((.+)\\\))$", re.DOTALL)
 
@@ -114,6 +118,15 @@ def _clean_span(span: str) -> str:
     return s
 
 
+def _join_digit_groups(text: str) -> str:
+    """``32,\\!348`` / ``1\\,000`` / ``1\\ 000`` / ``1{,}000`` -> ``32,348`` / ``1,000``.
+
+    >>> _join_digit_groups("\\\\$32,\\\\!348 and 1\\\\,000 and 1{,}000 and 3.14159")
+    '\\\\$32,348 and 1,000 and 1,000 and 3.14159'
+    """
+    return _DIGIT_GROUP.sub(lambda m: "," if m.group(0) else "", text)
+
+
 def _plain(text: str) -> str:
     """Text outside a box as math-verify should see it: ``\\$`` is a currency sign (a space here),
     and the bare word "answer" is hidden so that it cannot anchor math-verify's extraction."""
@@ -137,6 +150,7 @@ def parse_completion(text: str) -> list:
     from math_verify import parse
 
     boxed, anywhere = _configs()
+    text = _join_digit_groups(text)
     start = last_box_start(text)
     if start >= 0:
         return parse(text[start:], [boxed], extraction_mode="first_match")
@@ -162,7 +176,7 @@ def parse_gold(answer: str) -> list:
     from math_verify import parse
 
     boxed, _ = _configs()
-    text = str(answer).strip()
+    text = _join_digit_groups(str(answer).strip())
     start = last_box_start(text)
     source = text[start:] if start >= 0 else f"\\boxed{{{text}}}"
     gold = parse(source, [boxed], extraction_mode="first_match")
