@@ -161,6 +161,16 @@ def test_reasoning_gym_reward_is_binary_by_default_and_partial_on_request():
     assert partial(f"Answer: {gold}", gold, entry) == 1.0
 
 
+def test_a_wrong_sign_gets_partial_credit_only_from_rg_partial():
+    """Seen on SmolLM2's own samples: "-16" against 16 is 2/3 'right' under partial credit."""
+    from introllm.training.rewards import load_scorer
+
+    entry = {"answer": "16", "metadata": {"source_dataset": "basic_arithmetic"}}
+    assert load_scorer("rg")("Answer: -16", "16", entry) == 0.0
+    assert load_scorer("rg-partial")("Answer: -16", "16", entry) == pytest.approx(2 / 3)
+    assert load_scorer("rg")("Answer: 16", "16", entry) == 1.0
+
+
 def test_the_training_doc_says_what_the_default_rewards_do():
     doc = (Path(__file__).parent.parent / "docs" / "training.md").read_text()
     assert "binary" in doc and "rg-partial" in doc

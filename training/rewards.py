@@ -5,7 +5,7 @@ Every built-in reward is binary except `rg-partial`, which passes reasoning-gym'
 through. Why binary: GRPO normalises rewards within a group (eq. 3), so in a group where no sample
 is right, partial credit becomes the whole signal, and a tiny difference is scaled up to a full
 advantage. reasoning-gym's default scorer gives len(gold)/len(answer) to any answer that *contains*
-the gold ("Answer: 7 apples" scores 0.125 against 7, "Answer: 1 2 3 4 5 6 7 8 9" 0.06), so those
+the gold ("Answer: 7 apples" scores 0.125 against 7, a wrong "-16" 0.67 against 16), so those
 advantages would teach the model to write longer answers that contain more numbers, not right ones.
 
 Checks run in a separate worker process. Model output is adversarial input: a pathological
