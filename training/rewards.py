@@ -127,6 +127,10 @@ def _sleep_reward(completion: str, answer: str, metadata: dict) -> float:
 def _worker(conn) -> None:
     import importlib
 
+    # math-verify logs every parse that hits its own timeout at WARNING, with the whole completion
+    # (tens of kB of hostile text per sample on stderr); failures reach the parent as reward 0.
+    logging.getLogger("math_verify").setLevel(logging.ERROR)
+
     for name in ("math_verify", "reasoning_gym"):  # import the checkers before the first deadline starts
         try:
             importlib.import_module(name)
