@@ -65,6 +65,11 @@ def test_answer_phrases_without_a_box(completion, extracted):
     assert math_reward(completion, "8", {}) == 0.0
 
 
+def test_a_phrase_followed_by_reasoning_is_checked_on_the_rest_of_its_line():
+    assert math_reward("Answer: Let me add them. 3 + 4 = 7", "7", {}) == 1.0
+    assert math_reward("Answer: Let me add them. 3 + 4 = 8", "7", {}) == 0.0
+
+
 @pytest.mark.parametrize(
     "completion",
     [

@@ -4,10 +4,11 @@ R(x, y) = 1 if the final answer matches the ground truth after symbolic verifica
 The final answer is, in this order (the first that exists wins):
 
 1. the **last** ``\\boxed{...}`` (or ``\\fbox{...}``), so a corrected answer beats an earlier one;
-2. otherwise the text after the last answer *phrase* (LaTeX there without ``$`` is read like a box): "Answer:", "**Answer:**", "answer =",
-   "the answer is", "the final answer is", or a line that is only a "Final Answer" heading
-   ("**Final Answer**", "## Final Answer"; then the next paragraph). The word "answer" anywhere
-   else ("to find the answer", "I hope this answer helps", "two possible answers") means nothing;
+2. otherwise the first sentence after the last answer *phrase*: "Answer:", "**Answer:**",
+   "answer =", "the answer is", "the final answer is", or a line that is only a "Final Answer"
+   heading ("**Final Answer**", "## Final Answer"; then the next paragraph). LaTeX there without
+   ``$`` is read as a box is. The word "answer" anywhere else ("to find the answer", "I hope this
+   answer helps", "two possible answers") means nothing;
 3. otherwise the last mathematical expression (math checking) or the last number (string form).
 
 Math checking uses math-verify's own extraction (``math_verify.parse``) on that part, the way
@@ -163,7 +164,8 @@ def parse_completion(text: str) -> list:
         found = parse(f"\\boxed{{{bare}}}", [boxed], extraction_mode="first_match", fallback_mode="no_fallback")
         if found:
             return found
-    return parse(_plain(bare), anywhere)
+    # the first sentence after the phrase, else the rest of it ("Answer: Let me add. 3 + 4 = 7")
+    return parse(_plain(bare), anywhere, fallback_mode="no_fallback") or parse(_plain(span), anywhere)
 
 
 def parse_gold(answer: str) -> list:
