@@ -194,6 +194,15 @@ def worker():
         yield w
 
 
+def test_the_issue_examples_through_the_reward_worker(worker):
+    """Training and eval score through the worker process: the same answers there."""
+    completions = ISSUE_7 + ["\\boxed{\\$18.90}", "\\boxed{18.90}", "My first answer is \\boxed{7}.\nNo: \\boxed{8}."]
+    golds = ["7"] * 5 + ["18.90", "\\$18.90", "7"]
+    result = worker.score("math", completions, golds, [{}] * len(golds))
+    assert result.rewards == [1.0] * 7 + [0.0]
+    assert result.num_errors == result.num_timeouts == 0
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["math500", "aime24", "amc23"])
 def test_every_benchmark_gold_in_a_box_verifies_against_itself(worker, name):
