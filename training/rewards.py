@@ -6,7 +6,7 @@ through. Why binary: GRPO normalises rewards within a group (eq. 3), so in a gro
 is right, partial credit becomes the whole signal, and a tiny difference is scaled up to a full
 advantage. reasoning-gym's default scorer gives len(gold)/len(answer) to any answer that *contains*
 the gold ("Answer: 7 apples" scores 0.125 against 7, a wrong "-16" 0.67 against 16), so those
-advantages would teach the model to write longer answers that contain more numbers, not right ones.
+advantages would reward wrong answers that happen to contain the gold.
 
 Checks run in a separate worker process. Model output is adversarial input: a pathological
 expression can make sympy (under math-verify) run for minutes or exhaust memory, so each check has
