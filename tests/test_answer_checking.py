@@ -57,6 +57,7 @@ def test_an_earlier_right_box_does_not_rescue_a_wrong_last_box():
         ("Answer: 8\nNo, 3 + 4 = 7, so the answer is 7.", "7"),  # the last phrase wins
         ("Answer: 7. That is 3 + 4, not 4 + 4 = 8.", "7"),  # the first sentence after the phrase
         ("The final answer is $7$. I hope it is correct.", "7"),  # Minerva's few-shot format
+        ("So, the final answer is $7.$", "7"),  # SmolLM2 on MATH-500
     ],
 )
 def test_answer_phrases_without_a_box(completion, extracted):

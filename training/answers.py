@@ -114,8 +114,9 @@ def _clean_span(span: str) -> str:
     if s.endswith(".") and not s.endswith(".."):
         s = s[:-1].rstrip().rstrip("*_").rstrip()
     m = _MATH_WRAP.match(s)
-    if m:
+    if m:  # "$1.$" -> "1"
         s = next(g for g in m.groups() if g is not None).strip()
+        s = s[:-1].rstrip() if s.endswith(".") and not s.endswith("..") else s
     return s
 
 
