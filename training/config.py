@@ -119,6 +119,10 @@ class MethodConfig:
     """tampo: fraction of the steps sampled at tau = 1.0 before the meta-policy is used (paper: 10%)."""
     tampo_ema: float = 0.9
     """tampo: EMA factor of the meta-policy update (paper: 0.9)."""
+    freeze_model: bool = False
+    """Head-only training: learn the temperature head alone on a frozen base model (step B only,
+    hidden states under no-grad, no model optimizer); checkpoints hold the head files and the base
+    model's fingerprint, not a copy of the base weights. Needs a method that trains the head."""
     tampo_sharpness: float = 5.0
     """tampo: inverse temperature of the softmax that turns a step's temperature-specific
     advantages into a target distribution (our choice; the paper does not give one)."""
@@ -135,6 +139,10 @@ class MethodConfig:
         _check(0 <= self.tampo_warmup < 1, "tampo_warmup", f"must be in [0, 1), got {self.tampo_warmup}")
         _check(0 <= self.tampo_ema < 1, "tampo_ema", f"must be in [0, 1), got {self.tampo_ema}")
         _check(self.tampo_sharpness > 0, "tampo_sharpness", f"must be > 0, got {self.tampo_sharpness}")
+        from .methods import build_method_class
+
+        _check(not self.freeze_model or build_method_class(self.method).trains_head, "freeze_model",
+               f"head-only training needs a method that learns the head (introllm, always-update, prompt-level), got {self.method!r}")
 
 
 @dataclass
@@ -227,6 +235,11 @@ class TrainConfig:
     method: MethodConfig = field(default_factory=MethodConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        if self.method.freeze_model:
+            _check(self.optim.kl_coef == 0, "kl_coef", "must be 0 with freeze_model (the base does not move, there is nothing to regularise)")
+            _check(self.optim.head_lr > 0, "head_lr", "must be > 0 with freeze_model (the head is all that learns)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
