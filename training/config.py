@@ -37,18 +37,23 @@ def _check(ok: bool, name: str, message: str) -> None:
 class DataConfig:
     dataset: str = "rg:basic_arithmetic"
     """Training problems: a local .jsonl/.json/.parquet/.csv file, rg:<task> for a reasoning-gym
-    generator, or a Hugging Face dataset name (needs a reachable hub)."""
+    generator, rg:<task>,<task>,... for a mix of generators (num_problems of each), or a Hugging
+    Face dataset name (needs a reachable hub)."""
     prompt_field: str = "question"
     """Field holding the problem text (files and hub datasets). 'problem' is tried when absent."""
     answer_field: str = "answer"
-    """Field holding the reference answer."""
+    """Field holding the reference answer. A list (OlympiadBench's final_answer) is joined with ', '."""
+    answer_boxed: bool = False
+    """Take the reference answer from the last \\boxed{...} in answer_field (Minerva Math: --answer-field solution)."""
     split: str = "train"
     """Split of a Hugging Face dataset."""
     num_problems: int = 2000
-    """How many problems a reasoning-gym generator makes (files: all rows are used)."""
-    rg_args: dict = field(default_factory=lambda: {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1})
-    """Keyword arguments of the reasoning-gym generator (config file only). The default makes
-    two-term one-digit arithmetic, where SmolLM2-135M starts at ~20% accuracy: enough reward to learn from."""
+    """How many problems each reasoning-gym generator makes (files: all rows are used)."""
+    rg_args: dict = field(default_factory=lambda: {"basic_arithmetic": {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}})
+    """Keyword arguments of the reasoning-gym generators, as JSON: {"arg": value} for one task, or
+    {"task": {"arg": value}, ...} per task of a mix; a task not named uses its generator's own
+    defaults. The default makes basic_arithmetic two-term one-digit arithmetic, where SmolLM2-135M
+    starts at ~20% accuracy: enough reward to learn from."""
     eval_size: int = 32
     """Problems held out from training for the held-out accuracy (0: none)."""
     template: str = "chat"
