@@ -25,6 +25,46 @@ def test_extract_answer(text, expected):
     assert extract_answer(text) == expected
 
 
+COMPLETIONS = [
+    "3 + 4 = 7. Answer: 7",
+    "So the answer is $\\frac{3}{4}$.",
+    "**Final Answer**\n\\[\n\\boxed{\\sqrt{2}}\n\\]",
+    "First \\boxed{2}, then \\boxed{(1, 2)}",
+    "Answer: 10^{3}",
+    "It costs \\$5.50 in all",
+    "The final answer is $-12$. I hope it is correct.",
+]
+
+
+@pytest.mark.parametrize("completion", COMPLETIONS)
+def test_string_and_math_extraction_pick_the_same_part(completion):
+    """The string the rg / exact scorers and reports see is what the math scorer checks."""
+    from introllm.training.answers import is_correct
+
+    extracted = extract_answer(completion)
+    assert extracted
+    assert is_correct(completion, extracted)
+
+
+def test_the_answers_module_doctests_hold():
+    import doctest
+
+    from introllm.training import answers
+
+    failed, attempted = doctest.testmod(answers)
+    assert attempted >= 5 and failed == 0
+
+
+def test_a_reference_that_does_not_parse_is_an_error_not_a_reward():
+    from introllm.training.answers import parse_gold
+
+    for gold in ["", "  ", "\\boxed{"]:
+        with pytest.raises(ValueError, match="could not be parsed"):
+            parse_gold(gold)
+        with pytest.raises(ValueError):
+            math_reward("Answer: 1", gold, {})
+
+
 def test_math_reward_checks_equivalent_forms():
     assert math_reward("Answer: 0.5", "\\frac{1}{2}", {}) == 1.0
     assert math_reward("\\boxed{\\frac{2}{4}}", "1/2", {}) == 1.0
@@ -81,6 +121,11 @@ def test_an_injection_string_has_no_side_effect(worker, tmp_path):
     result = worker.score("math", payloads, ["1"] * 3, [{}] * 3)
     assert result.rewards == [0.0, 0.0, 0.0]
     assert not target.exists()
+
+
+def test_an_unparsable_reference_scores_0_and_counts_as_an_error_in_the_worker(worker):
+    result = worker.score("math", ["Answer: 1"], [""], [{}])
+    assert result.rewards == [0.0] and result.num_errors == 1
 
 
 def test_a_raising_reward_counts_as_zero_and_as_an_error(worker):

@@ -3,7 +3,8 @@ baselines, as ``introllm train``.
 
     config    typed dataclasses, one per concern (flags are generated from them)
     data      problems from files, reasoning-gym or the hub; prompts; the seeded order
-    rewards   answer extraction and checking in a worker process with a deadline
+    answers   which part of a completion is its final answer; math-verify checking
+    rewards   reward functions by name, run in a worker process with a deadline
     losses    group advantages, clipped surrogate, KL, the one token aggregation
     methods   introllm, grpo, ead, tampo, prompt-level, always-update by name
     rollout   G samples per prompt from the engine, scored: the Rollout record

@@ -65,9 +65,10 @@ class DataConfig:
     system: str = ""
     """System message for the chat template (empty: the template's default)."""
     reward: str = "auto"
-    """How answers are checked: auto (reasoning-gym scorer for rg: data, math otherwise), math
-    (math-verify), rg, exact (string match of the extracted answer), or your own function as
-    module:function or file.py:function, called as fn(completion, answer, metadata) -> float."""
+    """How answers are checked (binary unless said): auto (rg for rg: data, math otherwise), math
+    (math-verify), rg (reasoning-gym's scorer, full credit only), rg-partial (its partial credit
+    too), exact (string match of the extracted answer), or your own function as module:function or
+    file.py:function, called as fn(completion, answer, metadata) -> float."""
     reward_timeout: float = 5.0
     """Seconds one answer check may take before its worker process is killed (reward 0)."""
 
@@ -76,8 +77,10 @@ class DataConfig:
         _check(self.num_problems >= 1, "num_problems", f"must be >= 1, got {self.num_problems}")
         _check(self.eval_size >= 0, "eval_size", f"must be >= 0, got {self.eval_size}")
         _check(self.template in ("chat", "plain"), "template", f"must be chat or plain, got {self.template!r}")
-        _check(self.reward in ("auto", "math", "rg", "exact") or ":" in self.reward, "reward",
-               f"must be auto, math, rg, exact or your own module:function / file.py:function, got {self.reward!r}")
+        from .rewards import reward_names
+
+        _check(self.reward in ("auto", *reward_names()) or ":" in self.reward, "reward",
+               f"must be auto, {', '.join(reward_names())} or your own module:function / file.py:function, got {self.reward!r}")
         _check(self.reward_timeout > 0, "reward_timeout", f"must be > 0 seconds, got {self.reward_timeout}")
         _check(isinstance(self.rg_args, dict), "rg_args", "must be a table of generator arguments")
         if self.template == "plain":

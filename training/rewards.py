@@ -1,5 +1,12 @@
-"""Verifiable rewards (paper B.3): 1 if the final answer is right, else 0 (reasoning-gym scorers
-may give partial credit).
+"""Verifiable rewards (paper B.3): 1 if the final answer is right, else 0. Which part of a completion
+is its final answer, and how math is checked: answers.py.
+
+Every built-in reward is binary except `rg-partial`, which passes reasoning-gym's partial credit
+through. Why binary: GRPO normalises rewards within a group (eq. 3), so in a group where no sample
+is right, partial credit becomes the whole signal, and a tiny difference is scaled up to a full
+advantage. reasoning-gym's default scorer gives len(gold)/len(answer) to any answer that *contains*
+the gold ("Answer: 7 apples" scores 0.125 against 7, "Answer: 1 2 3 4 5 6 7 8 9" 0.06), so those
+advantages would teach the model to write longer answers that contain more numbers, not right ones.
 
 Checks run in a separate worker process. Model output is adversarial input: a pathological
 expression can make sympy (under math-verify) run for minutes or exhaust memory, so each check has
@@ -14,48 +21,13 @@ from __future__ import annotations
 import functools
 import logging
 import multiprocessing as mp
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from .answers import extract_answer, is_correct  # extract_answer is also imported from here (evaluate.py)
+
 log = logging.getLogger(__name__)
-
-_ANSWER = re.compile(r"answer\s*(?:is)?\s*[:=]?\s*\**\s*([^\n]+)", re.IGNORECASE)
-_NUMBER = re.compile(r"-?\d+(?:[.,]\d+)*(?:/\d+)?")
-
-
-def extract_answer(text: str) -> str:
-    """The final answer in a completion: after the last 'Answer:', else the last \\boxed{...},
-    else the last number; '' when there is none.
-
-    >>> extract_answer("3 + 4 = 7. Answer: 7")
-    '7'
-    >>> extract_answer("so \\\\boxed{\\\\frac{1}{2}}")
-    '\\\\frac{1}{2}'
-    """
-    found = _ANSWER.findall(text)
-    if found:
-        answer = found[-1].strip().strip("*").strip()
-        return answer.rstrip(".").strip()
-    boxed = _last_boxed(text)
-    if boxed is not None:
-        return boxed
-    numbers = _NUMBER.findall(text)
-    return numbers[-1] if numbers else ""
-
-
-def _last_boxed(text: str) -> str | None:
-    start = text.rfind("\\boxed{")
-    if start < 0:
-        return None
-    depth, i = 0, start + len("\\boxed")
-    for j in range(i, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[j], 0)
-        if depth == 0:
-            return text[i + 1 : j]
-    return None
-
 
 # --------------------------------------------------------------------------- scorers (run in the worker)
 
@@ -105,30 +77,36 @@ def load_scorer(name: str) -> Callable[[str, str, dict], float]:
 
 @scorer("math")
 def math_reward(completion: str, answer: str, metadata: dict) -> float:
-    """math-verify: the gold answer is parsed first, then the completion's extracted answer."""
-    from math_verify import parse, verify
+    """1.0 if the completion's final answer equals the reference under math-verify, else 0.0
+    (answers.is_correct: last box, else answer phrase, else last expression).
 
-    def as_latex(s: str) -> str:
-        return s if "$" in s or "\\boxed" in s else f"${s}$"
-
-    gold = parse(as_latex(answer))
-    if not gold:
-        raise ValueError(f"reference answer {answer!r} could not be parsed")
-    extracted = extract_answer(completion)
-    pred = parse(as_latex(extracted)) if extracted else parse(completion)
-    return 1.0 if pred and verify(gold, pred) else 0.0
+    Raises:
+        ValueError: the reference answer does not parse.
+    """
+    return 1.0 if is_correct(completion, answer) else 0.0
 
 
-@scorer("rg")
-def rg_reward(completion: str, answer: str, metadata: dict) -> float:
-    """The reasoning-gym task's own scorer on the extracted answer."""
+def _rg_score(completion: str, metadata: dict) -> float:
     import reasoning_gym
 
     task = metadata.get("metadata", {}).get("source_dataset")
     if not task:
         raise ValueError("a reasoning-gym problem without metadata.source_dataset")
-    score = reasoning_gym.get_score_answer_fn(task)(extract_answer(completion), metadata)
-    return float(score)
+    return float(reasoning_gym.get_score_answer_fn(task)(extract_answer(completion), metadata))
+
+
+@scorer("rg")
+def rg_reward(completion: str, answer: str, metadata: dict) -> float:
+    """The reasoning-gym task's own scorer on the extracted answer, made binary: 1.0 only when it
+    gives full credit (see the module docstring for why; `rg-partial` keeps partial credit)."""
+    return 1.0 if _rg_score(completion, metadata) >= 1.0 else 0.0
+
+
+@scorer("rg-partial")
+def rg_partial_reward(completion: str, answer: str, metadata: dict) -> float:
+    """The reasoning-gym task's own score in [0, 1] on the extracted answer, partial credit included
+    ("Answer: 7 apples" against 7: 0.125)."""
+    return _rg_score(completion, metadata)
 
 
 @scorer("exact")

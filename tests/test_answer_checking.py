@@ -1,0 +1,198 @@
+"""Answer extraction and checking on the inputs of issue 12 (items 7-9), each with a right and a
+wrong value, and on the gold answers of the benchmark files users hold.
+
+Imports only names that the reward module has always exported, so that this file also runs against
+older code (it did: see the report of the branch that added it)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from introllm.training.rewards import RewardWorker, extract_answer, math_reward
+
+BENCHMARKS = Path("/work/shared/benchmarks")
+
+# ------------------------------------------------------------------ item 7: last box wins, phrases only
+
+ISSUE_7 = [
+    "To find the answer, we add the two numbers.\n3 + 4 = 7\nSo the total is \\boxed{7}.",
+    "3 + 4 = 7, so the total is \\boxed{7}.\nI hope this answer helps!",
+    "There are two possible answers to consider here.\nThe sum is 3 + 4, which gives \\boxed{7}.",
+    "My first answer is \\boxed{5}.\nChecking again, 3 + 4 = 7, so \\boxed{7}.",
+    "**Final Answer**\n\\[\n\\boxed{7}\n\\]",
+]
+
+
+@pytest.mark.parametrize("completion", ISSUE_7)
+def test_issue_7_examples_score_1_against_7(completion):
+    assert math_reward(completion, "7", {}) == 1.0
+    assert extract_answer(completion) == "7"
+
+
+@pytest.mark.parametrize("completion", ISSUE_7)
+def test_issue_7_examples_with_a_wrong_last_box_score_0(completion):
+    i = completion.rindex("\\boxed{7}")
+    wrong = completion[:i] + "\\boxed{8}" + completion[i + len("\\boxed{7}"):]
+    assert math_reward(wrong, "7", {}) == 0.0
+    assert extract_answer(wrong) == "8"
+
+
+def test_an_earlier_right_box_does_not_rescue_a_wrong_last_box():
+    completion = "So \\boxed{7}.\nWait, I made an error: 3 + 5 = 8, so \\boxed{8}."
+    assert math_reward(completion, "7", {}) == 0.0
+    assert math_reward(completion, "8", {}) == 1.0
+
+
+@pytest.mark.parametrize(
+    "completion, extracted",
+    [
+        ("3 + 4 = 7.\nAnswer: 7", "7"),  # the format the default training prompt asks for
+        ("**Answer:** 7", "7"),
+        ("**Answer**: 7", "7"),
+        ("The answer is **7**.", "7"),
+        ("Adding gives 7.\nThe final answer is $7$.", "7"),
+        ("**Final Answer**\n7", "7"),
+        ("## Final Answer\n\n$7$", "7"),
+        ("Answer: 8\nNo, 3 + 4 = 7, so the answer is 7.", "7"),  # the last phrase wins
+        ("Answer: 7. That is 3 + 4, not 4 + 4 = 8.", "7"),  # the first sentence after the phrase
+        ("The final answer is $7$. I hope it is correct.", "7"),  # Minerva's few-shot format
+    ],
+)
+def test_answer_phrases_without_a_box(completion, extracted):
+    assert extract_answer(completion) == extracted
+    assert math_reward(completion, "7", {}) == 1.0
+    assert math_reward(completion, "8", {}) == 0.0
+
+
+@pytest.mark.parametrize(
+    "completion",
+    [
+        "To find the answer, we add 3 and 4 and get 7.",
+        "Both answers, 3 and 4, add up to 7.",
+        "The answer to this kind of question with 2 numbers: add them. 3 + 4 = 7",
+    ],
+)
+def test_the_word_answer_alone_is_not_a_phrase_the_last_number_counts(completion):
+    assert math_reward(completion, "7", {}) == 1.0
+    assert math_reward(completion, "3", {}) == 0.0
+
+
+# ------------------------------------------------------------------ item 8: escaped dollars and formats
+
+
+def test_issue_8_escaped_dollar_in_the_box_and_in_the_gold():
+    assert math_reward("\\boxed{\\$18.90}", "18.90", {}) == 1.0
+    assert math_reward("\\boxed{18.90}", "\\$18.90", {}) == 1.0  # the gold parses
+    assert math_reward("\\boxed{\\$18.90}", "\\$18.90", {}) == 1.0
+    assert math_reward("\\boxed{\\$18.09}", "\\$18.90", {}) == 0.0
+
+
+@pytest.mark.parametrize(
+    "completion, gold, expected",
+    [
+        # currency: only an unescaped $ delimits math
+        ("The total is \\boxed{\\$18.90}.", "\\$18.90", 1.0),
+        ("The total is \\boxed{\\$19.80}.", "\\$18.90", 0.0),
+        ("Answer: \\$18.90", "18.90", 1.0),
+        ("Answer: \\$18.09", "18.90", 0.0),
+        ("She pays \\$5 for lunch and \\$13.90 for dinner, \\$18.90 in all.", "\\$18.90", 1.0),
+        ("She pays \\$5 for lunch and \\$13.90 for dinner, \\$19.90 in all.", "\\$18.90", 0.0),
+        ("Answer: $18.90", "\\$18.90", 1.0),
+        ("Answer: $81.90", "\\$18.90", 0.0),
+        # percent
+        ("\\boxed{50\\%}", "50\\%", 1.0),
+        ("\\boxed{40\\%}", "50\\%", 0.0),
+        ("Answer: 50%", "50\\%", 1.0),
+        ("Answer: 5%", "50\\%", 0.0),
+        # units in \text{}
+        ("\\boxed{10\\text{ cm}}", "10\\text{ cm}", 1.0),
+        ("\\boxed{12\\text{ cm}}", "10\\text{ cm}", 0.0),
+        ("\\boxed{10\\text{ cm}}", "10", 1.0),
+        ("\\boxed{12\\text{ cm}}", "10", 0.0),
+        # thousands separators
+        ("\\boxed{1,000}", "1000", 1.0),
+        ("\\boxed{1,001}", "1000", 0.0),
+        ("\\boxed{1{,}000}", "1,000", 1.0),
+        ("\\boxed{1{,}100}", "1,000", 0.0),
+        ("Answer: 12,345", "12345", 1.0),
+        ("Answer: 12,354", "12345", 0.0),
+        # degrees
+        ("\\boxed{90^\\circ}", "90^\\circ", 1.0),
+        ("\\boxed{80^\\circ}", "90^\\circ", 0.0),
+        ("\\boxed{90^{\\circ}}", "90", 1.0),
+        ("\\boxed{90^{\\circ}}", "9", 0.0),
+        ("Answer: 90°", "90^\\circ", 1.0),
+        ("Answer: 60°", "90^\\circ", 0.0),
+    ],
+)
+def test_formats_right_and_wrong(completion, gold, expected):
+    assert math_reward(completion, gold, {}) == expected
+
+
+# ------------------------------------------------------------------ item 9: rewards are binary by default
+
+
+def _rg_entry():
+    import reasoning_gym
+
+    entry = next(iter(reasoning_gym.create_dataset("basic_arithmetic", size=1, seed=3, min_terms=2, max_terms=2, min_digits=1, max_digits=1)))
+    return entry
+
+
+def test_reasoning_gym_reward_is_binary_by_default_and_partial_on_request():
+    from introllm.training.rewards import load_scorer, resolve_reward
+
+    entry = _rg_entry()
+    gold = entry["answer"]
+    rg, partial = load_scorer(resolve_reward("auto", "rg:basic_arithmetic")), load_scorer("rg-partial")
+    assert rg(f"Answer: {gold}", gold, entry) == 1.0
+    assert rg(f"\\boxed{{{gold}}}", gold, entry) == 1.0
+    assert rg(f"Answer: {gold} apples", gold, entry) == 0.0
+    assert rg("Answer: 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18", gold, entry) == 0.0
+    # reasoning-gym's own score: len(gold) / len(answer) when the answer contains the gold
+    assert partial(f"Answer: {gold} apples", gold, entry) == pytest.approx(len(gold) / len(f"{gold} apples"))
+    assert partial(f"Answer: {gold}", gold, entry) == 1.0
+
+
+def test_the_training_doc_says_what_the_default_rewards_do():
+    doc = (Path(__file__).parent.parent / "docs" / "training.md").read_text()
+    assert "binary" in doc and "rg-partial" in doc
+
+
+# ------------------------------------------------------------------ benchmark gold answers
+
+
+def _golds(name: str) -> list[str]:
+    return [str(json.loads(line)["answer"]) for line in (BENCHMARKS / f"{name}.jsonl").read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def worker():
+    with RewardWorker(timeout=10.0) as w:
+        yield w
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["math500", "aime24", "amc23"])
+def test_every_benchmark_gold_in_a_box_verifies_against_itself(worker, name):
+    golds = _golds(name)
+    completions = [f"Putting it together, the result is\n\\[\n\\boxed{{{g}}}\n\\]" for g in golds]
+    result = worker.score("math", completions, golds, [{}] * len(golds))
+    failed = [g for g, r in zip(golds, result.rewards) if r != 1.0]
+    assert failed == [], f"{len(failed)}/{len(golds)} golds of {name} do not verify against themselves: {failed[:20]}"
+    assert result.num_errors == result.num_timeouts == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["math500", "aime24", "amc23"])
+def test_a_benchmark_gold_does_not_verify_against_a_different_gold(worker, name):
+    golds = _golds(name)
+    others = golds[1:] + golds[:1]
+    def value(s):  # "x=5" and "5" are the same answer
+        return s.rpartition("=")[2].replace(" ", "")
+
+    pairs = [(g, o) for g, o in zip(golds, others) if value(g) != value(o)]
+    result = worker.score("math", [f"\\boxed{{{o}}}" for _, o in pairs], [g for g, _ in pairs], [{}] * len(pairs))
+    wrongly_right = [(g, o) for (g, o), r in zip(pairs, result.rewards) if r != 0.0]
+    assert wrongly_right == []

@@ -1,0 +1,187 @@
+"""Which part of a completion is its final answer, and whether it equals the reference (paper B.3:
+R(x, y) = 1 if the final answer matches the ground truth after symbolic verification, else 0).
+
+The final answer is, in this order (the first that exists wins):
+
+1. the **last** ``\\boxed{...}`` (or ``\\fbox{...}``), so a corrected answer beats an earlier one;
+2. otherwise the text after the last answer *phrase* (LaTeX there without ``$`` is read like a box): "Answer:", "**Answer:**", "answer =",
+   "the answer is", "the final answer is", or a line that is only a "Final Answer" heading
+   ("**Final Answer**", "## Final Answer"; then the next paragraph). The word "answer" anywhere
+   else ("to find the answer", "I hope this answer helps", "two possible answers") means nothing;
+3. otherwise the last mathematical expression (math checking) or the last number (string form).
+
+Math checking uses math-verify's own extraction (``math_verify.parse``) on that part, the way
+open-r1's accuracy reward does (``LatexExtractionConfig(boxed_match_priority=0)``, first match):
+its boxed extraction, LaTeX environments, number formats (``1,000``, ``$5``, ``50%``), unit and
+``\\text{}`` removal. Where we deviate from calling ``parse`` on the whole completion, and why:
+
+* math-verify's own "last box" keeps earlier boxes near the last one when a comma or "and" lies
+  between them ("my first answer is \\boxed{5}. Checking again, 3 + 4 = 7, so \\boxed{7}" parses as
+  the set {5, 7}); we hand it the text from the start of the last box, so only that box counts.
+* math-verify anchors on the word "answer" anywhere (priorities 100/200 of its regexes); we locate
+  answer phrases ourselves (step 2) and hide the bare word from it in step 3.
+* ``\\$`` is a dollar sign, not a math delimiter; only an unescaped ``$`` delimits math. Outside a
+  box we replace ``\\$`` by a space before parsing (math-verify's number pattern cannot see a
+  number right after a backslash); inside a box math-verify's normalisation drops it.
+
+The reference answer is always parsed as the content of a ``\\boxed{}`` (or, when it holds one, as
+its last box), so a gold written ``\\$18.90``, ``50\\%``, ``90^\\circ``, ``10\\text{ cm}`` or
+``$\\frac{1}{2}$`` parses like the same text in a model's box.
+
+Everything here is parsing only; nothing is evaluated. sympy can still be slow on hostile input,
+so call these in the reward worker process, which has a deadline (see rewards.py).
+"""
+
+from __future__ import annotations
+
+import re
+
+# An answer phrase: "answer" followed (after optional markdown bold) by ":", "=" or "is", or a line
+# holding only a "Final Answer" heading. Group-free; the match end is where the answer starts.
+_PHRASE = re.compile(
+    r"\banswer[ \t]*(?:\*\*|__)?[ \t]*(?::|=|\bis\b)"
+    r"|^[ \t>#*_]*final[ \t]+answer[ \t*_:]*$",
+    re.IGNORECASE | re.MULTILINE,
+)
+_ANSWER_WORD = re.compile(r"answer", re.IGNORECASE)
+_ESCAPED_DOLLAR = re.compile(r"(?<!\\)\\\$")
+_NUMBER = re.compile(r"-?\d+(?:[.,]\d+)*(?:/\d+)?")
+_MATH_DELIMITER = re.compile(r"(?<!\\)\$|\\\(|\\\[")  # an unescaped $, \( or \[
+_LATEX_HINT = re.compile(r"\\[a-zA-Z]|[\^_{]")  # a command, a power, a subscript or a group
+_SENTENCE_END = re.compile(r"\.\s+(?=[A-Z])")  # "7. This is because", "$7$. I hope it is correct"
+_MATH_WRAP = re.compile(r"^(?:\$\$(.+)\$\$|(?<!\\)\$(.+)(?<!\\)\$|\\\[(.+)\\\]|\\\((.+)\\\))$", re.DOTALL)
+
+
+def last_box_start(text: str) -> int:
+    """Index of the last ``\\boxed`` or ``\\fbox`` in text, -1 when there is none."""
+    return max(text.rfind("\\boxed"), text.rfind("\\fbox"))
+
+
+def answer_phrase_span(text: str) -> str | None:
+    """The text after the last answer phrase (rest of its line, or the next paragraph when the
+    phrase ends its line, as a "**Final Answer**" heading does); None when there is no phrase.
+
+    >>> answer_phrase_span("3 + 4 = 7. Answer: 7")
+    ' 7'
+    >>> answer_phrase_span("To find the answer, we add.") is None
+    True
+    """
+    last = None
+    for last in _PHRASE.finditer(text):
+        pass
+    if last is None:
+        return None
+    line, _, tail = text[last.end():].partition("\n")
+    if line.strip(" \t*_:"):
+        return line
+    return tail.lstrip("\n").split("\n\n", 1)[0]
+
+
+def extract_answer(text: str) -> str:
+    """The final answer of a completion as a string (for string scorers such as reasoning-gym's and
+    for reports): the last box's content, else the cleaned text after the last answer phrase, else
+    the last number; '' when there is none. Same order as ``parse_completion``.
+
+    >>> extract_answer("3 + 4 = 7. Answer: 7")
+    '7'
+    >>> extract_answer("My first answer is \\\\boxed{5}. Checking again, so \\\\boxed{7}.")
+    '7'
+    >>> extract_answer("The answer is **42**.")
+    '42'
+    """
+    start = last_box_start(text)
+    if start >= 0:
+        from latex2sympy2_extended.math_normalization import extract_boxed_content
+
+        return extract_boxed_content(text[start:], mode="last").strip()
+    span = answer_phrase_span(text)
+    if span is not None:
+        return _clean_span(span)
+    numbers = _NUMBER.findall(text)
+    return numbers[-1] if numbers else ""
+
+
+def _clean_span(span: str) -> str:
+    """The answer in the text after a phrase: its first sentence ("7. This is because..." -> "7"),
+    without markdown emphasis, a leading colon, a trailing full stop or one math wrapper."""
+    s = _SENTENCE_END.split(span.strip(), maxsplit=1)[0]
+    s = s.strip().strip("*_").strip().lstrip(":").strip().strip("*_").strip()
+    if s.endswith(".") and not s.endswith(".."):
+        s = s[:-1].rstrip().rstrip("*_").rstrip()
+    m = _MATH_WRAP.match(s)
+    if m:
+        s = next(g for g in m.groups() if g is not None).strip()
+    return s
+
+
+def _plain(text: str) -> str:
+    """Text outside a box as math-verify should see it: ``\\$`` is a currency sign (a space here),
+    and the bare word "answer" is hidden so that it cannot anchor math-verify's extraction."""
+    return _ANSWER_WORD.sub("reply", _ESCAPED_DOLLAR.sub(" ", text))
+
+
+def _configs():
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig
+
+    boxed = LatexExtractionConfig(boxed_match_priority=0, try_extract_without_anchor=False)
+    return boxed, [LatexExtractionConfig(), ExprExtractionConfig()]
+
+
+def parse_completion(text: str) -> list:
+    """math-verify's parse of a completion's final answer (see the module docstring for the order):
+    a list of sympy objects and strings, [] when nothing parses. Never raises on model text.
+
+    >>> parse_completion("My first answer is \\\\boxed{5}.\\nChecking again, so \\\\boxed{7}.")
+    [7, '7']
+    """
+    from math_verify import parse
+
+    boxed, anywhere = _configs()
+    start = last_box_start(text)
+    if start >= 0:
+        return parse(text[start:], [boxed], extraction_mode="first_match")
+    span = answer_phrase_span(text)
+    if span is None:
+        return parse(_plain(text), anywhere)
+    bare = _clean_span(span)
+    if bare and not _MATH_DELIMITER.search(bare) and _LATEX_HINT.search(bare):
+        # LaTeX written without delimiters ("Answer: \\frac{1}{2}"): read it as a gold answer is read
+        found = parse(f"\\boxed{{{bare}}}", [boxed], extraction_mode="first_match", fallback_mode="no_fallback")
+        if found:
+            return found
+    return parse(_plain(bare), anywhere)
+
+
+def parse_gold(answer: str) -> list:
+    """math-verify's parse of a reference answer, written as the content of a ``\\boxed{}`` (a
+    reference that holds a box is taken at its last box).
+
+    Raises:
+        ValueError: the reference does not parse (every sample of that problem would score 0).
+    """
+    from math_verify import parse
+
+    boxed, _ = _configs()
+    text = str(answer).strip()
+    start = last_box_start(text)
+    source = text[start:] if start >= 0 else f"\\boxed{{{text}}}"
+    gold = parse(source, [boxed], extraction_mode="first_match")
+    if not gold:
+        raise ValueError(f"reference answer {answer!r} could not be parsed")
+    return gold
+
+
+def is_correct(completion: str, answer: str) -> bool:
+    """Whether the completion's final answer equals the reference under math-verify.
+
+    >>> is_correct("To find the answer, we add.\\n3 + 4 = 7\\nSo the total is \\\\boxed{7}.", "7")
+    True
+
+    Raises:
+        ValueError: the reference does not parse.
+    """
+    from math_verify import verify
+
+    gold = parse_gold(answer)
+    pred = parse_completion(completion)
+    return bool(pred) and verify(gold, pred)
