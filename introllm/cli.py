@@ -217,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--train", action="store_true", help="time IntroLLM training steps against fixed-temperature GRPO steps")
     tr.add_argument("--prompts", type=_positive_int, default=4, help="prompts per step [4]")
     tr.add_argument("--group-size", type=_positive_int, default=8, help="samples per prompt [8]")
+    tr.add_argument("--head-only", action="store_true", help="time head-only steps (--freeze-model) against joint IntroLLM steps instead")
     bench.set_defaults(func=cmd_bench)
     return parser
 
@@ -535,14 +536,18 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     console.print(f"[bold]introllm bench --train[/]: {ck.path.name}, {args.prompts} prompts x {args.group_size} samples, "
                   f"{args.new_tokens} tokens each (EOS ignored), {args.repeats} ABBA pairs")
+    methods = ("head-only", "introllm") if args.head_only else ("introllm", "grpo")
     result = train_step_overhead(
         ck.model, ck.head, prompts, group_size=args.group_size, new_tokens=args.new_tokens, repeats=args.repeats,
         on_measure=lambda m, t, r, u: console.print(f"  {m:<9} step {t:6.2f} s  (rollout {r:5.2f} s, update {u:5.2f} s)", style="dim"),
+        methods=methods,
     )
+    a, b = methods
     console.print(
-        f"step overhead of introllm over grpo: {result['step_overhead']:+.1%} (median of paired ratios; "
+        f"step time of {a} relative to {b}: {result['step_overhead']:+.1%} (median of paired ratios; "
         f"rollout {result['rollout_overhead']:+.1%}, update {result['update_overhead']:+.1%}); median step "
-        f"{result['median_step_seconds']['introllm']:.2f} s vs {result['median_step_seconds']['grpo']:.2f} s"
+        f"{result['median_step_seconds'][a]:.2f} s vs {result['median_step_seconds'][b]:.2f} s; "
+        f"{a} step / its own rollout: {result['median_step_seconds'][a] / result['median_rollout_seconds'][a]:.2f}x"
     )
     if args.json:
         with open(args.json, "w") as f:

@@ -89,3 +89,35 @@ def test_freeze_model_needs_a_method_that_learns_the_head(method):
 def test_freeze_model_refuses_a_kl_penalty():
     with pytest.raises(ConfigError, match="kl_coef"):
         TrainConfig(method=MethodConfig(freeze_model=True), optim=OptimConfig(kl_coef=0.1))
+
+
+def test_a_head_only_update_touches_only_the_head():
+    from conftest import random_head, tiny_llama
+    from introllm.sampler import Engine, SamplingParams, build_policy
+    from introllm.training.losses import group_advantages
+    from introllm.training.update import PolicyScorer, update
+
+    model, head = tiny_llama(), random_head(48, scale=0.3)
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    before = {k: v.clone() for k, v in head.state_dict().items()}
+    seqs = [s for g in Engine(model, head).generate([[5, 6, 7], [8, 9]], SamplingParams(max_new_tokens=6, seed=1), n=4) for s in g]
+    adv = group_advantages(torch.tensor([1.0, 0.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0]), 4)
+    model.train()
+    stats = update(PolicyScorer(model, head, freeze_model=True), model, head, build_policy("learned", head), seqs, adv,
+                   optimizers={"optimizer_head": torch.optim.AdamW(head.parameters(), lr=1e-2)}, pad_id=0, clip_eps=0.2,
+                   max_grad_norm=1.0, micro_batch_size=3)
+    assert all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(v, base[k]) for k, v in model.state_dict().items())
+    assert any(not torch.equal(v, before[k]) for k, v in head.state_dict().items())
+    assert stats.grad_norm_model == 0.0 and stats.grad_norm_head > 0 and stats.loss_token == 0.0
+
+
+def test_the_step_benchmark_times_head_only_against_joint_steps():
+    from conftest import random_head, tiny_llama
+    from introllm.training.bench import train_step_overhead
+
+    model, head = tiny_llama(), random_head(48, scale=0.3)
+    result = train_step_overhead(model, head, [[5, 6, 7], [8, 9]], group_size=2, new_tokens=4, repeats=2, micro_batch_size=2,
+                                 methods=("head-only", "introllm"))
+    assert len(result["raw"]["head-only"]["step"]) == len(result["raw"]["introllm"]["step"]) == 2
+    assert result["median_rollout_seconds"]["head-only"] > 0

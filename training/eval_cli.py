@@ -36,7 +36,9 @@ def add_parsers(sub) -> None:
     from introllm.cli import add_head_arg
 
     add_head_arg(ev)
-    ev.add_argument("--dataset", required=True, help="JSONL/JSON/CSV/Parquet benchmark file, or rg:<task>")
+    ev.add_argument("--dataset", help="JSONL/JSON/CSV/Parquet benchmark file, or rg:<task>[,<task>...]")
+    ev.add_argument("--heldout", metavar="RUN", default="", help="instead of --dataset: the problems training run RUN held out, "
+                    "with its prompt and reward settings")
     ev.add_argument("--k", type=int, default=8, help="k of Avg@k and Pass@k [8]")
     ev.add_argument("--n", type=int, default=0, help="samples per problem, >= k; Pass@k is unbiased for n > k [k]")
     ev.add_argument("--policy", default="learned", help="temperature policy: learned, fixed:T, greedy, ead, tampo... [learned]")
@@ -96,10 +98,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from introllm.sampler.models import quiet_transformers
 
     quiet_transformers()
-    data = DataConfig(dataset=args.dataset, prompt_field=args.prompt_field, answer_field=args.answer_field, reward=args.reward,
-                      template=args.template, instruction=args.instruction, num_problems=args.num_problems, eval_size=0,
-                      rg_args=args.rg_args, answer_boxed=args.answer_boxed)
-    cfg = EvalConfig(checkpoint=args.checkpoint, head=args.head or "", k=args.k, n=args.n, policy=args.policy, max_new_tokens=args.max_new_tokens,
+    if bool(args.dataset) == bool(args.heldout):
+        raise ValueError("give --dataset or --heldout RUN (one of them)")
+    if args.heldout:
+        from .evaluate import heldout_problems
+
+        data = heldout_problems(args.heldout)[0]
+        args.dataset = data.dataset
+    else:
+        data = DataConfig(dataset=args.dataset, prompt_field=args.prompt_field, answer_field=args.answer_field, reward=args.reward,
+                          template=args.template, instruction=args.instruction, num_problems=args.num_problems, eval_size=0,
+                          rg_args=args.rg_args, answer_boxed=args.answer_boxed)
+    cfg = EvalConfig(checkpoint=args.checkpoint, head=args.head or "", heldout=args.heldout, k=args.k, n=args.n, policy=args.policy, max_new_tokens=args.max_new_tokens,
                      limit=args.limit, batch_prompts=args.batch_prompts, seed=args.seed, name=args.name)
     output = args.output or f"eval/{benchmark_name(args.dataset)}-{args.policy.replace(':', '')}.jsonl"
     tty = sys.stderr.isatty()

@@ -71,6 +71,9 @@ class EvalConfig:
     """Seed of the samples (equal seeds give equal samples)."""
     name: str = ""
     """Row name in `introllm compare` (default: run_name of checkpoint, head and policy)."""
+    heldout: str = ""
+    """A training run directory: evaluate on the problems that run held out (its eval_size, the
+    same split as its held-out accuracy), with its data settings, instead of the dataset."""
 
     def __post_init__(self) -> None:
         if self.k < 1:
@@ -136,6 +139,21 @@ def summarize(records: list[dict[str, Any]], *, k: int, name: str = "", dataset:
     )
 
 
+def heldout_problems(run_dir: str | Path):
+    """(data config, held-out problems) of a training run, rebuilt from its config.json exactly as
+    the trainer split them (load_problems with the run's seed). Raises ValueError."""
+    from .config import TrainConfig
+    from .data import load_problems
+
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise ValueError(f"--heldout {run_dir}: not a training run directory (no config.json)")
+    cfg = TrainConfig.from_dict(json.loads(path.read_text()))
+    if cfg.data.eval_size == 0:
+        raise ValueError(f"--heldout {run_dir}: that run held nothing out (eval_size 0)")
+    return cfg.data, load_problems(cfg.data, seed=cfg.run.seed)[1]
+
+
 def _trace_stats(records: list[dict]) -> dict[str, float]:
     """Token-weighted mean tau and update rate of records that carry traces ({} when none do)."""
     taus = [t for r in records for t in r.get("tau") or []]
@@ -173,7 +191,7 @@ def evaluate(cfg: EvalConfig, data: DataConfig, output: str | Path, *, on_progre
 
     reward_name = resolve_reward(data.reward, data.dataset)
     load_scorer(reward_name)
-    problems = read_problems(data)
+    problems = read_problems(data) if not cfg.heldout else heldout_problems(cfg.heldout)[1]
     if cfg.limit:
         problems = problems[: cfg.limit]
     ck = load_model(cfg.checkpoint or None, device="auto", dtype="auto", head=cfg.head or None)
