@@ -132,3 +132,15 @@ def test_plot_with_only_an_evaluation_file(tmp_path):
     index = (out / "index.html").read_text()
     assert 'src="fig2_tau_by_level.png"' in index and "fig5" not in index
     assert main(["plot", "--output", str(out)]) == 2
+
+
+def test_a_mix_holds_out_the_same_number_of_each_task_and_never_trains_on_them():
+    from collections import Counter
+
+    from introllm.training.data import load_problems
+
+    data = DataConfig(dataset="rg:letter_counting,chain_sum,gcd", num_problems=20, eval_size=7)
+    train, held = load_problems(data, seed=3)
+    assert Counter(p.subject for p in held) == {"letter_counting": 3, "chain_sum": 2, "gcd": 2}
+    assert not {p.prompt for p in train} & {p.prompt for p in held}
+    assert load_problems(data, seed=3)[1] == held  # the split is a function of the seed (eval --heldout rebuilds it)

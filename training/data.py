@@ -68,7 +68,8 @@ def read_problems(cfg: DataConfig) -> list[Problem]:
 
 def load_problems(cfg: DataConfig, *, seed: int = 0) -> tuple[list[Problem], list[Problem]]:
     """(train, held-out): all problems, duplicates (same prompt) dropped, shuffled with ``seed``,
-    the last ``eval_size`` held out. Fails with a DataError on an empty or malformed dataset."""
+    the last ``eval_size`` held out (of a mix of reasoning-gym tasks: the same number of each).
+    Fails with a DataError on an empty or malformed dataset."""
     problems = read_problems(cfg)
     seen: set[str] = set()
     unique = [p for p in problems if not (p.prompt in seen or seen.add(p.prompt))]
@@ -76,6 +77,20 @@ def load_problems(cfg: DataConfig, *, seed: int = 0) -> tuple[list[Problem], lis
     n_eval = min(cfg.eval_size, len(unique) - 1)
     if cfg.eval_size and len(unique) - cfg.eval_size < 1:
         raise DataError(f"dataset {cfg.dataset} has {len(unique)} distinct problems: too few to hold out eval_size={cfg.eval_size}")
+    sources = list(dict.fromkeys(p.source for p in unique))
+    if len(sources) > 1 and cfg.eval_size:  # a mix of tasks: hold out the same number of each (the first get the remainder)
+        share = {src: cfg.eval_size // len(sources) + (i < cfg.eval_size % len(sources)) for i, src in enumerate(sources)}
+        held = []
+        for p in reversed(unique):
+            if share[p.source] > 0:
+                share[p.source] -= 1
+                held.append(p)
+        if any(share.values()):
+            raise DataError(f"dataset {cfg.dataset}: too few distinct problems of {', '.join(s for s, n in share.items() if n)} "
+                            f"to hold out eval_size={cfg.eval_size} evenly")
+        ids = {id(p) for p in held}
+        held_out = [p for p in unique if id(p) in ids]
+        return [p for p in unique if id(p) not in ids], held_out
     return unique[: len(unique) - n_eval], unique[len(unique) - n_eval :]
 
 
