@@ -77,7 +77,7 @@ def load_problems(cfg: DataConfig, *, seed: int = 0) -> tuple[list[Problem], lis
     n_eval = min(cfg.eval_size, len(unique) - 1)
     if cfg.eval_size and len(unique) - cfg.eval_size < 1:
         raise DataError(f"dataset {cfg.dataset} has {len(unique)} distinct problems: too few to hold out eval_size={cfg.eval_size}")
-    sources = list(dict.fromkeys(p.source for p in unique))
+    sources = list(dict.fromkeys(p.source for p in problems))  # task order
     if len(sources) > 1 and cfg.eval_size:  # a mix of tasks: hold out the same number of each (the first get the remainder)
         share = {src: cfg.eval_size // len(sources) + (i < cfg.eval_size % len(sources)) for i, src in enumerate(sources)}
         held = []
