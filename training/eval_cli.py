@@ -123,11 +123,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 log.info("eval: %d/%d problems, running accuracy %.3f", done, total, acc)
 
         s = evaluate(cfg, data, output, on_progress=progress)
-    print(f"{s.name} on {benchmark_name(s.dataset)}: Avg@{s.k} {100 * s.avg_at_k:.2f}  Pass@{s.k} {100 * s.pass_at_k:.2f}  "
-          f"({s.num_problems} problems x {s.n} samples, mean {s.mean_tokens:.0f} tokens)")
+    def trace(v) -> str:
+        return f"  tau {v['tau_mean']:.3f}  update rate {v['update_rate']:.3f}" if v.get("tau_mean") is not None else ""
+
+    print(f"{s.name} on {benchmark_name(s.dataset)}: Avg@{s.k} {100 * s.avg_at_k:.2f} ± {100 * s.avg_at_k_ci95:.2f}  "
+          f"Pass@{s.k} {100 * s.pass_at_k:.2f}  ({s.num_problems} problems x {s.n} samples, mean {s.mean_tokens:.0f} tokens)"
+          f"{trace({'tau_mean': s.tau_mean, 'update_rate': s.update_rate})}")
     for title, rows in (("level", s.by_level), ("subject", s.by_subject)):
         for key, v in rows.items():
-            print(f"  {title} {key}: Avg@{s.k} {100 * v['avg_at_k']:.2f}  Pass@{s.k} {100 * v['pass_at_k']:.2f}  ({v['num_problems']} problems)")
+            print(f"  {title} {key}: Avg@{s.k} {100 * v['avg_at_k']:.2f} ± {100 * v['avg_at_k_ci95']:.2f}  "
+                  f"Pass@{s.k} {100 * v['pass_at_k']:.2f}  ({v['num_problems']} problems){trace(v)}")
+    print(f"(± : half-width of a 95 % normal interval of Avg@{s.k} over problems)")
     print(f"records: {output}")
     return 0
 

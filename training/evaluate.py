@@ -102,6 +102,7 @@ class Summary:
     head: str = ""  # --head given to eval ("" = the checkpoint's own / the default head)
     tau_mean: float | None = None  # mean sampling temperature over all generated tokens
     update_rate: float | None = None  # fraction of tokens at which the head drew a new tau
+    avg_at_k_ci95: float | None = None  # half-width of a 95 % interval of avg_at_k over problems (normal approximation)
 
 
 def summarize(records: list[dict[str, Any]], *, k: int, name: str = "", dataset: str = "", checkpoint: str = "", policy: str = "",
@@ -116,9 +117,12 @@ def summarize(records: list[dict[str, Any]], *, k: int, name: str = "", dataset:
     n = min(len(v) for v in by_problem.values())
 
     def scores(problems: list[list[dict]]) -> dict[str, float]:
-        avg = statistics.mean(avg_at_k([bool(s["correct"]) for s in p]) for p in problems)
+        per_problem = [avg_at_k([bool(s["correct"]) for s in p]) for p in problems]
+        avg = statistics.mean(per_problem)
         pas = statistics.mean(pass_at_k(len(p), sum(bool(s["correct"]) for s in p), min(k, len(p))) for p in problems)
-        out = {"avg_at_k": avg, "pass_at_k": pas, "num_problems": len(problems)}
+        # normal-approximation 95 % interval of Avg@k over problems (problems are the sampling unit)
+        half = 1.96 * statistics.stdev(per_problem) / math.sqrt(len(per_problem)) if len(per_problem) > 1 else float("nan")
+        out = {"avg_at_k": avg, "pass_at_k": pas, "num_problems": len(problems), "avg_at_k_ci95": half}
         out.update(_trace_stats([s for p in problems for s in p]))
         return out
 
@@ -132,7 +136,7 @@ def summarize(records: list[dict[str, Any]], *, k: int, name: str = "", dataset:
     return Summary(
         name=name, dataset=dataset, checkpoint=checkpoint, policy=policy, k=k, n=n, num_problems=len(groups),
         avg_at_k=overall["avg_at_k"], pass_at_k=overall["pass_at_k"], head=head,
-        tau_mean=overall.get("tau_mean"), update_rate=overall.get("update_rate"),
+        tau_mean=overall.get("tau_mean"), update_rate=overall.get("update_rate"), avg_at_k_ci95=overall["avg_at_k_ci95"],
         mean_tokens=statistics.mean(r["num_tokens"] for r in records),
         by_level={lv: scores(ps) for lv, ps in sorted(subsets["level"].items())},
         by_subject={sj: scores(ps) for sj, ps in sorted(subsets["subject"].items())},
