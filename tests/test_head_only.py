@@ -58,6 +58,12 @@ def test_head_only_training_leaves_the_base_bit_identical(tiny_ckpt, problems, t
     assert any(not torch.equal(head_before[k], head_after[k]) for k in head_before)
     metrics = read_jsonl(tmp_path / "run" / "metrics.jsonl")[1:]
     assert all(m["grad_norm_model"] == 0.0 and m["loss_token"] == 0.0 for m in metrics)
+    # the held-out evaluations at the start and the end are kept as eval records with their summaries
+    for step in (0, 3):
+        records = read_jsonl(tmp_path / "run" / "eval" / f"step-{step:06d}.jsonl")
+        assert len(records) == 4 * 2 and all(len(r["tau"]) == r["num_tokens"] for r in records)
+        summary = json.loads((tmp_path / "run" / "eval" / f"step-{step:06d}.summary.json").read_text())
+        assert summary["num_problems"] == 4 and 0.6 <= summary["tau_mean"] <= 1.5
     assert any(m["grad_norm_head"] > 0 for m in metrics)
 
 

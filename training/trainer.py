@@ -9,6 +9,7 @@ averaged across processes by the DDP wrapper; only the main process writes files
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -166,6 +167,7 @@ def train(cfg: TrainConfig, *, resume_from: str | None = None, show_progress: bo
                            policy=method.rollout_policy(step), group_size=cfg.run.eval_samples,
                            max_new_tokens=cfg.rollout.max_new_tokens, rewards=rewards, reward_name=reward_name)
             counts += torch.tensor([float((ro.rewards >= 1).sum()), float(len(ro.rewards))], device=device)
+            _write_eval_records(run_dir, step, ro, tokenizer, cfg.run.eval_samples, rank, method.rollout_policy(step), cfg.data.dataset)
         correct = accelerator.reduce(counts, "sum")
         return float(correct[0] / correct[1])
 
@@ -229,6 +231,31 @@ def train(cfg: TrainConfig, *, resume_from: str | None = None, show_progress: bo
         progress.close()
         rewards.close()
     return final
+
+
+def _write_eval_records(run_dir: Path, step: int, ro: R.Rollout, tokenizer, k: int, rank: int, policy: str, dataset: str) -> None:
+    """The held-out evaluation's samples as ``introllm eval`` records (eval/step-N[.rankR].jsonl,
+    with per-token traces) plus, on one process, its summary (per subject: Avg@k with its
+    interval, mean tau, update rate): what ``compare`` and ``plot --eval`` read."""
+    from .evaluate import summarize, summary_path
+
+    records = []
+    for i, problem in enumerate(ro.problems):
+        for j in range(k):
+            s, text, reward = ro.sequences[i * k + j], ro.texts[i * k + j], float(ro.rewards[i * k + j])
+            records.append({
+                "problem_id": problem.id, "sample": j, "level": problem.level, "subject": problem.subject, "answer": problem.answer,
+                "correct": reward >= 1.0, "reward": reward, "text": text, "finish_reason": s.finish_reason,
+                "num_tokens": len(s.token_ids), "tokens": token_pieces(tokenizer, s.token_ids, skip_special_tokens=False),
+                "tau": [round(t, 4) for t in s.trace.tau], "updated": s.trace.updated,
+            })
+    out = run_dir / "eval" / (f"step-{step:06d}.jsonl" if rank == 0 else f"step-{step:06d}.rank{rank}.jsonl")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("".join(json.dumps(r) + "\n" for r in records))
+    if rank == 0:
+        summary = summarize(records, k=k, name=f"{run_dir.name}/step-{step} ({policy})", dataset=dataset,
+                            checkpoint=f"{run_dir}/step-{step}", policy=policy)
+        summary_path(out).write_text(json.dumps(dataclasses.asdict(summary), indent=2) + "\n")
 
 
 def _check_replicas(accelerator, model, head) -> None:
