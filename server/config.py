@@ -32,6 +32,9 @@ class ServerConfig:
     default_max_tokens: int = 256
     """max_tokens when a chat request gives none (completions follow OpenAI's default of 16)."""
     trust_remote_code: bool = False
+    head: str | None = None
+    """Temperature head: None = the checkpoint's own (the trained default head for the embedded
+    model), "init" = the untrained start, or a head directory plugged on (torch backend only)."""
     backend: str = "torch"
     """torch: the in-process engine (sampler.Engine). vllm: vLLM with the head in its loop."""
     vllm_eager: bool = False
