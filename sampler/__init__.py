@@ -2,6 +2,7 @@
 and the checkpoint format. Training rollouts and the server run this very code."""
 
 from .engine import DecodeBatch, Engine
+from .interface import GenerationBatch, GenerationEngine
 from .records import SamplingParams, Sequence, Trace
 from .sampling import sample_tokens
 from .head import HeadConfig, TemperatureHead, action_log_prob
@@ -10,6 +11,8 @@ from .policies import TempAction, TemperaturePolicy, build_policy, policy_names
 __all__ = [
     "DecodeBatch",
     "Engine",
+    "GenerationBatch",
+    "GenerationEngine",
     "HeadConfig",
     "SamplingParams",
     "Sequence",

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from introllm.sampler import Engine, SamplingParams, Sequence
+from introllm.sampler import GenerationEngine, SamplingParams, Sequence
 from introllm.sampler.text import Detokenizer
 
 from .metrics import Metrics
@@ -114,7 +114,7 @@ class _Text:
 
 
 class Scheduler:
-    def __init__(self, engine: Engine, tokenizer, *, max_batch: int, max_queue: int, metrics: Metrics):
+    def __init__(self, engine: GenerationEngine, tokenizer, *, max_batch: int, max_queue: int, metrics: Metrics):
         self.engine = engine
         self.tokenizer = tokenizer
         self.max_batch = max_batch

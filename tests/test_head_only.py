@@ -110,8 +110,8 @@ def test_a_head_only_update_touches_only_the_head():
     adv = group_advantages(torch.tensor([1.0, 0.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0]), 4)
     model.train()
     stats = update(PolicyScorer(model, head, freeze_model=True), model, head, build_policy("learned", head), seqs, adv,
-                   optimizers={"optimizer_head": torch.optim.AdamW(head.parameters(), lr=1e-2)}, pad_id=0, clip_eps=0.2,
-                   max_grad_norm=1.0, micro_batch_size=3)
+                   optimizers={"optimizer_head": torch.optim.AdamW(head.parameters(), lr=1e-2)}, pad_id=0,
+                   optim=OptimConfig(clip_eps=0.2, max_grad_norm=1.0, micro_batch_size=3))
     assert all(p.grad is None for p in model.parameters())
     assert all(torch.equal(v, base[k]) for k, v in model.state_dict().items())
     assert any(not torch.equal(v, before[k]) for k, v in head.state_dict().items())

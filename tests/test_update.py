@@ -7,6 +7,7 @@ import torch
 from introllm.sampler import Engine, SamplingParams, build_policy
 from introllm.sampler.scoring import collate, completion_hidden, token_logprobs
 from introllm.training.losses import group_advantages
+from introllm.training.config import OptimConfig
 from introllm.training.update import PolicyScorer, tau_likelihoods, update
 
 from conftest import random_head, tiny_llama
@@ -58,7 +59,7 @@ def run_update(model, head, seqs, adv, clip_eps=0.2, **kw):
     opts = {"optimizer_model": Capture(model.parameters()), "optimizer_head": Capture(head.parameters())}
     model.train()
     stats = update(PolicyScorer(model, head), model, head, build_policy("learned", head), seqs, adv,
-                   optimizers=opts, pad_id=0, clip_eps=clip_eps, max_grad_norm=0.0, **kw)
+                   optimizers=opts, pad_id=0, optim=OptimConfig(clip_eps=clip_eps, max_grad_norm=0.0, **kw))
     return stats, opts["optimizer_model"].grads, opts["optimizer_head"].grads
 
 
@@ -84,7 +85,7 @@ def test_importance_ratio_is_exactly_one_on_the_first_inner_step_only(rollout):
     # a second inner step after a real optimizer step sees ratios != 1: the check can fail
     opts = {"optimizer_model": torch.optim.AdamW(model.parameters(), lr=1e-2), "optimizer_head": torch.optim.AdamW(head.parameters(), lr=1e-2)}
     stats = update(PolicyScorer(model, head), model, head, build_policy("learned", head), seqs, adv, optimizers=opts,
-                   pad_id=0, clip_eps=1e-9, max_grad_norm=0.0, micro_batch_size=5, ppo_epochs=2)
+                   pad_id=0, optim=OptimConfig(clip_eps=1e-9, max_grad_norm=0.0, micro_batch_size=5, ppo_epochs=2))
     assert stats.clip_frac > 0.2 and stats.clip_frac_temp > 0.2
 
 
@@ -104,7 +105,7 @@ def test_a_fully_masked_batch_changes_nothing(rollout):
     opts = {"optimizer_model": torch.optim.AdamW(model.parameters(), lr=1e-2),
             "optimizer_head": torch.optim.AdamW(head.parameters(), lr=1e-2, weight_decay=0.1)}
     stats = update(PolicyScorer(model, head), model, head, build_policy("learned", head), seqs, adv, optimizers=opts,
-                   pad_id=0, clip_eps=0.2, max_grad_norm=1.0, micro_batch_size=4, mask_truncated=True)
+                   pad_id=0, optim=OptimConfig(clip_eps=0.2, max_grad_norm=1.0, micro_batch_size=4, mask_truncated=True))
     assert stats.skipped
     after = list(model.parameters()) + list(head.parameters())
     assert all(torch.equal(a, b) for a, b in zip(before, after))
@@ -121,7 +122,7 @@ def test_adamw_steps_change_every_trainable_parameter_and_no_frozen_one(rollout)
     model.train()
     for _ in range(2):
         stats = update(PolicyScorer(model, head), model, head, build_policy("learned", head), seqs, adv, optimizers=opts,
-                       pad_id=0, clip_eps=0.2, max_grad_norm=1.0, micro_batch_size=5)
+                       pad_id=0, optim=OptimConfig(clip_eps=0.2, max_grad_norm=1.0, micro_batch_size=5))
         assert torch.isfinite(torch.tensor([stats.loss_token, stats.loss_temp, stats.grad_norm_model, stats.grad_norm_head])).all()
     for name, p in list(model.named_parameters()) + list(head.named_parameters()):
         changed = not torch.equal(before[id(p)], p)
@@ -136,15 +137,15 @@ def test_head_only_and_model_only_steps_touch_only_their_parameters(rollout):
     model.requires_grad_(False)
     m0, h0 = snapshot(model), snapshot(head)
     update(PolicyScorer(model, head), model, head, build_policy("learned", head), seqs, adv,
-           optimizers={"optimizer_head": torch.optim.AdamW(head.parameters(), lr=1e-3)}, pad_id=0, clip_eps=0.2,
-           max_grad_norm=1.0, micro_batch_size=6)
+           optimizers={"optimizer_head": torch.optim.AdamW(head.parameters(), lr=1e-3)}, pad_id=0,
+           optim=OptimConfig(clip_eps=0.2, max_grad_norm=1.0, micro_batch_size=6))
     assert same(model, m0) and not same(head, h0)
     # step A only: no head (a fixed-temperature method), the model learns
     model.requires_grad_(True)
     m0, h0 = snapshot(model), snapshot(head)
     update(PolicyScorer(model, None), model, None, None, seqs, adv,
-           optimizers={"optimizer_model": torch.optim.AdamW(model.parameters(), lr=1e-3)}, pad_id=0, clip_eps=0.2,
-           max_grad_norm=1.0, micro_batch_size=6)
+           optimizers={"optimizer_model": torch.optim.AdamW(model.parameters(), lr=1e-3)}, pad_id=0,
+           optim=OptimConfig(clip_eps=0.2, max_grad_norm=1.0, micro_batch_size=6))
     assert not same(model, m0) and same(head, h0)
 
 

@@ -21,6 +21,7 @@ import torch
 
 from introllm.sampler import Engine, SamplingParams, build_policy
 
+from .config import OptimConfig
 from .losses import group_advantages
 from .update import PolicyScorer, update
 
@@ -57,7 +58,7 @@ def train_step_overhead(model, head, prompts: list[list[int]], *, group_size: in
         update(PolicyScorer(model, head if learned else None, freeze_model=frozen), model, head if learned else None,
                build_policy(spec, head) if learned else None, seqs, adv,
                optimizers={**({} if frozen else {"optimizer_model": opt_model}), **({"optimizer_head": opt_head} if learned else {})},
-               pad_id=0, clip_eps=0.2, max_grad_norm=1.0, micro_batch_size=micro_batch_size)
+               pad_id=0, optim=OptimConfig(micro_batch_size=micro_batch_size))
         t2 = time.perf_counter()
         rec = times[method]
         rec.rollout.append(t1 - t0), rec.update.append(t2 - t1), rec.step.append(t2 - t0)

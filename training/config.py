@@ -99,8 +99,16 @@ class RolloutConfig:
     """Lower temperature bound of the learned head (paper: 0.6)."""
     tau_max: float = 1.5
     """Upper temperature bound of the learned head (paper: 1.5)."""
+    rollout_backend: str = "torch"
+    """Rollout engine: torch (the in-process engine), vllm (a colocated vLLM engine that gets the
+    new weights in place after each optimizer step) or auto (vllm on CUDA when installed, else torch)."""
+    vllm_memory: float = 0.3
+    """vllm: share of the device memory vLLM's KV cache may take (GPU: gpu_memory_utilization;
+    CPU: that share of the memory available at start-up, at most 4 GiB), leaving the rest to training."""
 
     def __post_init__(self) -> None:
+        _check(self.rollout_backend in ("torch", "vllm", "auto"), "rollout_backend", f"must be torch, vllm or auto, got {self.rollout_backend!r}")
+        _check(0 < self.vllm_memory < 1, "vllm_memory", f"must be in (0, 1), got {self.vllm_memory}")
         _check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         _check(self.group_size >= 2, "group_size", f"must be >= 2 (advantages compare samples of a group), got {self.group_size}")
         _check(self.max_new_tokens >= 1, "max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
@@ -179,6 +187,10 @@ class OptimConfig:
     """Recompute the model's activations in the backward pass (less memory, ~30% more time)."""
     mask_truncated: bool = False
     """Leave completions cut off at max_new_tokens out of the loss."""
+    tis_cap: float = 2.0
+    """Truncated importance sampling: each token's loss term is weighted by
+    min(pi_train / pi_rollout, tis_cap), the trainer's recomputed probability over the one the
+    rollout engine reported (1 up to float error with torch rollouts). 0 = off."""
 
     def __post_init__(self) -> None:
         _check(self.model_lr >= 0, "model_lr", f"must be >= 0, got {self.model_lr}")
@@ -191,6 +203,7 @@ class OptimConfig:
         _check(self.max_grad_norm >= 0, "max_grad_norm", f"must be >= 0, got {self.max_grad_norm}")
         _check(self.kl_coef >= 0, "kl_coef", f"must be >= 0, got {self.kl_coef}")
         _check(self.ppo_epochs >= 1, "ppo_epochs", f"must be >= 1, got {self.ppo_epochs}")
+        _check(self.tis_cap >= 0, "tis_cap", f"must be >= 0 (0 = off), got {self.tis_cap}")
         _check(self.micro_batch_size >= 1, "micro_batch_size", f"must be >= 1, got {self.micro_batch_size}")
 
 

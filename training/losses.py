@@ -51,21 +51,47 @@ def kl_k3(logp: Tensor, ref_logp: Tensor) -> Tensor:
     return torch.exp(d) - d - 1
 
 
-def aggregate(values: Tensor, mask: Tensor, *, num_sequences: int) -> Tensor:
-    """sum over tokens of values * mask, divided by the batch's number of sequences (see module doc).
+def truncated_is_weights(train_logp: Tensor, rollout_logp: Tensor, cap: float) -> Tensor:
+    """Truncated importance-sampling weights min(pi_train / pi_rollout, cap) per token, detached.
 
-    values, mask: [N, T]; num_sequences: sequences in the full batch (all micro-batches of it).
+    train_logp: the trainer's recomputed log-probs of the sampled tokens under the recorded tau
+    (theta_old), [N, T]; rollout_logp: those the rollout engine reported when it drew them, [N, T].
+    cap: C > 0 (``cap <= 0`` turns the correction off: all weights 1). Returns float32 [N, T], no
+    gradient (the weight corrects which distribution the samples came from; it is not optimised).
+    Source: Yao et al. 2025, "Your efficient RL framework secretly brings you off-policy RL
+    training" (TIS, as verl's ``tis_imp_ratio_cap`` and TRL's ``vllm_importance_sampling_cap``).
+
+    >>> truncated_is_weights(torch.tensor([[0.0, 0.0]]), torch.tensor([[0.0, -2.0]]), 2.0)
+    tensor([[1., 2.]])
     """
+    if cap <= 0:
+        return torch.ones_like(train_logp, dtype=torch.float32)
+    ratio = torch.exp(train_logp.detach().float() - rollout_logp.detach().float())
+    return ratio.clamp(max=cap)
+
+
+def aggregate(values: Tensor, mask: Tensor, *, num_sequences: int, weights: Tensor | None = None) -> Tensor:
+    """sum over tokens of values * mask [* weights], divided by the batch's number of sequences
+    (see module doc). The one place token objectives are combined, so the truncated
+    importance-sampling weights (``truncated_is_weights``) are applied here.
+
+    values, mask, weights: [N, T]; num_sequences: sequences in the full batch (all micro-batches of it).
+    """
+    if weights is not None:
+        mask = mask * weights
     return (values * mask).sum() / num_sequences
 
 
 def policy_loss(
     logp: Tensor, old_logp: Tensor, adv: Tensor, mask: Tensor, *, eps: float, num_sequences: int,
-    ref_logp: Tensor | None = None, kl_coef: float = 0.0,
+    ref_logp: Tensor | None = None, kl_coef: float = 0.0, is_weights: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """GRPO loss to minimise: -aggregate(surrogate) [+ kl_coef * aggregate(k3)]; also the clipped mask."""
+    """GRPO loss to minimise: -aggregate(surrogate) [+ kl_coef * aggregate(k3)]; also the clipped mask.
+
+    is_weights: optional [N, T] truncated importance-sampling weights of the tokens (rollout
+    engine vs trainer), multiplying the surrogate's terms."""
     objective, clipped = clipped_surrogate(logp, old_logp, adv, eps=eps)
-    loss = -aggregate(objective, mask, num_sequences=num_sequences)
+    loss = -aggregate(objective, mask, num_sequences=num_sequences, weights=is_weights)
     if ref_logp is not None and kl_coef > 0:
         loss = loss + kl_coef * aggregate(kl_k3(logp, ref_logp), mask, num_sequences=num_sequences)
     return loss, clipped

@@ -6,16 +6,19 @@ prompt-major: sequence i belongs to prompt i // G, so a group is G adjacent rows
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor
 
-from introllm.sampler import Engine, SamplingParams, Sequence
+from introllm.sampler import GenerationEngine, SamplingParams, Sequence
 
+from .config import RolloutConfig
 from .data import Problem
 from .losses import group_advantages
-from .rewards import RewardWorker
+from .rewards import RewardResult
 
 
 @dataclass
@@ -36,70 +39,105 @@ def rollout_seed(seed: int, step: int, index: int) -> int:
 
 
 def collect(
-    engine: Engine,
+    engine: GenerationEngine,
     tokenizer,
     problems: list[Problem],
     prompt_ids: list[list[int]],
+    cfg: RolloutConfig,
     *,
-    first_index: int,
+    policy: str,
     seed: int,
     step: int,
-    policy: str,
-    group_size: int,
-    max_new_tokens: int,
-    rewards: RewardWorker,
-    reward_name: str,
+    first_index: int,
+    score: Callable[..., RewardResult],
+    group_size: int | None = None,
 ) -> Rollout:
-    """Sample ``group_size`` completions of each prompt and score them."""
+    """Sample G completions of each prompt with ``engine`` (either engine: the interface is
+    ``GenerationEngine``) under the temperature policy ``policy`` and score them.
+
+    cfg: the run's [rollout] section (G = cfg.group_size unless ``group_size`` is given, as the
+    held-out evaluation does; cfg.max_new_tokens). Prompt i's seed is
+    ``rollout_seed(seed, step, first_index + i)``. score: ``fn(texts, answers, metadata)``, the
+    reward worker's ``score`` bound to the run's reward (``functools.partial(worker.score, name)``).
+    """
+    G = group_size or cfg.group_size
     params = [
-        SamplingParams(max_new_tokens=max_new_tokens, policy=policy, seed=rollout_seed(seed, step, first_index + i))
+        SamplingParams(max_new_tokens=cfg.max_new_tokens, policy=policy, seed=rollout_seed(seed, step, first_index + i))
         for i in range(len(problems))
     ]
-    groups = engine.generate(prompt_ids, params, n=group_size)
+    groups = engine.generate(prompt_ids, params, n=G)
     sequences = [s for g in groups for s in g]
     texts = [tokenizer.decode(s.token_ids, skip_special_tokens=True) for s in sequences]
-    per_seq = [p for p in problems for _ in range(group_size)]
-    result = rewards.score(reward_name, texts, [p.answer for p in per_seq], [p.metadata for p in per_seq])
+    per_seq = [p for p in problems for _ in range(G)]
+    result = score(texts, [p.answer for p in per_seq], [p.metadata for p in per_seq])
     r = torch.tensor(result.rewards, dtype=torch.float32)
     return Rollout(
         problems=list(problems),
         sequences=sequences,
         texts=texts,
         rewards=r,
-        adv=group_advantages(r, group_size),
+        adv=group_advantages(r, G),
         num_reward_errors=result.num_errors,
         num_reward_timeouts=result.num_timeouts,
     )
 
 
-def sequence_stats(rollout: Rollout) -> Tensor:
-    """Per-sequence numbers the step metrics are built from, float64 [N, 10] (gathered across
-    processes before averaging): reward, correct, length, truncated, sum tau, min tau, max tau,
-    updates, sum entropy, advantage."""
-    rows = []
-    for s, r, a in zip(rollout.sequences, rollout.rewards.tolist(), rollout.adv.tolist()):
-        tau = s.trace.tau or [float("nan")]
-        rows.append([
-            r, float(r >= 1.0), len(s.token_ids), float(s.finish_reason == "length"),
-            sum(s.trace.tau), min(tau), max(tau), sum(s.trace.updated), sum(s.trace.entropy), a,
-        ])
-    return torch.tensor(rows, dtype=torch.float64)
+@dataclass
+class SequenceStats:
+    """Per-sequence numbers the step metrics are built from, one float64 tensor [N] each.
+
+    Gathered across processes as one [N, len(FIELDS)] tensor (``stack`` / ``unstack``), so that
+    ``summarize`` and the method hooks see the whole batch."""
+
+    reward: Tensor
+    correct: Tensor  # 1.0 where reward >= 1
+    length: Tensor  # completion tokens
+    truncated: Tensor  # 1.0 where cut at max_new_tokens
+    tau_sum: Tensor  # sum of the sequence's tau over its tokens
+    tau_min: Tensor  # NaN for an empty completion
+    tau_max: Tensor
+    updates: Tensor  # number of tokens where the head updated tau (c_t = 1)
+    entropy_sum: Tensor  # sum of the per-token entropies under the recorded tau (nats)
+    adv: Tensor  # group advantage (eq. 3)
+
+    @classmethod
+    def fields(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def of(cls, rollout: Rollout) -> "SequenceStats":
+        rows = []
+        for s, r, a in zip(rollout.sequences, rollout.rewards.tolist(), rollout.adv.tolist()):
+            tau = s.trace.tau or [float("nan")]
+            rows.append([
+                r, float(r >= 1.0), len(s.token_ids), float(s.finish_reason == "length"),
+                sum(s.trace.tau), min(tau), max(tau), sum(s.trace.updated), sum(s.trace.entropy), a,
+            ])
+        return cls.unstack(torch.tensor(rows, dtype=torch.float64).view(-1, len(cls.fields())))
+
+    def stack(self) -> Tensor:
+        """float64 [N, F] in ``fields()`` order (what ``accelerator.gather`` takes)."""
+        return torch.stack([getattr(self, f) for f in self.fields()], dim=1)
+
+    @classmethod
+    def unstack(cls, table: Tensor) -> "SequenceStats":
+        return cls(*table.unbind(1))
 
 
-def summarize(stats: Tensor, num_errors: int, num_timeouts: int) -> dict[str, float]:
-    """Step metrics from the gathered per-sequence stats [N, 10]."""
-    tokens = stats[:, 2].sum().clamp_min(1)
+def summarize(stats: SequenceStats, num_errors: int, num_timeouts: int) -> dict[str, float]:
+    """Step metrics from the (gathered) per-sequence stats."""
+    tokens = stats.length.sum().clamp_min(1)
     return {
-        "reward": float(stats[:, 0].mean()),
-        "accuracy": float(stats[:, 1].mean()),
-        "response_length": float(stats[:, 2].mean()),
-        "truncated_frac": float(stats[:, 3].mean()),
-        "tau_mean": float(stats[:, 4].sum() / tokens),
-        "tau_min": float(stats[:, 5].nan_to_num(nan=float("inf")).min()),
-        "tau_max": float(stats[:, 6].nan_to_num(nan=float("-inf")).max()),
-        "update_rate": float(stats[:, 7].sum() / tokens),
-        "entropy": float(stats[:, 8].sum() / tokens),
-        "zero_adv_frac": float((stats[:, 9] == 0).double().mean()),
+        "reward": float(stats.reward.mean()),
+        "accuracy": float(stats.correct.mean()),
+        "response_length": float(stats.length.mean()),
+        "truncated_frac": float(stats.truncated.mean()),
+        "tau_mean": float(stats.tau_sum.sum() / tokens),
+        "tau_min": float(stats.tau_min.nan_to_num(nan=float("inf")).min()),
+        "tau_max": float(stats.tau_max.nan_to_num(nan=float("-inf")).max()),
+        "update_rate": float(stats.updates.sum() / tokens),
+        "entropy": float(stats.entropy_sum.sum() / tokens),
+        "zero_adv_frac": float((stats.adv == 0).double().mean()),
         "reward_errors": num_errors,
         "reward_timeouts": num_timeouts,
     }

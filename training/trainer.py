@@ -10,6 +10,7 @@ averaged across processes by the DDP wrapper; only the main process writes files
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -132,6 +133,7 @@ def train(cfg: TrainConfig, *, resume_from: str | None = None, show_progress: bo
         _truncate_jsonl(run_dir / "metrics.jsonl", first_step)
         _truncate_jsonl(run_dir / "samples.jsonl", first_step)
     rewards = RewardWorker(timeout=cfg.data.reward_timeout)
+    score = functools.partial(rewards.score, reward_name)
     G, P = cfg.rollout.group_size, cfg.rollout.batch_size // world
     log.info("training %s%s with %s on %s: %d problems (%d held out), %d steps of %d prompts x %d samples, %d process(es) on %s",
              start, " (head only, base frozen)" if frozen else "", cfg.method.method, cfg.data.dataset, len(train_set), len(eval_set), cfg.run.steps, cfg.rollout.batch_size, G, world, device)
@@ -163,9 +165,8 @@ def train(cfg: TrainConfig, *, resume_from: str | None = None, show_progress: bo
         counts = torch.zeros(2, device=device)
         if shard:
             ids = [encode_prompt(p, cfg.data, tokenizer) for p in shard]
-            ro = R.collect(engine, tokenizer, shard, ids, first_index=10**6 + rank * per, seed=cfg.run.seed, step=0,
-                           policy=method.rollout_policy(step), group_size=cfg.run.eval_samples,
-                           max_new_tokens=cfg.rollout.max_new_tokens, rewards=rewards, reward_name=reward_name)
+            ro = R.collect(engine, tokenizer, shard, ids, cfg.rollout, policy=method.rollout_policy(step), seed=cfg.run.seed,
+                           step=0, first_index=10**6 + rank * per, score=score, group_size=cfg.run.eval_samples)
             counts += torch.tensor([float((ro.rewards >= 1).sum()), float(len(ro.rewards))], device=device)
             _write_eval_records(run_dir, step, ro, tokenizer, cfg.run.eval_samples, rank, method.rollout_policy(step), cfg.data.dataset)
         correct = accelerator.reduce(counts, "sum")
@@ -187,24 +188,21 @@ def train(cfg: TrainConfig, *, resume_from: str | None = None, show_progress: bo
             method.prepare(engine)
             policy_spec = method.rollout_policy(step)
             # 2. reward and 3. advantage (eq. 3), inside collect
-            ro = R.collect(engine, tokenizer, problems, ids, first_index=rank * P, seed=cfg.run.seed, step=step,
-                           policy=policy_spec, group_size=G, max_new_tokens=cfg.rollout.max_new_tokens,
-                           rewards=rewards, reward_name=reward_name)
+            ro = R.collect(engine, tokenizer, problems, ids, cfg.rollout, policy=policy_spec, seed=cfg.run.seed, step=step,
+                           first_index=rank * P, score=score)
             t_rollout = time.perf_counter() - t0
             # 4. steps A and B
             stats = update(
                 scorer, model, head if method.trains_head else None,
                 build_policy(policy_spec, head) if method.trains_head else None,
-                ro.sequences, ro.adv, optimizers=optimizers, pad_id=_pad_id(tokenizer),
-                clip_eps=cfg.optim.clip_eps, max_grad_norm=cfg.optim.max_grad_norm,
-                micro_batch_size=cfg.optim.micro_batch_size, ppo_epochs=cfg.optim.ppo_epochs,
-                mask_truncated=cfg.optim.mask_truncated, ref_model=ref_model, kl_coef=cfg.optim.kl_coef,
-                accelerator=accelerator if world > 1 else None, with_tau_loglik=method.needs_tau_likelihoods,
+                ro.sequences, ro.adv, optimizers=optimizers, optim=cfg.optim, pad_id=_pad_id(tokenizer),
+                ref_model=ref_model, accelerator=accelerator if world > 1 else None,
+                with_tau_loglik=method.needs_tau_likelihoods,
             )
             # 5. method hook (EAD's length average, TAMPO's meta-policy) on the whole batch
-            gathered = accelerator.gather(R.sequence_stats(ro).to(device)).cpu()
+            gathered = R.SequenceStats.unstack(accelerator.gather(R.SequenceStats.of(ro).stack().to(device)).cpu())
             loglik = accelerator.gather(stats.tau_loglik.to(device)).cpu() if stats.tau_loglik is not None else None
-            method_metrics = method.observe(step, adv=gathered[:, 9].float(), lengths=gathered[:, 2], tau_loglik=loglik)
+            method_metrics = method.observe(step, adv=gathered.adv.float(), lengths=gathered.length, tau_loglik=loglik)
             # 6. log
             errs = accelerator.reduce(torch.tensor([ro.num_reward_errors, ro.num_reward_timeouts], device=device), "sum").tolist()
             metrics: dict[str, Any] = {"step": step + 1, **R.summarize(gathered, int(errs[0]), int(errs[1]))}

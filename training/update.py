@@ -15,6 +15,7 @@ each then takes its own AdamW step with its own learning rate.
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 from typing import Sequence as Seq
 
@@ -25,7 +26,8 @@ from introllm.sampler.policies import TAMPO_TEMPERATURES
 from introllm.sampler.records import Sequence
 from introllm.sampler.scoring import SequenceBatch, collate, completion_hidden, completion_logprobs, token_logprobs
 
-from .losses import policy_loss
+from .config import OptimConfig
+from .losses import policy_loss, truncated_is_weights
 
 
 class PolicyScorer(nn.Module):
@@ -35,23 +37,32 @@ class PolicyScorer(nn.Module):
         super().__init__()
         self.model, self.head, self.freeze_model = model, head, freeze_model
 
-    def forward(self, batch: SequenceBatch, with_tau_loglik: bool = False):
-        """-> (logp [N, T] under the recorded tau, or None with ``freeze_model``; head outputs
-        u [N, T, 3] on detached h or None; mean log-likelihood of each sequence at each TAMPO
-        temperature [N, K] or None).
+    def forward(self, batch: SequenceBatch, with_tau_loglik: bool = False, with_entropy: bool = False) -> "Scored":
+        """Score the recorded sequences of ``batch`` (N rows, T completion tokens); see ``Scored``.
 
         With ``freeze_model`` (head-only training) the base runs under no_grad and the token
         log-probabilities are not computed at all (no vocabulary projection): step A is skipped."""
         if self.freeze_model:
             with torch.no_grad():
                 h = completion_hidden(self.model, batch)
+                entropy = completion_logprobs(self.model, h, batch, with_entropy=True)[1] if with_entropy else None
             u = self.head(h) if self.head is not None else None
-            return None, u, (tau_likelihoods(self.model, h, batch) if with_tau_loglik else None)
+            return Scored(None, u, tau_likelihoods(self.model, h, batch) if with_tau_loglik else None, entropy)
         h = completion_hidden(self.model, batch)
-        logp, _ = completion_logprobs(self.model, h, batch)
+        logp, entropy = completion_logprobs(self.model, h, batch, with_entropy=with_entropy)
         u = self.head(h.detach()) if self.head is not None else None
         tau_loglik = tau_likelihoods(self.model, h.detach(), batch) if with_tau_loglik else None
-        return logp, u, tau_loglik
+        return Scored(logp, u, tau_loglik, entropy)
+
+
+@dataclass
+class Scored:
+    """What ``PolicyScorer`` computes for a batch of N recorded sequences, T completion tokens."""
+
+    logp: Tensor | None  # [N, T] log pi_theta(y_t) under the recorded tau; None in head-only training
+    u: Tensor | None  # [N, T, 3] head outputs on detached h; None when the head is not trained
+    tau_loglik: Tensor | None  # [N, K] mean log-likelihood at each TAMPO temperature, when asked
+    entropy: Tensor | None  # [N, T] entropy of softmax(logits / tau_t) in nats (no grad), when asked
 
 
 @torch.no_grad()
@@ -79,12 +90,20 @@ class UpdateStats:
     grad_norm_model: float = 0.0
     grad_norm_head: float = 0.0
     logp_mismatch: float = 0.0  # max |sampler's log-prob - trainer's| over tokens (first epoch)
+    logp_mismatch_mean: float = 0.0  # mean of that |diff| over the tokens
+    logp_mismatch_frac: float = 0.0  # fraction of tokens where it exceeds 1e-3
+    tis_weight_mean: float = 1.0  # mean truncated importance-sampling weight over the tokens
+    tis_capped_frac: float = 0.0  # fraction of tokens whose weight was cut to tis_cap
     skipped: bool = False  # nothing to learn from (every token masked): no optimizer step
     tau_loglik: Tensor | None = None  # [N, K] with_tau_loglik: likelihoods under theta_old (TAMPO)
 
 
 def _trainable(module: nn.Module | None) -> list[nn.Parameter]:
     return [] if module is None else [p for p in module.parameters() if p.requires_grad]
+
+
+MISMATCH_TOLERANCE = 1e-3
+"""|sampler log-prob - trainer log-prob| above which a token counts in ``logp_mismatch_frac``."""
 
 
 def update(
@@ -96,15 +115,10 @@ def update(
     adv: Tensor,
     *,
     optimizers: dict[str, torch.optim.Optimizer],
+    optim: OptimConfig,
     pad_id: int,
-    clip_eps: float,
-    max_grad_norm: float,
-    micro_batch_size: int,
-    ppo_epochs: int = 1,
-    mask_truncated: bool = False,
     num_sequences: int | None = None,
     ref_model: nn.Module | None = None,
-    kl_coef: float = 0.0,
     accelerator=None,
     with_tau_loglik: bool = False,
 ) -> UpdateStats:
@@ -112,20 +126,31 @@ def update(
 
     ``scorer`` is the (possibly DDP-wrapped) PolicyScorer over ``model`` and ``head``; ``head`` is
     None for methods whose temperatures are not learned, ``temp_policy`` the head-driven sampler
-    policy whose ``log_prob`` scores the recorded (c_t, z_t). Gradients of all micro-batches are
-    accumulated before each optimizer step; every loss is divided by ``num_sequences`` (default:
-    len(sequences)), so the accumulated gradient equals the full batch's.
+    policy whose ``log_prob`` scores the recorded (c_t, z_t). ``optim`` is the run's [optim]
+    section (clip_eps, max_grad_norm, micro_batch_size, ppo_epochs, mask_truncated, kl_coef with
+    ``ref_model``, tis_cap). Gradients of all micro-batches are accumulated before each optimizer
+    step; every loss is divided by ``num_sequences`` (default: len(sequences)), so the accumulated
+    gradient equals the full batch's.
+
+    Rollout consistency (issue 14): on the first epoch the trainer's recomputed token log-probs
+    (theta_old, recorded tau) are compared with those the rollout engine reported
+    (``Trace.logp``): max / mean |diff| and the fraction over ``MISMATCH_TOLERANCE`` go into the
+    stats, and min(exp(diff), tis_cap) weights each token's loss terms (losses.truncated_is_weights).
+    A sequence whose trace has NaN entropies (the vLLM engine does not compute them) gets the
+    trainer's, under the recorded tau, written into its trace.
     """
     device = next(model.parameters()).device
     num_sequences = num_sequences or len(sequences)
-    micro = [list(range(i, min(i + micro_batch_size, len(sequences)))) for i in range(0, len(sequences), micro_batch_size)]
+    mb = optim.micro_batch_size
+    micro = [list(range(i, min(i + mb, len(sequences)))) for i in range(0, len(sequences), mb)]
     batches = []
     for rows in micro:
         b = collate([sequences[i] for i in rows], pad_id=pad_id).to(device)
-        if mask_truncated:
+        if optim.mask_truncated:
             keep = torch.tensor([sequences[i].finish_reason != "length" for i in rows], device=device)
             b.mask = b.mask * keep[:, None].float()
         batches.append((b, adv[rows].to(device)))
+    need_entropy = [any(math.isnan(e) for e in sequences[i].trace.entropy) for i in range(len(sequences))]
     stats = UpdateStats()
     num_tokens = sum(float(b.mask.sum()) for b, _ in batches)
     if accelerator is not None:
@@ -134,53 +159,81 @@ def update(
         stats.skipped = True
         if with_tau_loglik:
             with torch.no_grad():
-                stats.tau_loglik = torch.cat([scorer(b, True)[2] for b, _ in batches]).cpu()
+                stats.tau_loglik = torch.cat([scorer(b, True).tau_loglik for b, _ in batches]).cpu()
         return stats
-    old: list[tuple[Tensor, Tensor | None]] = []
+    old: list[tuple[Tensor | None, Tensor | None, Tensor | None]] = []  # theta_old logp, phi_old logp, TIS weights
     ref = []
-    if ref_model is not None and kl_coef > 0:
+    if ref_model is not None and optim.kl_coef > 0:
         with torch.no_grad():
             for b, _ in batches:
                 ref.append(completion_logprobs(ref_model, completion_hidden(ref_model, b), b)[0])
     clipped_tokens = clipped_temp_tokens = 0.0
+    diff_sum = diff_over = weight_sum = capped = compared = 0.0
     likelihoods: list[Tensor] = []
-    for epoch in range(ppo_epochs):
+    for epoch in range(optim.ppo_epochs):
         for k, (b, a) in enumerate(batches):
             last = k == len(batches) - 1
             sync = contextlib.nullcontext() if last or accelerator is None else accelerator.no_sync(scorer)
+            rows = micro[k]
             with sync:
-                logp, u, tau_loglik = scorer(b, with_tau_loglik and epoch == 0)
+                first = epoch == 0
+                out = scorer(b, with_tau_loglik and first, first and any(need_entropy[i] for i in rows))
+                logp, u = out.logp, out.u
                 temp_logp = temp_policy.log_prob(u, b.updated, b.z) if u is not None else None
-                if epoch == 0:  # theta_old = theta, phi_old = phi: ratios exactly 1 on this pass
-                    old.append((None if logp is None else logp.detach(), None if temp_logp is None else temp_logp.detach()))
-                    if tau_loglik is not None:
-                        likelihoods.append(tau_loglik.cpu())
+                if first:  # theta_old = theta, phi_old = phi: ratios exactly 1 on this pass
+                    weights = None
+                    if out.tau_loglik is not None:
+                        likelihoods.append(out.tau_loglik.cpu())
+                    if out.entropy is not None:
+                        _record_entropy([sequences[i] for i in rows], out.entropy, need_entropy[rows[0] : rows[-1] + 1])
                     if logp is not None:
-                        stats.logp_mismatch = max(stats.logp_mismatch, float(((logp.detach() - b.old_logp).abs() * b.mask).max()))
-                old_logp, old_temp = old[k]
+                        diff = (logp.detach() - b.old_logp).abs() * b.mask
+                        stats.logp_mismatch = max(stats.logp_mismatch, float(diff.max()))
+                        diff_sum += float(diff.sum())
+                        diff_over += float(((diff > MISMATCH_TOLERANCE).float() * b.mask).sum())
+                        compared += float(b.mask.sum())
+                        if optim.tis_cap > 0:
+                            weights = truncated_is_weights(logp.detach(), b.old_logp, optim.tis_cap)
+                            weight_sum += float((weights * b.mask).sum())
+                            capped += float(((weights >= optim.tis_cap).float() * b.mask).sum())
+                    old.append((None if logp is None else logp.detach(), None if temp_logp is None else temp_logp.detach(), weights))
+                old_logp, old_temp, weights = old[k]
                 loss = torch.zeros((), device=device)
                 if logp is not None:  # step A (skipped in head-only training: the base is frozen)
                     loss_a, clip_a = policy_loss(
-                        logp, old_logp, a, b.mask, eps=clip_eps, num_sequences=num_sequences,
-                        ref_logp=ref[k] if ref else None, kl_coef=kl_coef,
+                        logp, old_logp, a, b.mask, eps=optim.clip_eps, num_sequences=num_sequences,
+                        ref_logp=ref[k] if ref else None, kl_coef=optim.kl_coef, is_weights=weights,
                     )
                     loss = loss_a
-                    stats.loss_token += float(loss_a.detach()) / ppo_epochs
+                    stats.loss_token += float(loss_a.detach()) / optim.ppo_epochs
                     clipped_tokens += float((clip_a.float() * b.mask).sum())
                 if temp_logp is not None:
-                    loss_b, clip_b = policy_loss(temp_logp, old_temp, a, b.mask, eps=clip_eps, num_sequences=num_sequences)
+                    loss_b, clip_b = policy_loss(temp_logp, old_temp, a, b.mask, eps=optim.clip_eps, num_sequences=num_sequences,
+                                                 is_weights=weights)
                     loss = loss + loss_b
-                    stats.loss_temp += float(loss_b.detach()) / ppo_epochs
+                    stats.loss_temp += float(loss_b.detach()) / optim.ppo_epochs
                     clipped_temp_tokens += float((clip_b.float() * b.mask).sum())
                 if loss.requires_grad:
                     (accelerator.backward(loss) if accelerator is not None else loss.backward())
-        stats.grad_norm_model = _step(optimizers.get("optimizer_model"), _trainable(model), max_grad_norm)
-        stats.grad_norm_head = _step(optimizers.get("optimizer_head"), _trainable(head), max_grad_norm)
+        stats.grad_norm_model = _step(optimizers.get("optimizer_model"), _trainable(model), optim.max_grad_norm)
+        stats.grad_norm_head = _step(optimizers.get("optimizer_head"), _trainable(head), optim.max_grad_norm)
     stats.tau_loglik = torch.cat(likelihoods) if likelihoods else None
-    local_tokens = sum(float(b.mask.sum()) for b, _ in batches) * ppo_epochs
+    if compared:
+        stats.logp_mismatch_mean = diff_sum / compared
+        stats.logp_mismatch_frac = diff_over / compared
+        if optim.tis_cap > 0:
+            stats.tis_weight_mean, stats.tis_capped_frac = weight_sum / compared, capped / compared
+    local_tokens = sum(float(b.mask.sum()) for b, _ in batches) * optim.ppo_epochs
     stats.clip_frac = clipped_tokens / max(local_tokens, 1)
     stats.clip_frac_temp = clipped_temp_tokens / max(local_tokens, 1)
     return stats
+
+
+def _record_entropy(sequences: list[Sequence], entropy: Tensor, missing: list[bool]) -> None:
+    """Write the trainer's per-token entropies [n, T] into the traces that lack them (NaN)."""
+    for s, row, miss in zip(sequences, entropy.tolist(), missing):
+        if miss:
+            s.trace.entropy = row[: len(s.token_ids)]
 
 
 def _step(optimizer: torch.optim.Optimizer | None, params: list[nn.Parameter], max_grad_norm: float) -> float:
