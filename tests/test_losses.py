@@ -6,7 +6,7 @@ import statistics
 import pytest
 import torch
 
-from introllm.training.losses import aggregate, clipped_surrogate, group_advantages, kl_k3, policy_loss
+from introllm.training.losses import aggregate, clipped_surrogate, group_advantages, kl_k3, policy_loss, truncated_is_weights
 from introllm.training.methods import tampo_update
 
 
@@ -102,3 +102,31 @@ def test_tampo_update_moves_towards_temperatures_that_explain_good_samples():
     # no signal, no change
     same = tampo_update(probs, torch.zeros(2), loglik, ema=0.9, sharpness=5.0)
     assert torch.equal(same, probs)
+
+
+def test_truncated_is_weights_are_the_probability_ratio_capped():
+    # trainer log-probs vs rollout log-probs: ratios 1, e^0.5, e^-1, e^2 (over the cap), e^0.69 (just under)
+    train = torch.tensor([[-1.0, -0.5, -2.0, 0.0, -0.31]])
+    rollout = torch.tensor([[-1.0, -1.0, -1.0, -2.0, -1.0]])
+    w = truncated_is_weights(train, rollout, cap=2.0)
+    expected = torch.tensor([[1.0, math.exp(0.5), math.exp(-1.0), 2.0, math.exp(0.69)]])
+    assert torch.allclose(w, expected, atol=1e-6)
+    assert float(w.max()) == 2.0  # e^2 = 7.39 cut to the cap; weights below 1 are never raised
+    assert torch.equal(truncated_is_weights(train, rollout, cap=0.0), torch.ones_like(train))  # 0 = off
+    assert torch.allclose(truncated_is_weights(train, rollout, cap=10.0)[0, 3], torch.tensor(math.exp(2.0)))
+    # the weight is a constant of the loss: no gradient flows into it
+    t = train.clone().requires_grad_(True)
+    assert not truncated_is_weights(t, rollout, cap=2.0).requires_grad
+
+
+def test_is_weights_multiply_each_token_term_where_the_loss_is_aggregated():
+    torch.manual_seed(3)
+    logp = torch.randn(2, 3, requires_grad=True)
+    adv, mask = torch.tensor([1.0, -2.0]), torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    w = torch.tensor([[0.5, 1.0, 2.0], [2.0, 0.25, 7.0]])  # 7.0 sits on a masked token: ignored
+    loss, _ = policy_loss(logp, logp.detach(), adv, mask, eps=0.2, num_sequences=2, is_weights=w)
+    loss.backward()
+    # ratio 1: d loss / d logp_t = -A_i w_t mask_t / N
+    assert torch.allclose(logp.grad, -(adv[:, None] * w * mask) / 2)
+    values = torch.ones(2, 3)
+    assert float(aggregate(values, mask, num_sequences=2, weights=w)) == pytest.approx((0.5 + 1 + 2 + 2 + 0.25) / 2)

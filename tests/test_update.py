@@ -1,6 +1,7 @@
 """Steps A and B on a tiny random model: gradients against a naive per-sequence reference,
 gradient accumulation, masking, and which parameters each step touches."""
 
+import math
 import pytest
 import torch
 
@@ -169,3 +170,45 @@ def test_step_overhead_benchmark_pairs_equal_work():
     result = train_step_overhead(model, head, [[5, 6, 7], [8, 9]], group_size=2, new_tokens=4, repeats=2, micro_batch_size=2)
     assert len(result["raw"]["introllm"]["step"]) == len(result["raw"]["grpo"]["step"]) == 2
     assert result["step_overhead"] > -1 and result["median_step_seconds"]["grpo"] > 0
+
+
+def test_rollout_logp_gap_is_measured_and_corrects_the_loss(rollout):
+    """A rollout engine that reported other log-probs (vLLM at another precision, say): the gap is
+    logged, and the loss terms are weighted by min(pi_train / pi_rollout, tis_cap)."""
+    import copy
+
+    model, head, seqs, adv = rollout
+    _, g_exact, _ = run_update(model, head, seqs, adv, micro_batch_size=len(seqs))
+    shifted = copy.deepcopy(seqs)
+    for s in shifted:  # the rollout engine reported each token 0.3 nats less likely: ratio e^0.3
+        s.trace.logp = [lp - 0.3 for lp in s.trace.logp]
+    model.zero_grad(), head.zero_grad()
+    stats, g_tis, _ = run_update(model, head, shifted, adv, micro_batch_size=len(seqs), tis_cap=2.0)
+    assert stats.logp_mismatch == pytest.approx(0.3, abs=1e-4)
+    assert stats.logp_mismatch_mean == pytest.approx(0.3, abs=1e-4) and stats.logp_mismatch_frac == 1.0
+    assert stats.tis_weight_mean == pytest.approx(math.exp(0.3), rel=1e-4) and stats.tis_capped_frac == 0.0
+    for a, b in zip(g_exact, g_tis):  # every token weighted by e^0.3: the gradient scales by it
+        assert torch.allclose(b, a * math.exp(0.3), atol=1e-6, rtol=1e-4)
+    model.zero_grad(), head.zero_grad()
+    stats, g_capped, _ = run_update(model, head, shifted, adv, micro_batch_size=len(seqs), tis_cap=1.1)
+    assert stats.tis_capped_frac == 1.0
+    for a, b in zip(g_exact, g_capped):
+        assert torch.allclose(b, a * 1.1, atol=1e-6, rtol=1e-4)
+    model.zero_grad(), head.zero_grad()
+    stats, g_off, _ = run_update(model, head, shifted, adv, micro_batch_size=len(seqs), tis_cap=0.0)
+    for a, b in zip(g_exact, g_off):  # off: the gap is still logged, the loss is not corrected
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
+    assert stats.logp_mismatch_frac == 1.0
+
+
+def test_nan_entropies_of_a_trace_are_filled_from_the_trainers_recompute(rollout):
+    import copy
+
+    model, head, seqs, adv = rollout
+    blank = copy.deepcopy(seqs)
+    for s in blank:
+        s.trace.entropy = [float("nan")] * len(s.token_ids)
+    run_update(model, head, blank, adv, micro_batch_size=4)
+    for a, b in zip(seqs, blank):  # the torch engine's own entropies, under the same tau
+        assert len(b.trace.entropy) == len(a.token_ids)
+        assert b.trace.entropy == pytest.approx(a.trace.entropy, abs=1e-4)
