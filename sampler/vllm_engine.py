@@ -82,6 +82,9 @@ class VLLMEngine:
     ``kv_cache_memory_bytes`` or ``gpu_memory_utilization``), on a GPU vLLM's own default.
     engine_args: further EngineArgs fields, e.g. ``{"max_model_len": 4096}``.
 
+    head: a ``TemperatureHead`` module to use instead of the checkpoint's (training rollouts: the
+    very module the trainer optimises, so a head update needs no sync); must live on vLLM's device.
+
     ``runner`` is "v1" or "v2": the model runner vLLM runs, which decides the processor class
     (``vllm_hooks`` for V1, ``vllm_hooks_v2`` for V2); it is logged at start-up.
     """
@@ -96,6 +99,7 @@ class VLLMEngine:
         kv_cache_gib: float | None = None,
         trust_remote_code: bool = False,
         engine_args: dict[str, Any] | None = None,
+        head=None,
     ):
         path = Path(checkpoint)
         if not (path / "config.json").is_file():
@@ -133,7 +137,10 @@ class VLLMEngine:
         args = EngineArgs(**options)
         model_config = args.create_model_config()
         has_head = (path / HEAD_CONFIG).exists()
-        self.head = load_head(path, model_config.hf_config, current_platform.device_type) if has_head else None
+        if head is not None:  # the caller's module (a trainer's head): used as is, never copied
+            self.head = head
+        else:
+            self.head = load_head(path, model_config.hf_config, current_platform.device_type) if has_head else None
         head_tensors = _tensor_names(path / HEAD_WEIGHTS) if has_head else ()
 
         # The tap: vLLM's own class for this architecture, registered under a name of ours.
@@ -161,6 +168,37 @@ class VLLMEngine:
         self._policies = PolicyCache()
         self._batch: VLLMBatch | None = None
         self.bookkeeping_seconds = 0.0  # VLLMBatch.step outside vLLM's step: reading the decisions back
+
+    def load_weights(self, weights) -> float:
+        """Replace the model's weights in place with ``weights``, an iterable of (name, tensor) in
+        the checkpoint's (Hugging Face) naming, e.g. ``model.named_parameters()``; returns seconds.
+
+        Goes through vLLM's public in-place reload (``Worker.reload_weights`` via
+        ``LLMEngine.collective_rpc``, vllm/model_executor/model_loader/reload/inplace.py): each
+        layer is re-materialised, loaded with the model's own ``load_weights`` (fusing q/k/v and
+        gate/up as at start-up) and post-processed again, so kernel-format copies (the CPU backend
+        packs every linear weight for oneDNN and drops the original) are rebuilt from the new
+        values. A tied output layer receives no tensor of its own (vLLM skips ``lm_head.weight``
+        and the reload puts its old kernel tensors back, which alias the embedding's, now new), so
+        the embedding layers' post-processing is run once more afterwards: on a CPU it packs the
+        output projection again, without which the logits would use the old weights (measured:
+        greedy tokens differ from the torch engine's). The prefix cache is then cleared: KV blocks computed with the old weights must not
+        be reused. Head tensors in ``weights`` are ignored (the head is ``self.head``). Call it
+        between batches, with no request running."""
+        start = time.perf_counter()
+        import torch
+
+        with torch.no_grad():
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": ((n, w.detach()) for n, w in weights),
+                                                               "is_checkpoint_format": True})
+            self.llm.apply_model(_reprocess_embeddings)
+        self.llm.reset_prefix_cache()
+        return time.perf_counter() - start
+
+    def set_head(self, head) -> None:
+        """Decode with ``head`` (a TemperatureHead on vLLM's device) from the next request on."""
+        self.head = head
+        self._policies = PolicyCache()
 
     def hook_seconds(self) -> float:
         """Time spent so far in what the learned head adds to vLLM: the processor and the trace
@@ -386,6 +424,17 @@ def model_runner_of(vllm_config) -> tuple[str, str]:
     else:
         why = "vLLM falls back to V1 for a feature of this configuration that V2 lacks"
     return ("v2" if v2 else "v1"), why
+
+
+def _reprocess_embeddings(model) -> None:
+    """Run the post-loading processing of every vocabulary embedding / LM head again (see
+    ``VLLMEngine.load_weights``); with unquantized weights it only rebuilds the CPU GEMM handle
+    (``UnquantizedEmbeddingMethod.process_weights_after_loading``), a no-op on GPUs."""
+    from vllm.model_executor.layers.vocab_parallel_embedding import VocabParallelEmbedding
+
+    for module in model.modules():
+        if isinstance(module, VocabParallelEmbedding) and getattr(module, "quant_method", None) is not None:
+            module.quant_method.process_weights_after_loading(module)
 
 
 def _tensor_names(path: Path) -> list[str]:
