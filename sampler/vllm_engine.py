@@ -82,6 +82,10 @@ class VLLMEngine:
     ``kv_cache_memory_bytes`` or ``gpu_memory_utilization``), on a GPU vLLM's own default.
     engine_args: further EngineArgs fields, e.g. ``{"max_model_len": 4096}``.
 
+    record_logprobs: ask vLLM for every sampled token's log-probability (under the distribution
+    it sampled from, i.e. after the tau of the step) even when the request wants no top
+    log-probs, so that ``Trace.logp`` is filled as the torch engine fills it (training rollouts
+    compare it with the trainer's recompute); otherwise it is NaN unless ``logprobs`` > 0.
     head: a ``TemperatureHead`` module to use instead of the checkpoint's (training rollouts: the
     very module the trainer optimises, so a head update needs no sync); must live on vLLM's device.
 
@@ -100,6 +104,7 @@ class VLLMEngine:
         trust_remote_code: bool = False,
         engine_args: dict[str, Any] | None = None,
         head=None,
+        record_logprobs: bool = False,
     ):
         path = Path(checkpoint)
         if not (path / "config.json").is_file():
@@ -161,6 +166,7 @@ class VLLMEngine:
                  self.runner.upper())
         self.llm = LLMEngine.from_vllm_config(vllm_config, disable_log_stats=True)
 
+        self.record_logprobs = record_logprobs
         self.path = path
         self.max_context = model_config.max_model_len
         self.vocab_size = model_config.get_vocab_size()
@@ -272,7 +278,7 @@ class VLLMBatch:
                         temperature=policy.tau if fixed else 1.0,
                         top_k=p.top_k,
                         top_p=p.top_p,
-                        logprobs=p.logprobs or None,
+                        logprobs=p.logprobs or (0 if engine.record_logprobs else None),
                         stop_token_ids=list(p.stop_token_ids),
                         ignore_eos=p.ignore_eos,
                         detokenize=False,  # the caller detokenizes (stop strings, traces)

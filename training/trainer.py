@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from introllm.sampler import Engine, build_policy
+from introllm.sampler import build_policy
 from introllm.sampler.checkpoint import atomic_directory, load_checkpoint, load_head, write_head
 from introllm.sampler.head import HeadConfig, TemperatureHead
 from introllm.sampler.models import default_checkpoint, resolve_device, resolve_dtype
@@ -35,6 +35,7 @@ from .methods import build_method
 from .rewards import RewardWorker, load_scorer, resolve_reward
 from .state import latest_checkpoint, read_trainer_state, restore_optimizers_and_rng, write_trainer_state
 from .update import PolicyScorer, update
+from .vllm_rollout import build_rollout_engine
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,11 @@ def train(cfg: TrainConfig, *, resume_from: str | None = None, show_progress: bo
     scorer = PolicyScorer(model, head if method.trains_head else None, freeze_model=frozen)
     scorer = accelerator.prepare(scorer)
     model.train()
-    engine = Engine(model, head)
+    G, P = cfg.rollout.group_size, cfg.rollout.batch_size // world
+    engine, sync_weights, backend = build_rollout_engine(
+        cfg.rollout, checkpoint=start, model=model, head=head, device=device, dtype=cfg.run.dtype,
+        model_trains="optimizer_model" in optimizers, max_batch=max(P * G, 8),
+    )
     stream = ProblemStream(train_set, cfg.run.seed)
     first_step = 0
     if resume_dir is not None:
@@ -134,7 +139,6 @@ def train(cfg: TrainConfig, *, resume_from: str | None = None, show_progress: bo
         _truncate_jsonl(run_dir / "samples.jsonl", first_step)
     rewards = RewardWorker(timeout=cfg.data.reward_timeout)
     score = functools.partial(rewards.score, reward_name)
-    G, P = cfg.rollout.group_size, cfg.rollout.batch_size // world
     log.info("training %s%s with %s on %s: %d problems (%d held out), %d steps of %d prompts x %d samples, %d process(es) on %s",
              start, " (head only, base frozen)" if frozen else "", cfg.method.method, cfg.data.dataset, len(train_set), len(eval_set), cfg.run.steps, cfg.rollout.batch_size, G, world, device)
 
@@ -199,6 +203,8 @@ def train(cfg: TrainConfig, *, resume_from: str | None = None, show_progress: bo
                 ref_model=ref_model, accelerator=accelerator if world > 1 else None,
                 with_tau_loglik=method.needs_tau_likelihoods,
             )
+            # the new weights into the rollout engine (vLLM's copy; nothing to do for the torch engine)
+            sync_seconds = 0.0 if stats.skipped else sync_weights()
             # 5. method hook (EAD's length average, TAMPO's meta-policy) on the whole batch
             gathered = R.SequenceStats.unstack(accelerator.gather(R.SequenceStats.of(ro).stack().to(device)).cpu())
             loglik = accelerator.gather(stats.tau_loglik.to(device)).cpu() if stats.tau_loglik is not None else None
@@ -212,7 +218,8 @@ def train(cfg: TrainConfig, *, resume_from: str | None = None, show_progress: bo
             if by_level:
                 metrics["tau_mean_by_level"] = by_level
             metrics.update(policy=policy_spec, lr_model=_lr(optimizers, "optimizer_model"), lr_head=_lr(optimizers, "optimizer_head"),
-                           rollout_seconds=t_rollout, step_seconds=time.perf_counter() - t0)
+                           rollout_seconds=t_rollout, sync_seconds=sync_seconds, rollout_backend=backend,
+                           step_seconds=time.perf_counter() - t0)
             last = step + 1 == cfg.run.steps
             if (cfg.run.eval_every and (step + 1) % cfg.run.eval_every == 0) or last:
                 metrics["eval_accuracy"] = evaluate(step + 1)

