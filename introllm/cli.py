@@ -236,6 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--prompts", type=_positive_int, default=4, help="prompts per step [4]")
     tr.add_argument("--group-size", type=_positive_int, default=8, help="samples per prompt [8]")
     tr.add_argument("--head-only", action="store_true", help="time head-only steps (--freeze-model) against joint IntroLLM steps instead")
+    tr.add_argument("--rollout-backend", choices=["torch", "vllm"], default="torch",
+                    help="vllm: time whole IntroLLM steps with colocated-vLLM rollouts (weights synced in place) against "
+                         "torch-engine rollouts, side by side [torch: the learned-vs-fixed overhead above]")
     bench.set_defaults(func=cmd_bench)
     return parser
 
@@ -609,6 +612,8 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     console.print(f"[bold]introllm bench --train[/]: {ck.path.name}, {args.prompts} prompts x {args.group_size} samples, "
                   f"{args.new_tokens} tokens each (EOS ignored), {args.repeats} ABBA pairs")
+    if args.rollout_backend == "vllm":
+        return _bench_rollout_backends(args, ck, prompts, console)
     methods = ("head-only", "introllm") if args.head_only else ("introllm", "grpo")
     result = train_step_overhead(
         ck.model, ck.head, prompts, group_size=args.group_size, new_tokens=args.new_tokens, repeats=args.repeats,
@@ -622,6 +627,28 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
         f"{result['median_step_seconds'][a]:.2f} s vs {result['median_step_seconds'][b]:.2f} s; "
         f"{a} step / its own rollout: {result['median_step_seconds'][a] / result['median_rollout_seconds'][a]:.2f}x"
     )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+    return 0
+
+
+def _bench_rollout_backends(args: argparse.Namespace, ck, prompts, console) -> int:
+    from introllm.training.bench import rollout_backend_comparison
+
+    result = rollout_backend_comparison(
+        ck.model, ck.head, ck.path, prompts, group_size=args.group_size, new_tokens=args.new_tokens, repeats=args.repeats,
+        on_measure=lambda b, t, r, u, s: console.print(f"  {b:<6} step {t:6.2f} s  (rollout {r:5.2f} s, update {u:5.2f} s, sync {s:5.2f} s)", style="dim"),
+    )
+    m, tps = result["median_seconds"], result["rollout_tokens_per_s"]
+    console.print(f"{'':<8}{'rollout tok/s':>14}{'rollout s':>11}{'update s':>10}{'sync s':>8}{'step s':>8}")
+    for b in ("torch", "vllm"):
+        console.print(f"{b:<8}{tps[b]:>14.1f}{m[b]['rollout']:>11.2f}{m[b]['update']:>10.2f}{m[b]['sync']:>8.2f}{m[b]['step']:>8.2f}")
+    gap = result["vllm_logp_gap"]
+    console.print(f"vLLM / torch (median of paired ratios): rollout {result['rollout_speedup']:.2f}x, whole step "
+                  f"{result['step_speedup']:.2f}x; vLLM logp gap to the trainer: max {gap['mismatch_max']:.2e}, mean "
+                  f"{gap['mismatch_mean']:.2e}, tokens > 1e-3 {gap['mismatch_frac']:.1%}; torch threads "
+                  f"{result['torch_threads']['before_vllm']} -> {result['torch_threads']['after_vllm']} after vLLM started")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

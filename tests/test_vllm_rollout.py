@@ -112,3 +112,23 @@ def test_vllm_backend_without_vllm_is_a_config_error(monkeypatch):
     with pytest.raises(ConfigError, match="needs vLLM"):
         resolve_rollout_backend("vllm", torch.device("cpu"))
     assert resolve_rollout_backend("auto", torch.device("cuda")) == ("torch", "auto: vLLM is not installed")
+
+
+def test_vllm_rollouts_under_several_processes_are_refused_clearly():
+    from introllm.training.config import RolloutConfig
+    from introllm.training.vllm_rollout import build_rollout_engine
+
+    with pytest.raises(ConfigError, match="one training process only"):
+        build_rollout_engine(RolloutConfig(rollout_backend="vllm"), checkpoint=default_checkpoint(), model=None, head=None,
+                             device=torch.device("cpu"), dtype="float32", model_trains=True, max_batch=8, world=2)
+
+
+def test_rollout_config_checks_its_fields():
+    from introllm.training.config import RolloutConfig
+
+    with pytest.raises(ConfigError, match="rollout_backend"):
+        RolloutConfig(rollout_backend="jax")
+    with pytest.raises(ConfigError, match="vllm_memory"):
+        RolloutConfig(vllm_memory=1.5)
+    with pytest.raises(ConfigError, match="tis_cap"):
+        OptimConfig(tis_cap=-1)

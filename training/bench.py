@@ -7,6 +7,9 @@ work except for what the method adds (the head in the decode loop, its forward a
 the hidden states, its optimizer). The two steps alternate (ABBA order) and the reported figure is
 the median of the per-pair ratios, so both see the same machine load.
 
+``rollout_backend_comparison`` times whole IntroLLM steps with torch-engine rollouts against
+colocated-vLLM rollouts (issue 14).
+
 ``methods=("head-only", "introllm")`` instead compares a head-only step (``--freeze-model``: the
 learned rollout, then step B alone with the base under no_grad) with a joint IntroLLM step.
 """
@@ -82,4 +85,73 @@ def train_step_overhead(model, head, prompts: list[list[int]], *, group_size: in
         "median_step_seconds": {first: statistics.median(a.step), second: statistics.median(b.step)},
         "median_rollout_seconds": {first: statistics.median(a.rollout), second: statistics.median(b.rollout)},
         "raw": {k: asdict(v) for k, v in times.items()},
+    }
+
+
+def rollout_backend_comparison(model, head, checkpoint, prompts: list[list[int]], *, group_size: int = 8,
+                               new_tokens: int = 48, repeats: int = 3, micro_batch_size: int = 8,
+                               vllm_memory: float = 0.05, on_measure=None) -> dict:
+    """Whole IntroLLM training steps with torch-engine rollouts against colocated-vLLM rollouts,
+    on the same model, head, prompts and seeds, in ABBA order; median of the paired ratios.
+
+    A step is: the learned-policy rollout (``len(prompts) * group_size`` samples of ``new_tokens``
+    tokens, EOS ignored, so both engines produce the same number of tokens), steps A and B with
+    AdamW, and for vLLM the in-place weight sync (part of its step). Both engines always sample
+    with the current weights: the torch engine reads them, vLLM gets them after every update.
+    Returns rollout tokens/s, rollout / update / sync / step seconds per backend, the ratios
+    (torch time / vLLM time: > 1 means vLLM is faster) and the logp gap of vLLM's rollouts.
+    """
+    from .vllm_rollout import VLLMRollouts
+
+    threads_before = torch.get_num_threads()
+    engines = {"torch": Engine(model, head)}
+    vllm = VLLMRollouts(checkpoint, model, head, memory=vllm_memory, dtype="float32", eager=True,
+                        max_batch=len(prompts) * group_size, engine_args={"max_model_len": max(map(len, prompts)) + new_tokens + 8})
+    engines["vllm"] = vllm
+    threads_after = torch.get_num_threads()
+    opt = {"optimizer_model": torch.optim.AdamW(model.parameters(), lr=1e-6),
+           "optimizer_head": torch.optim.AdamW(head.parameters(), lr=5e-5)}
+    n = len(prompts) * group_size
+    adv = group_advantages(torch.tensor([float(i % 3 == 0) for i in range(n)]), group_size)
+    rec = {b: {"rollout": [], "update": [], "sync": [], "step": [], "mismatch_max": [], "mismatch_mean": [], "mismatch_frac": []}
+           for b in engines}
+
+    def step(backend: str, seed: int) -> None:
+        t0 = time.perf_counter()
+        params = SamplingParams(max_new_tokens=new_tokens, policy="learned", seed=seed, ignore_eos=True)
+        seqs = [s for g in engines[backend].generate(prompts, params, n=group_size) for s in g]
+        t1 = time.perf_counter()
+        model.train()
+        stats = update(PolicyScorer(model, head), model, head, build_policy("learned", head), seqs, adv, optimizers=opt,
+                       pad_id=0, optim=OptimConfig(micro_batch_size=micro_batch_size))
+        model.eval()
+        t2 = time.perf_counter()
+        sync = vllm.sync() if backend == "vllm" else 0.0
+        t3 = time.perf_counter()
+        r = rec[backend]
+        r["rollout"].append(t1 - t0), r["update"].append(t2 - t1), r["sync"].append(sync), r["step"].append(t3 - t0)
+        r["mismatch_max"].append(stats.logp_mismatch), r["mismatch_mean"].append(stats.logp_mismatch_mean)
+        r["mismatch_frac"].append(stats.logp_mismatch_frac)
+        if on_measure:
+            on_measure(backend, t3 - t0, t1 - t0, t2 - t1, sync)
+
+    step("torch", 0), step("vllm", 0)  # warm-up, not counted
+    vllm.sync_seconds.clear()
+    rec = {b: {k: [] for k in v} for b, v in rec.items()}
+    for r in range(repeats):
+        for backend in (("torch", "vllm") if r % 2 == 0 else ("vllm", "torch")):
+            step(backend, r + 1)
+    t, v = rec["torch"], rec["vllm"]
+    ratio = lambda x, y: statistics.median(p / q for p, q in zip(x, y))  # noqa: E731
+    tokens = n * new_tokens
+    return {
+        "prompts": len(prompts), "group_size": group_size, "new_tokens": new_tokens, "repeats": repeats,
+        "torch_threads": {"before_vllm": threads_before, "after_vllm": threads_after},
+        "rollout_tokens_per_s": {b: tokens / statistics.median(rec[b]["rollout"]) for b in rec},
+        "median_seconds": {b: {k: statistics.median(rec[b][k]) for k in ("rollout", "update", "sync", "step")} for b in rec},
+        "rollout_speedup": ratio(t["rollout"], v["rollout"]),  # torch time / vLLM time, paired
+        "step_speedup": ratio(t["step"], v["step"]),
+        "vllm_logp_gap": {k: max(v[k]) for k in ("mismatch_max", "mismatch_mean", "mismatch_frac")},
+        "torch_logp_gap": {k: max(t[k]) for k in ("mismatch_max", "mismatch_mean", "mismatch_frac")},
+        "raw": rec,
     }

@@ -121,7 +121,7 @@ def train(cfg: TrainConfig, *, resume_from: str | None = None, show_progress: bo
     G, P = cfg.rollout.group_size, cfg.rollout.batch_size // world
     engine, sync_weights, backend = build_rollout_engine(
         cfg.rollout, checkpoint=start, model=model, head=head, device=device, dtype=cfg.run.dtype,
-        model_trains="optimizer_model" in optimizers, max_batch=max(P * G, 8),
+        model_trains="optimizer_model" in optimizers, max_batch=max(P * G, 8), world=world,
     )
     stream = ProblemStream(train_set, cfg.run.seed)
     first_step = 0

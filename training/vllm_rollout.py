@@ -69,6 +69,14 @@ class VLLMRollouts:
 
         from introllm.sampler.vllm_engine import CPU_KV_CACHE_CAP_GIB, VLLMEngine
 
+        import os
+
+        # vLLM's CPU worker drops torch to one thread "for serving" unless OMP_NUM_THREADS is set
+        # (vllm/utils/torch_utils.py) and then forbids torch.set_num_threads; in a colocated
+        # trainer that would halve the update's speed on two cores. Keep the trainer's threads.
+        if current_platform.device_type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+            os.environ["OMP_NUM_THREADS"] = str(torch.get_num_threads())
+            log.info("OMP_NUM_THREADS=%s (the trainer's torch threads), so that vLLM keeps them", os.environ["OMP_NUM_THREADS"])
         self.model = model
         extra = dict(engine_args or {})
         kv_gib = None
@@ -101,12 +109,22 @@ class VLLMRollouts:
 
 
 def build_rollout_engine(cfg: RolloutConfig, *, checkpoint: Path, model: nn.Module, head: nn.Module | None,
-                         device: torch.device, dtype: str, model_trains: bool,
-                         max_batch: int) -> tuple[GenerationEngine, Callable[[], float], str]:
+                         device: torch.device, dtype: str, model_trains: bool, max_batch: int,
+                         world: int = 1) -> tuple[GenerationEngine, Callable[[], float], str]:
     """(engine, sync, backend): the rollout engine of a training process and what to call after
     each optimizer step (returns seconds spent; 0 when nothing needs copying: the torch engine
-    reads the trainer's own tensors, and a frozen base does not change)."""
+    reads the trainer's own tensors, and a frozen base does not change).
+
+    Raises ConfigError for vllm under several processes (``world`` > 1): vLLM's in-process engine
+    initialises its own distributed state, which would collide with the trainer's DDP group; not
+    built or tested yet (see docs/training.md)."""
     backend, why = resolve_rollout_backend(cfg.rollout_backend, device)
+    if backend == "vllm" and world > 1:
+        if cfg.rollout_backend == "auto":
+            backend, why = "torch", f"auto: vLLM rollouts under {world} processes are not supported yet"
+        else:
+            raise ConfigError(f"rollout_backend: vllm runs in one training process only for now ({world} were launched); "
+                              "use --rollout-backend torch with accelerate, or one process")
     log.info("rollouts on the %s engine (%s)", backend, why)
     if backend == "torch":
         return Engine(model, head), (lambda: 0.0), backend
