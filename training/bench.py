@@ -97,7 +97,9 @@ def rollout_backend_comparison(model, head, checkpoint, prompts: list[list[int]]
     A step is: the learned-policy rollout (``len(prompts) * group_size`` samples of ``new_tokens``
     tokens, EOS ignored, so both engines produce the same number of tokens), steps A and B with
     AdamW, and for vLLM the in-place weight sync (part of its step). Both engines always sample
-    with the current weights: the torch engine reads them, vLLM gets them after every update.
+    with the current weights: the torch engine reads them, vLLM gets them after every update
+    (after a torch step too, untimed; otherwise vLLM would sample with stale weights and the
+    logp gap would measure the staleness).
     Returns rollout tokens/s, rollout / update / sync / step seconds per backend, the ratios
     (torch time / vLLM time: > 1 means vLLM is faster) and the logp gap of vLLM's rollouts.
     """
@@ -128,6 +130,8 @@ def rollout_backend_comparison(model, head, checkpoint, prompts: list[list[int]]
         t2 = time.perf_counter()
         sync = vllm.sync() if backend == "vllm" else 0.0
         t3 = time.perf_counter()
+        if backend == "torch":  # vLLM must sample the next step with these weights too (not timed)
+            vllm.sync()
         r = rec[backend]
         r["rollout"].append(t1 - t0), r["update"].append(t2 - t1), r["sync"].append(sync), r["step"].append(t3 - t0)
         r["mismatch_max"].append(stats.logp_mismatch), r["mismatch_mean"].append(stats.logp_mismatch_mean)
