@@ -51,14 +51,8 @@ class _Controls:
 
 
 def _control_tokens(tokenizer) -> _Controls:
-    cached = getattr(tokenizer, "_introllm_controls", None)
-    if cached is None:
-        cached = _Controls(tokenizer)
-        try:
-            tokenizer._introllm_controls = cached
-        except AttributeError:  # a tokenizer that refuses new attributes: no caching
-            pass
-    return cached
+    """Built per call (a few hundred added tokens at most): a cache could go stale when tokens are added."""
+    return _Controls(tokenizer)
 
 
 def _placeholders(controls: _Controls, texts: Sequence[str]) -> dict[str, str]:
