@@ -89,7 +89,7 @@ _REMEDIES: tuple[tuple[tuple[str, ...], str | None, str], ...] = (
      "size vLLM's KV cache with --kv-cache-gib GIB (e.g. --kv-cache-gib 2), or free memory"),
     (("out of memory", "cannot allocate"), "torch", "try --dtype bfloat16 (half the memory) or --device cpu"),
     (("trust_remote_code", "trust remote code"), None, "pass --trust-remote-code if you trust this checkpoint's code"),
-    (("not a checkpoint", "no such file", "does not exist", "not found", "no tokenizer files"), None,
+    (("not a checkpoint", "no such", "filenotfounderror", "does not exist", "not found", "no tokenizer files"), None,
      "point --checkpoint at a checkpoint directory (omit it for the embedded model)"),
     (("does not support",), "torch", "try --backend vllm"),
 )
