@@ -113,6 +113,41 @@ class ChatCompletionResponse(BaseModel):
     usage: Usage
 
 
+class CompletionChunk(BaseModel):
+    """One event of a ``/v1/completions`` stream (its ``data``, as JSON)."""
+
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+
+
+class ChatDelta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChatChunkChoice(BaseModel):
+    index: int
+    delta: ChatDelta
+    logprobs: ChatLogprobs | None
+    finish_reason: Literal["stop", "length"] | None
+    temperature_trace: TemperatureTrace | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    """One event of a ``/v1/chat/completions`` stream (its ``data``, as JSON)."""
+
+    id: str
+    object: Literal["chat.completion.chunk"]
+    created: int
+    model: str
+    choices: list[ChatChunkChoice]
+    usage: Usage | None = None
+
+
 class Model(BaseModel):
     id: str
     object: Literal["model"]
@@ -143,17 +178,31 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {s: {"model": ErrorBody, "description": meaning[s]} for s in statuses}
 
 
-_SSE = {"text/event-stream": {"schema": {"type": "string", "description": "Server-sent events: data: <chunk JSON>, then data: [DONE]"}}}
+def _sse(chunk: type[BaseModel]) -> dict[str, Any]:
+    """A stream: each event's ``data`` is a chunk as JSON, the last one ``[DONE]`` (an error in
+    mid-stream comes as an ErrorBody event)."""
+    json_data = {
+        "type": "string",
+        "contentMediaType": "application/json",
+        "contentSchema": {"anyOf": [{"$ref": f"#/components/schemas/{chunk.__name__}"}, {"$ref": "#/components/schemas/ErrorBody"}]},
+    }
+    event = {
+        "type": "object",
+        "required": ["data"],
+        "properties": {"data": {"anyOf": [{"const": "[DONE]"}, json_data]}},
+        "description": f"Server-sent events: data: <{chunk.__name__} JSON>, then data: [DONE]",
+    }
+    return {"text/event-stream": {"schema": event}}
 
 HEALTH = {200: {"model": Health, "description": "Loaded"}, 503: {"model": Health, "description": "Loading, or failed to load"}}
 METRICS = {200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text exposition"}}
 MODELS = {200: {"model": ModelList, "description": "The served model"}, **_errors(401, 503)}
 COMPLETION = {
-    200: {"model": CompletionResponse, "description": "The completion, or a stream of chunks", "content": _SSE},
+    200: {"model": CompletionResponse, "description": "The completion, or a stream of chunks", "content": _sse(CompletionChunk)},
     **_errors(400, 401, 404, 429, 500, 503),
 }
 CHAT_COMPLETION = {
-    200: {"model": ChatCompletionResponse, "description": "The chat completion, or a stream of chunks", "content": _SSE},
+    200: {"model": ChatCompletionResponse, "description": "The chat completion, or a stream of chunks", "content": _sse(ChatCompletionChunk)},
     **_errors(400, 401, 404, 429, 500, 503),
 }
 
@@ -172,12 +221,47 @@ def _limit(schema: dict[str, Any], components: dict[str, Any], name: str, prop: 
             branch.update(bounds)
 
 
+def _add_models(schema: dict[str, Any], *models: type[BaseModel]) -> None:
+    """Put models that only the stream events reference into the document's components."""
+    from pydantic.json_schema import models_json_schema
+
+    _, defs = models_json_schema([(m, "serialization") for m in models], ref_template="#/components/schemas/{model}")
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    for name, definition in defs.get("$defs", {}).items():
+        components.setdefault(name, definition)
+
+
+def _document_rules(props: dict[str, Any], state) -> None:
+    """Rules the request models check in code, written into the document: fields accepted only
+    at their neutral value (schemas._NEUTRAL), stop sequences (1-4, none empty), prompts (not
+    empty; token ids inside the vocabulary once the model is known)."""
+    from .schemas import _NEUTRAL
+
+    for name, neutral in _NEUTRAL.items():
+        if name in props:
+            values = [v for v in neutral if v is not None]
+            keep = {k: v for k, v in props[name].items() if k in ("title", "default")}
+            branches = ([{"enum": values}] if values else []) + [{"type": "null"}]
+            props[name] = {**keep, "anyOf": branches, "description": "not supported: accepted only at its neutral value"}
+    if "stop" in props:
+        text = {"type": "string", "minLength": 1}
+        props["stop"]["anyOf"] = [text, {"type": "array", "items": text, "maxItems": 4}, {"type": "null"}]
+    if "prompt" in props:
+        token = {"type": "integer", "minimum": 0}
+        if state.ready:
+            token["maximum"] = state.engine.vocab_size - 1
+        ids = {"type": "array", "items": token, "minItems": 1}
+        text = {"type": "string", "minLength": 1}
+        props["prompt"]["anyOf"] = [text, {"type": "array", "items": text, "minItems": 1}, ids, {"type": "array", "items": ids, "minItems": 1}, {"type": "null"}]
+
+
 def install(app: FastAPI, state) -> None:
     """Serve the OpenAPI document with the limits of this server (see the module docstring).
     The document is rebuilt on each request: ``model`` is known once the model has loaded."""
 
     def document() -> dict[str, Any]:
         schema = get_openapi(title=app.title, version=app.version, routes=app.routes, description=__doc__.split("\n\n")[0])
+        _add_models(schema, CompletionChunk, ChatCompletionChunk)
         for path in schema.get("paths", {}).values():
             for op in path.values():
                 op.get("responses", {}).pop("422", None)  # validation errors are 400s here (errors.describe_validation)
@@ -191,6 +275,7 @@ def install(app: FastAPI, state) -> None:
             _limit(schema, components, name, "max_tokens", maximum=config.max_tokens)
             _limit(schema, components, name, "max_completion_tokens", maximum=config.max_tokens)
             _limit(schema, components, name, "n", maximum=config.max_n)
+            _document_rules(components.get(name, {}).get("properties", {}), state)
         return schema
 
     app.openapi = document  # type: ignore[method-assign]

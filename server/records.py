@@ -18,7 +18,8 @@ class TokenLogprob:
     token_id: int
     token: str
     raw: bytes
-    logprob: float
+    logprob: float | None
+    """Finite: -9999.0 for a token filtered out (-inf); None where the backend did not compute it."""
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -30,6 +31,18 @@ from .records import Done, Failed, Token, TokenLogprob
 from .tokens import TokenBytes
 
 log = logging.getLogger(__name__)
+
+
+IMPOSSIBLE_LOGPROB = -9999.0
+"""What a token that could not be sampled (filtered out by top-k / top-p: log-prob -inf) is
+reported with, as OpenAI does: JSON has no -inf."""
+
+
+def finite_logprob(logprob: float) -> float | None:
+    """-inf -> IMPOSSIBLE_LOGPROB; NaN (a backend that did not compute it) -> None; else as is."""
+    if math.isnan(logprob):
+        return None
+    return max(float(logprob), IMPOSSIBLE_LOGPROB)
 
 
 class QueueFull(Exception):
@@ -259,7 +272,7 @@ class Scheduler:
 
     def _logprob(self, token_id: int, logprob: float) -> TokenLogprob:
         raw = self.token_bytes.raw(token_id)
-        return TokenLogprob(token_id, self.token_bytes.name(token_id), raw, logprob)
+        return TokenLogprob(token_id, self.token_bytes.name(token_id), raw, finite_logprob(logprob))
 
     def _record(self, index: int, tok: int, piece: str, released: str, offset: int, tr, finish: str | None) -> Token:
         """The Token record of a sequence's newest token (``tr``: its engine Trace)."""

@@ -126,7 +126,7 @@ class CompletionRequest(_Common):
     _keep_null: ClassVar[frozenset[str]] = frozenset({"prompt"})
     prompt: str | list[str] | list[int] | list[list[int]] | None
     """Required; null: the start of a new document (OpenAI's ``<|endoftext|>`` default)."""
-    max_tokens: int | None = Field(16, ge=1)  # OpenAI's default for completions
+    max_tokens: int | None = Field(None, ge=1)  # default: OpenAI's 16, within the server's cap (prepare)
     logprobs: int | None = Field(None, ge=0, le=5)
     echo: bool | None = None
     best_of: int | None = None
