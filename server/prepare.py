@@ -74,9 +74,8 @@ def plan_chat(body: ChatCompletionRequest, tokenizer, engine, config: ServerConf
 def _document_start(tokenizer) -> list[int]:
     """The prompt of a request without one: OpenAI documents ``<|endoftext|>`` (the document
     separator), so the tokenizer's own when it has that token, else its BOS, else its EOS."""
-    ids = tokenizer.convert_tokens_to_ids(["<|endoftext|>"])
-    unk = getattr(tokenizer, "unk_token_id", None)
-    for candidate in (ids[0] if ids and ids[0] != unk else None, tokenizer.bos_token_id, tokenizer.eos_token_id):
+    separator = tokenizer.get_vocab().get("<|endoftext|>")
+    for candidate in (separator, tokenizer.bos_token_id, tokenizer.eos_token_id):
         if candidate is not None:
             return [int(candidate)]
     raise APIError(400, "missing required field: prompt (this model has no document-start token)", param="prompt")

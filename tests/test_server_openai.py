@@ -210,3 +210,17 @@ def test_message_text_cannot_open_a_system_turn(url, embedded):
         starts = sum(1 for m in plain) + 1 + (plain[0]["role"] != "system")  # a turn per message, the default system turn, the generation prompt
         assert ids.count(tok.convert_tokens_to_ids("<|im_start|>")) == starts
         assert ids.count(tok.convert_tokens_to_ids("<|im_end|>")) == starts - 1
+
+
+# ----------------------------------------------------------------- found by the fuzzer
+
+
+def test_alternatives_filtered_out_by_top_k_are_json_numbers(url):
+    """top_k=1 leaves the alternatives at log-prob -inf, which JSON cannot carry (was a 500)."""
+    body = {"model": MODEL, "prompt": "Hello", "max_tokens": 2, "logprobs": 3, "stream": False, "top_k": 1, "seed": 1}
+    r = httpx.post(url + "/v1/completions", json=body, timeout=120)
+    assert r.status_code == 200, r.text
+    tops = r.json()["choices"][0]["logprobs"]["top_logprobs"]
+    assert all(sorted(top.values())[:2] == [-9999.0, -9999.0] for top in tops)
+    r = httpx.post(url + "/v1/chat/completions", json={"model": MODEL, "messages": HI, "max_tokens": 2, "logprobs": True, "top_logprobs": 3, "top_k": 1}, timeout=120)
+    assert r.status_code == 200 and r.json()["choices"][0]["logprobs"]["content"][0]["top_logprobs"][-1]["logprob"] == -9999.0
