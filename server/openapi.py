@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 # ------------------------------------------------------------------------------ response models
 
@@ -210,7 +210,7 @@ CHAT_COMPLETION = {
 # ------------------------------------------------------------------------------ the document
 
 
-def _limit(schema: dict[str, Any], components: dict[str, Any], name: str, prop: str, **bounds: Any) -> None:
+def _limit(components: dict[str, Any], name: str, prop: str, **bounds: Any) -> None:
     """Add bounds (or an enum) to one property of a request schema, in whichever of its
     ``anyOf`` branches is not null."""
     field = components.get(name, {}).get("properties", {}).get(prop)
@@ -271,10 +271,10 @@ def install(app: FastAPI, state) -> None:
         config = state.config
         for name in ("CompletionRequest", "ChatCompletionRequest"):
             if state.ready:
-                _limit(schema, components, name, "model", enum=[state.model_name])
-            _limit(schema, components, name, "max_tokens", maximum=config.max_tokens)
-            _limit(schema, components, name, "max_completion_tokens", maximum=config.max_tokens)
-            _limit(schema, components, name, "n", maximum=config.max_n)
+                _limit(components, name, "model", enum=[state.model_name])
+            _limit(components, name, "max_tokens", maximum=config.max_tokens)
+            _limit(components, name, "max_completion_tokens", maximum=config.max_tokens)
+            _limit(components, name, "n", maximum=config.max_n)
             _document_rules(components.get(name, {}).get("properties", {}), state)
         return schema
 

@@ -5,7 +5,6 @@ raw HTTP where the wire format itself is the point."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import socket
