@@ -216,7 +216,7 @@ def _quiet_transformers() -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from introllm.server.app import serve
+    from introllm.server.app import ServeError, serve
     from introllm.server.config import ServerConfig
 
     _quiet_transformers()
@@ -234,26 +234,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
             log.warning("--device does not apply to the vLLM backend (vLLM picks its platform)")
     elif args.vllm_arg or args.vllm_eager or args.kv_cache_gib is not None:
         raise ValueError("--vllm-eager, --kv-cache-gib and --vllm-arg need --backend vllm")
-    serve(
-        ServerConfig(
-            checkpoint=args.checkpoint,
-            model_name=args.model_name,
-            host=args.host,
-            port=args.port,
-            device=args.device,
-            dtype=args.dtype,
-            api_key=args.api_key,
-            max_batch=args.max_batch,
-            max_queue=args.max_queue,
-            max_tokens=args.max_tokens,
-            max_n=args.max_n,
-            trust_remote_code=args.trust_remote_code,
-            backend=args.backend,
-            vllm_eager=args.vllm_eager,
-            kv_cache_gib=args.kv_cache_gib,
-            vllm_args=vllm_args,
-        )
+    config = ServerConfig(
+        checkpoint=args.checkpoint,
+        model_name=args.model_name,
+        host=args.host,
+        port=args.port,
+        device=args.device,
+        dtype=args.dtype,
+        api_key=args.api_key,
+        max_batch=args.max_batch,
+        max_queue=args.max_queue,
+        max_tokens=args.max_tokens,
+        max_n=args.max_n,
+        trust_remote_code=args.trust_remote_code,
+        backend=args.backend,
+        vllm_eager=args.vllm_eager,
+        kv_cache_gib=args.kv_cache_gib,
+        vllm_args=vllm_args,
     )
+    try:
+        serve(config)
+    except ServeError as e:  # the model failed to load: one line, and a non-zero exit
+        print(f"introllm serve: error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
