@@ -36,6 +36,7 @@ from .middleware import Auth, RequestLog
 from .responses import ChoiceState, chat_logprobs, completion_logprobs, trace, usage
 from .scheduler import Done, Failed, QueueFull, Request as GenRequest, Scheduler, TokenEvent
 from .schemas import ChatCompletionRequest, CompletionRequest
+from .ui import add_ui
 
 log = logging.getLogger("introllm.server")
 
@@ -396,6 +397,7 @@ def create_app(config: ServerConfig, checkpoint=None, loader=None) -> FastAPI:
                 s.scheduler.cancel(gen)
                 request.scope["state"]["outcome"] = 499
 
+    add_ui(app, config)  # the playground page at / (server/ui.py); off with --no-ui
     return app
 
 
