@@ -122,8 +122,13 @@ function describe(span) {
   const piece = JSON.stringify(span.textContent);
   const tau = Number(d.tau);
   const flag = d.updated === "true" ? "updated (a new temperature was chosen here)" : "not updated (kept the previous temperature)";
-  const lp = d.logprob === "" ? "log-prob n/a" : `log-prob ${Number(d.logprob).toFixed(3)} (p = ${Math.exp(Number(d.logprob)).toFixed(3)})`;
+  const lp = d.logprob === "" ? "log-prob n/a" : `log-prob ${Number(d.logprob).toFixed(3)} (p = ${probability(Number(d.logprob))})`;
   return `token ${d.i} ${piece} · tau ${tau === 0 ? "0 (greedy)" : tau.toFixed(3)} · ${flag} · ${lp}`;
+}
+
+function probability(logprob) {
+  const p = Math.exp(logprob);
+  return p >= 0.001 ? p.toFixed(3) : p.toExponential(1);
 }
 
 function showDetails(span) { ui.details.textContent = describe(span); }
