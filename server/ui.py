@@ -12,6 +12,17 @@ Routes (all off with ``ServerConfig.ui = False``, i.e. ``introllm serve --no-ui`
 - ``GET /ui/config`` ``{"tau_min", "tau_max", "policies"}``: the served head's range (the paper's
   [0.6, 1.5] when the model has no head or is still loading) and the valid policy names.
 
+Colours: the terminal client's blue -> light grey -> red diverging scale (greedy: mid grey), the
+shape of ColorBrewer's RdBu and Moreland's cool-warm maps. It was kept, rather than a sequential
+map such as viridis, because tau has a natural middle (1.0, the model's own distribution) and the
+question is "cooler or hotter than that"; and a blue-red diverging scale survives the common
+colour-vision deficiencies: with protanopia or deuteranopia (no red-green axis) the ends read as
+blue vs dark yellow, with tritanopia as cyan vs red, and lightness also changes along it.
+tests/test_playground.py simulates all three (Machado et al. 2009) and checks that the ends and
+every legend step stay apart and that the black text keeps WCAG AA contrast on every colour. The
+update flag is a shape (a black bar before the token), not a colour, and every number is also
+available as text (hover, or arrow keys in a focused reply).
+
 None of these need the API key (they hold nothing secret); the page asks for the key and sends it
 on ``/v1/*`` only. Responses carry a Content-Security-Policy that allows scripts, styles and
 connections to this origin only.

@@ -17,7 +17,6 @@ import math
 import os
 import re
 import shutil
-import threading
 import time
 from pathlib import Path
 
@@ -52,6 +51,16 @@ def test_page_and_assets_are_served_with_a_strict_csp(server_url):
     assert httpx.get(server_url + "/ui/app.js").headers["content-type"].startswith("text/javascript")
     assert httpx.get(server_url + "/ui/index.html").status_code == 404  # only the listed assets
     assert httpx.get(server_url + "/ui/../config.py").status_code == 404
+
+
+def test_page_script_never_parses_text_as_html():
+    """Model output is untrusted: the script only ever sets textContent / dataset, never markup or code."""
+    from introllm.server import ui
+
+    js = (ui.STATIC / "app.js").read_text()
+    assert "textContent" in js
+    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function", "setAttribute(\"on"):
+        assert sink not in js, sink
 
 
 def test_ui_config_gives_the_heads_range_and_the_policies(server_url, embedded):
@@ -156,7 +165,7 @@ def test_palette_stays_readable_for_colour_blind_people():
 
 def _find(env: str, names: list[str], extra: list[str]) -> str | None:
     if os.environ.get(env):
-        return os.environ[env]
+        return os.environ[env] if Path(os.environ[env]).is_file() else None
     for n in names:
         if shutil.which(n):
             return shutil.which(n)
@@ -304,6 +313,10 @@ def _screenshot(driver, name: str) -> Path:
 @pytest.mark.slow
 def test_page_colour_function_is_the_terminal_scale(browser, pg_server):
     browser.get(pg_server + "/")
+    unlabelled = browser.execute_script(
+        "return [...document.querySelectorAll('input, select, textarea')].filter(e => !e.labels.length).map(e => e.id)")
+    assert unlabelled == []  # every control has a <label>
+    assert [b.text for b in browser.find_elements("tag name", "button")] == ["Send", "Stop", "Clear conversation"]
     taus = [-1.0, 0.0, 0.05, 0.3, 0.6, 0.6000001, 0.7, 0.8123, 0.95, 1.0, 1.05, 1.2, 1.37, 1.5, 1.9, 5.0]
     taus += [0.6 + 0.9 * k / 1000 for k in range(1001)]
     for lo, hi in ((0.6, 1.5), (0.1, 2.0)):
