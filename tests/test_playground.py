@@ -222,8 +222,10 @@ def _wait(predicate, timeout: float, what: str, poll: float = 0.1):
         time.sleep(poll)
 
 
-def _open(driver, url: str, key: str = KEY, compare: str | None = None, max_tokens: int = 48, policy: str = "learned"):
-    """Load the page fresh, wait for it to connect, and fill in the settings."""
+def _open(driver, url: str, key: str = KEY, compare: str | None = None, max_tokens: int = 48, policy: str = "learned", seed: int | None = 7):
+    """Load the page fresh, wait for it to connect, and fill in the settings. A seed makes the
+    replies, hence the tests, the same on every run (the torch engine's seeds do not depend on the
+    batch)."""
     from selenium.webdriver.support.ui import Select
 
     driver.get(url + "/")
@@ -239,6 +241,8 @@ def _open(driver, url: str, key: str = KEY, compare: str | None = None, max_toke
     mt = driver.find_element("id", "max-tokens")
     mt.clear()
     mt.send_keys(str(max_tokens))
+    if seed is not None:
+        driver.find_element("id", "seed").send_keys(str(seed))
 
 
 def _ask(driver, prompt: str):
@@ -335,6 +339,7 @@ def test_chat_streams_each_token_coloured_by_its_tau(browser, pg_server):
     [ex] = _chat_exchanges(browser)
     assert ex["headers"]["Authorization"] == f"Bearer {KEY}"  # the key field's value, sent on /v1/*
     assert ex["request"]["stream"] is True and ex["request"]["logprobs"] is True and ex["request"]["policy"] == "learned"
+    assert ex["request"]["seed"] == 7 and ex["request"]["max_tokens"] == 40
     assert ex["request"]["messages"][-1] == {"role": "user", "content": "What is the capital of France? Answer in one sentence."}
     reply = _parse_stream(ex["body"])
     n = len(reply["trace"]["tokens"])
@@ -347,7 +352,7 @@ def test_chat_streams_each_token_coloured_by_its_tau(browser, pg_server):
     for t, tau, upd in zip(toks, reply["trace"]["temperatures"], reply["trace"]["updated"]):
         assert _rgb(t["bg"]) == _rgb(tau_colour(tau, 0.6, 1.5)), (t, tau)  # the colour maps its tau
         assert t["upd"] == upd  # update flags marked
-    assert any(reply["trace"]["updated"])  # the fresh head updates with P = 0.5: some flags to see
+    assert any(reply["trace"]["updated"])  # the fresh head updates with P = 0.5 (and seed 7 gives some)
 
     # Hover: tau, flag and log-prob of that token.
     i = reply["trace"]["updated"].index(True)
@@ -378,6 +383,7 @@ def test_compare_mode_sends_one_prompt_under_two_policies(browser, pg_server):
     exchanges = sorted(_chat_exchanges(browser), key=lambda e: e["request"]["policy"])
     assert [e["request"]["policy"] for e in exchanges] == ["greedy", "learned"]
     assert exchanges[0]["request"]["messages"] == exchanges[1]["request"]["messages"]
+    assert exchanges[0]["request"]["seed"] == exchanges[1]["request"]["seed"] == 7
     greedy, learned = (_parse_stream(e["body"]) for e in exchanges)
     assert set(greedy["trace"]["temperatures"]) == {0.0}
     assert all(0.6 <= t <= 1.5 for t in learned["trace"]["temperatures"])

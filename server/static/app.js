@@ -25,7 +25,7 @@ function tauColour(tau, tauMin, tauMax) {
 const $ = (id) => document.getElementById(id);
 const ui = {
   status: $("status"), form: $("chat-form"), prompt: $("prompt"), send: $("send"), stop: $("stop"),
-  clear: $("clear"), key: $("api-key"), maxTokens: $("max-tokens"), compare: $("compare"),
+  clear: $("clear"), key: $("api-key"), maxTokens: $("max-tokens"), seed: $("seed"), compare: $("compare"),
   compareRow: $("compare-row"), panes: $("panes"), details: $("details"),
   policy: [$("policy-a"), $("policy-b")], tau: [$("tau-a"), $("tau-b")],
 };
@@ -223,6 +223,7 @@ async function streamReply(pane, index, signal) {
     model: state.model, messages: pane.messages, stream: true, logprobs: true,
     max_tokens: Number(ui.maxTokens.value), policy: policySpec(index), stream_options: { include_usage: true },
   };
+  if (ui.seed.value.trim() !== "") body.seed = Number(ui.seed.value);
   let text = "", finish = null, ended = "done";
   try {
     const res = await fetch("/v1/chat/completions", { method: "POST", headers, body: JSON.stringify(body), signal });
