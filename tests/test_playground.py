@@ -413,6 +413,18 @@ def test_stop_cancels_the_request_and_frees_the_slot(browser, pg_server):
     assert "stopped" in browser.find_element("css selector", ".summary").text
     assert browser.find_element("id", "send").is_enabled() and not browser.find_element("id", "stop").is_enabled()
 
+    # The keyboard way: Escape stops too. (A fresh conversation, so that the same seeded reply comes.)
+    from selenium.webdriver.common.keys import Keys
+
+    browser.find_element("id", "clear").click()
+    _ask(browser, "Count from 1 to 500, one number per line.")
+    _wait(lambda: len(browser.find_elements("css selector", ".reply .tok")) >= 5, 60, "the first tokens")
+    assert _states(browser) == ["streaming"] and _metric(pg_server, "introllm_running_sequences") >= 1
+    browser.find_element("id", "prompt").send_keys(Keys.ESCAPE)
+    assert _wait_finished(browser, 30) == ["stopped"]
+    _wait(lambda: _metric(pg_server, "introllm_running_sequences") == 0, 30, "introllm_running_sequences to return to 0")
+    _wait(lambda: cancelled() == before + 2, 10, "the second cancellation (499)")
+
 
 @pytest.mark.slow
 def test_server_errors_are_shown_as_messages(browser, pg_server):
