@@ -114,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--host", default="127.0.0.1", help="interface to bind [127.0.0.1]; 0.0.0.0 exposes the server")
     srv.add_argument("--port", type=int, default=8000, help="port [8000]")
     srv.add_argument("--api-key", default=os.environ.get("INTROLLM_API_KEY"), help="require this bearer key on /v1/* [$INTROLLM_API_KEY]")
+    srv.add_argument("--no-ui", dest="ui", action="store_false", help="do not serve the playground page at / (served by default)")
     srv.add_argument("--max-batch", type=_positive_int, default=32, help="most sequences decoded together [32]")
     srv.add_argument("--max-queue", type=_positive_int, default=64, help="most waiting requests before 429 [64]")
     srv.add_argument("--max-tokens", type=_positive_int, default=1024, help="cap on max_tokens per request [1024]")
@@ -242,6 +243,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         device=args.device,
         dtype=args.dtype,
         api_key=args.api_key,
+        ui=args.ui,
         max_batch=args.max_batch,
         max_queue=args.max_queue,
         max_tokens=args.max_tokens,

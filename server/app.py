@@ -30,6 +30,7 @@ from .errors import APIError, describe_validation, error_body
 from .metrics import Metrics
 from .middleware import Auth, RequestLog
 from .state import ServerState
+from .ui import add_ui
 
 log = logging.getLogger("introllm.server")
 
@@ -81,6 +82,7 @@ def create_app(config: ServerConfig, checkpoint=None, loader=None) -> FastAPI:
     app.add_api_route("/v1/completions", routes.completions, methods=["POST"], responses=openapi.COMPLETION)
     app.add_api_route("/v1/chat/completions", routes.chat_completions, methods=["POST"], responses=openapi.CHAT_COMPLETION)
     openapi.install(app, state)
+    add_ui(app, config)  # the playground page at / (server/ui.py); off with --no-ui
     return app
 
 

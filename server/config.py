@@ -32,6 +32,8 @@ class ServerConfig:
     default_max_tokens: int = 256
     """max_tokens when a chat request gives none (completions follow OpenAI's default of 16)."""
     trust_remote_code: bool = False
+    ui: bool = True
+    """Serve the playground page at ``/`` (chat with per-token temperatures); ``--no-ui`` turns it off."""
     backend: str = "torch"
     """torch: the in-process engine (sampler.Engine). vllm: vLLM with the head in its loop."""
     vllm_eager: bool = False
