@@ -535,6 +535,8 @@ def cmd_bench_contexts(args: argparse.Namespace) -> int:
     from introllm.sampler.models import default_checkpoint
 
     contexts = parse_contexts(args.contexts or "1k,2k,4k,8k")
+    if min(contexts) <= args.new_tokens:
+        raise ValueError(f"each context must be longer than --new-tokens ({args.new_tokens}), got {min(contexts)}")
     has_vllm = importlib.util.find_spec("vllm") is not None
     backends = [b.strip() for b in (args.backends or ("torch,vllm" if has_vllm else "torch")).split(",") if b.strip()]
     if not backends or set(backends) - {"torch", "vllm"}:
@@ -551,11 +553,14 @@ def cmd_bench_contexts(args: argparse.Namespace) -> int:
     repeats = args.repeats or 2
     console.print(f"[bold]introllm bench --contexts[/]: {path.name}, backends {', '.join(backends)}, contexts {contexts}, "
                   f"batch 1, {args.new_tokens} new tokens, {repeats} repeats (default/learned alternating)")
-    results = run_context_bench(
-        path, backends, contexts, new_tokens=args.new_tokens, repeats=repeats,
-        options=dict(device=args.device, dtype=args.dtype, eager=args.vllm_eager, kv_cache_gib=args.kv_cache_gib),
-        on_measure=lambda line: console.print("  " + line, style="dim"),
-    )
+    try:
+        results = run_context_bench(
+            path, backends, contexts, new_tokens=args.new_tokens, repeats=repeats,
+            options=dict(device=args.device, dtype=args.dtype, eager=args.vllm_eager, kv_cache_gib=args.kv_cache_gib),
+            on_measure=lambda line: console.print("  " + line, style="dim"),
+        )
+    except RuntimeError as e:  # a benchmark process failed; it said why
+        raise ValueError(str(e)) from None
     shown = sorted({r["context"] for res in results for r in res["rows"]})
     table = Table(title=f"Table 3 on {path.name}: " + "; ".join(
         f"{res['backend']} {res['dtype']}" + (f" (model runner {res['runner'].upper()})" if res.get("runner") else "")

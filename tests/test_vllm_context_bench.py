@@ -105,3 +105,16 @@ def test_random_checkpoint_of_a_shape_loads_with_its_head(tmp_path, monkeypatch)
     assert (path / "model.safetensors").stat().st_mtime_ns == stamp
     with pytest.raises(ValueError, match="unknown model shape"):
         random_model.random_checkpoint("gpt-9")
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--contexts", "16", "--new-tokens", "32"], "longer than --new-tokens"),
+    (["--contexts", "1k", "--backends", "tensorrt"], "--backends takes torch, vllm"),
+    (["--contexts", "1k,lots"], "--contexts takes"),
+])
+def test_bad_bench_arguments_are_one_line_errors(argv, message, capsys):
+    from introllm.cli import main
+
+    assert main(["bench", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("introllm bench: error:") and message in err[0]
