@@ -122,7 +122,7 @@ res = json.load(open(sys.argv[1]))["results"][0]
 parts = []
 for r in res["rows"]:
     d, l = (statistics.median(r["tokens_per_s"][k]) for k in ("default", "learned"))
-    parts.append(f"{r['context'] // 1024}k {l:.1f} vs {d:.1f} tok/s ({d / l - 1:+.1%})")
+    parts.append(f"{r['context'] // 1024}k learned {l:.1f} / default {d:.1f} tok/s")
 print(f"{res['backend']} {res['dtype']}" + (f" runner {res['runner']}" if res.get("runner") else "") + ": " + "; ".join(parts))
 EOF
 }
