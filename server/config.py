@@ -2,8 +2,33 @@
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field
 from typing import Any
+
+BACKENDS = ("auto", "torch", "vllm")
+
+
+def choose_backend(requested: str) -> tuple[str, str]:
+    """("torch" or "vllm", why) for ``--backend requested``. "auto" picks vLLM when a CUDA device is
+    present and vLLM is importable, else the torch engine: on a GPU the torch engine is bound by
+    kernel launches (~15 tok/s at batch 1 on an H100, DESIGN.md), on a CPU it is the simpler and
+    seed-reproducible choice. Raises ValueError for a name not in BACKENDS."""
+    if requested not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {requested!r}")
+    if requested != "auto":
+        return requested, f"--backend {requested}"
+    import torch
+
+    cuda = torch.cuda.is_available()
+    vllm = importlib.util.find_spec("vllm") is not None
+    if cuda and vllm:
+        return "vllm", "--backend auto: a CUDA device is present and vLLM is installed"
+    if cuda:
+        return "torch", "--backend auto: a CUDA device is present but vLLM is not installed (pip install 'introllm[vllm]')"
+    return "torch", "--backend auto: no CUDA device" + (
+        " (vLLM is installed; --backend vllm uses it on this CPU)" if vllm else ""
+    )
 
 
 @dataclass
@@ -35,17 +60,22 @@ class ServerConfig:
     ui: bool = True
     """Serve the playground page at ``/`` (chat with per-token temperatures); ``--no-ui`` turns it off."""
     backend: str = "torch"
-    """torch: the in-process engine (sampler.Engine). vllm: vLLM with the head in its loop."""
+    """torch: the in-process engine (sampler.Engine). vllm: vLLM with the head in its loop. auto:
+    resolved here by ``choose_backend`` (vllm on a CUDA host with vLLM installed, else torch);
+    ``introllm serve`` passes auto by default."""
+    backend_reason: str = ""
+    """Why ``backend`` is what it is (set when auto is resolved; logged by ``introllm serve``)."""
     vllm_eager: bool = False
     """vLLM backend: skip torch.compile / CUDA graphs (starts in seconds, decodes slower)."""
     kv_cache_gib: float | None = None
-    """vLLM backend: KV cache memory in GiB (default: vLLM's choice, most of the free memory)."""
+    """vLLM backend: KV cache memory in GiB (default on a CPU: min(4, half the available memory),
+    see sampler.vllm_engine.kv_cache_bytes; on a GPU: vLLM's own choice)."""
     vllm_args: dict[str, Any] = field(default_factory=dict)
     """vLLM backend: further EngineArgs fields, e.g. {"max_model_len": 4096}."""
 
     def __post_init__(self) -> None:
-        if self.backend not in ("torch", "vllm"):
-            raise ValueError(f"backend must be torch or vllm, got {self.backend!r}")
+        if self.backend == "auto" or not self.backend_reason:
+            self.backend, self.backend_reason = choose_backend(self.backend)
         if self.kv_cache_gib is not None and not self.kv_cache_gib > 0:
             raise ValueError(f"kv_cache_gib must be > 0, got {self.kv_cache_gib}")
         if self.max_n is None:
