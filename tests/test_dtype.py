@@ -135,10 +135,12 @@ GREEDY_PROMPTS = [
 def test_embedded_greedy_bf16_matches_float32(embedded):
     """Greedy decoding of the embedded model in bf16 against float32, 24 tokens per prompt.
 
-    bf16 rounding can flip a near-tie between the top two logits, after which the texts part. We
-    require that a flip only happens at such a near-tie: up to the first differing token both runs
-    agree, and at that token the float32 run's top-two logit gap is below 0.5 (a few bf16 ulps of
-    logits of size ~20)."""
+    bf16 rounds logits of size ~20 to about 0.06, so it can flip a near-tie between the two best
+    tokens, after which the two texts part (measured on the 2-core Xeon with AMX: 1 of 4 prompts
+    equal over 24 tokens, the others parting at tokens 5, 10 and 6, at float32 top-2 logit gaps
+    of 0.015, 0.003 and 0.013). The difference is bounded by requiring that each
+    parting happens at such a near-tie: up to it both runs agree, and there the bf16 token is the
+    float32 run's second choice, at most 0.5 below its first."""
     ck32 = embedded
     ck16 = models.load_model(device="cpu", dtype="bfloat16")
     tok = ck32.tokenizer
@@ -147,14 +149,17 @@ def test_embedded_greedy_bf16_matches_float32(embedded):
     prompts = [tok.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True)["input_ids"] for t in GREEDY_PROMPTS]
     a = [g[0] for g in e32.generate(prompts, params)]
     b = [g[0] for g in e16.generate(prompts, params)]
-    equal = 0
+    partings = []
     for prompt, x, y in zip(prompts, a, b):
         if x.token_ids == y.token_ids:
-            equal += 1
+            partings.append(None)
             continue
         i = next(i for i, (p, q) in enumerate(zip(x.token_ids, y.token_ids)) if p != q)
         ids = torch.tensor([list(prompt) + x.token_ids[:i]])
         with torch.no_grad():
-            top2 = ck32.model(ids).logits[0, -1].float().topk(2).values
-        assert top2[0] - top2[1] < 0.5, f"bf16 left the float32 greedy path at token {i} with a logit gap {top2[0] - top2[1]:.3f}"
-    assert equal >= len(prompts) // 2, f"only {equal} of {len(prompts)} greedy completions equal"
+            top2 = ck32.model(ids).logits[0, -1].float().topk(2)
+        gap = float(top2.values[0] - top2.values[1])
+        partings.append((i, round(gap, 3)))
+        assert int(top2.indices[0]) == x.token_ids[i], "the float32 engine's greedy token is not the forward's argmax"
+        assert int(top2.indices[1]) == y.token_ids[i] and gap < 0.5, f"bf16 left the float32 path at token {i} (gap {gap:.3f})"
+    print("bf16 vs float32 greedy, (first differing token, fp32 top-2 logit gap) per prompt:", partings)
