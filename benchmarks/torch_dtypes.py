@@ -96,26 +96,32 @@ def main(argv: list[str] | None = None) -> int:
           f"torch threads {cpu['torch_threads']}; read bandwidth {bandwidth:.1f} GB/s", flush=True)
     loaded = {dt: load_model(str(checkpoint), "cpu", dt) for dt in ("float32", "bfloat16")}
     engines = {dt: Engine(ck.model, ck.head) for dt, ck in loaded.items()}
+    # bf16 as before issue 15: the same fused step on F.linear (no packed oneDNN bf16 weights).
+    engines["bfloat16 unpacked"] = Engine(loaded["bfloat16"].model, loaded["bfloat16"].head, fast_cpu_kernels=False)
     tokenizer = loaded["float32"].tokenizer
     out = {"cpu": cpu, "memory_bandwidth_gbs": bandwidth, "steps": args.steps, "results": []}
     for b in batch_sizes:
         prompts = _prompt_ids(tokenizer, b)
         times = paired_steps(engines, prompts, args.steps)
         ratios = [a / c for a, c in zip(times["float32"], times["bfloat16"])]
+        unpacked = [a / c for a, c in zip(times["bfloat16 unpacked"], times["bfloat16"])]
         head = step_overhead(engines["bfloat16"], prompts, "learned", "fixed:1.0", steps=args.steps)
-        res = {"batch_size": b, "ratio_quartiles": quartiles(ratios), "head_overhead_bf16": head}
+        res = {"batch_size": b, "ratio_quartiles": quartiles(ratios), "packed_vs_unpacked_bf16_quartiles": quartiles(unpacked),
+               "head_overhead_bf16": head}
         for dt, ts in times.items():
             lo, med, hi = quartiles(ts)
             limit = bandwidth * 1e9 / (numel * (4 if dt == "float32" else 2))
             res[dt] = {"step_ms_quartiles": [1000 * lo, 1000 * med, 1000 * hi], "tokens_per_s": b / med,
                        "bandwidth_limit_tok_s": limit, "share_of_limit": (1 / med) / limit if b == 1 else None}
-            print(f"batch {b:3d} {dt:9s} step {1000 * med:8.2f} ms (IQR {1000 * lo:.2f}-{1000 * hi:.2f}), {b / med:8.1f} tok/s"
+            print(f"batch {b:3d} {dt:17s} step {1000 * med:8.2f} ms (IQR {1000 * lo:.2f}-{1000 * hi:.2f}), {b / med:8.1f} tok/s"
                   + (f", {100 / med / limit:.0f} % of the {limit:.0f} tok/s bandwidth limit" if b == 1 else ""), flush=True)
         q1, m, q3 = res["ratio_quartiles"]
         print(f"batch {b:3d} bfloat16 / float32 speed: {m:.2f}x (paired, quartiles {q1:.2f}-{q3:.2f}); "
+              f"packed bf16 vs unpacked bf16: {statistics.median(unpacked):.2f}x; "
               f"learned head overhead in bf16: {100 * head['overhead']:+.1f} %", flush=True)
         if args.profile:
             for dt, engine in engines.items():
+                dt = dt.replace(" ", "_")
                 res[f"profile_{dt}"] = profile_step(engine, prompts)
                 print(f"  where a {dt} step goes (self CPU time): " + ", ".join(
                     f"{r['op']} {100 * r['share']:.0f} %" for r in res[f"profile_{dt}"][:6]), flush=True)
