@@ -55,6 +55,32 @@ def paired_steps(engines: dict[str, Engine], prompts: list[list[int]], steps: in
     return times
 
 
+def policy_cost_ms(engine: Engine, batch_size: int, repeats: int = 50) -> dict[str, float]:
+    """Median ms of the temperature decision alone (``act_mixed``) for ``learned`` and
+    ``fixed:1.0`` on [batch_size, d] hidden states of the model's dtype: the head's direct cost,
+    which whole-step pairs bury in noise on a loaded machine."""
+    from introllm.sampler.policies import act_mixed
+    from introllm.sampler.rng import uniforms
+
+    d = engine.lm_head.weight.shape[1]
+    h = torch.randn(batch_size, d).to(engine.lm_head.weight.dtype)
+    step, tau = torch.zeros(batch_size, dtype=torch.long), torch.ones(batch_size)
+    u = uniforms(torch.zeros(batch_size, dtype=torch.long), step, torch.arange(batch_size))
+    which = torch.zeros(batch_size, dtype=torch.long)
+    out = {}
+    with torch.inference_mode():
+        for spec in ("learned", "fixed:1.0"):
+            policies = [engine.policy(spec)]
+            act_mixed(policies, which, h, step, tau, u)
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                act_mixed(policies, which, h, step, tau, u)
+                times.append(time.perf_counter() - start)
+            out[spec] = 1000 * statistics.median(times)
+    return out
+
+
 def profile_step(engine: Engine, prompts: list[list[int]], steps: int = 8, rows: int = 8) -> list[dict]:
     """Top ops by self CPU time over ``steps`` decode steps: [{op, ms_per_step, share}]."""
     from torch.profiler import ProfilerActivity, profile
@@ -106,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         ratios = [a / c for a, c in zip(times["float32"], times["bfloat16"])]
         unpacked = [a / c for a, c in zip(times["bfloat16 unpacked"], times["bfloat16"])]
         head = step_overhead(engines["bfloat16"], prompts, "learned", "fixed:1.0", steps=args.steps)
-        res = {"batch_size": b, "ratio_quartiles": quartiles(ratios), "packed_vs_unpacked_bf16_quartiles": quartiles(unpacked),
+        cost = policy_cost_ms(engines["bfloat16"], b)
+        res = {"batch_size": b, "policy_ms_bf16": cost, "ratio_quartiles": quartiles(ratios), "packed_vs_unpacked_bf16_quartiles": quartiles(unpacked),
                "head_overhead_bf16": head}
         for dt, ts in times.items():
             lo, med, hi = quartiles(ts)
@@ -118,7 +145,9 @@ def main(argv: list[str] | None = None) -> int:
         q1, m, q3 = res["ratio_quartiles"]
         print(f"batch {b:3d} bfloat16 / float32 speed: {m:.2f}x (paired, quartiles {q1:.2f}-{q3:.2f}); "
               f"packed bf16 vs unpacked bf16: {statistics.median(unpacked):.2f}x; "
-              f"learned head overhead in bf16: {100 * head['overhead']:+.1f} %", flush=True)
+              f"learned head overhead in bf16: {100 * head['overhead']:+.1f} % (paired steps), "
+              f"{100 * (cost['learned'] - cost['fixed:1.0']) / (1000 * statistics.median(times['bfloat16'])):+.2f} % "
+              f"(its decision alone: {cost['learned']:.3f} vs {cost['fixed:1.0']:.3f} ms)", flush=True)
         if args.profile:
             for dt, engine in engines.items():
                 dt = dt.replace(" ", "_")
