@@ -257,7 +257,9 @@ async def drive(url: str, clients: int, per_client: int, tokens: int, temperatur
             nonlocal total, failed
             for j in range(per_client):
                 try:
-                    total += await _one(http, model, PROMPTS[(i + j) % len(PROMPTS)], tokens, temperature)
+                    # Not ``total += await ...``: that reads total before awaiting and loses updates.
+                    got = await _one(http, model, PROMPTS[(i + j) % len(PROMPTS)], tokens, temperature)
+                    total += got
                 except (RuntimeError, httpx.HTTPError):
                     failed += 1
 
