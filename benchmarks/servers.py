@@ -72,6 +72,7 @@ class Row:
     dtype: str
     peer: bool
     tokens_per_s: dict[int, float] = field(default_factory=dict)
+    output_tokens: dict[int, int] = field(default_factory=dict)  # all completions' tokens, summed
     failed: dict[int, int] = field(default_factory=dict)
     startup_s: float = 0.0
     weights_bytes: int = 0
@@ -245,8 +246,9 @@ async def _one(http: httpx.AsyncClient, model: str, prompt: str, tokens: int, te
     return int(usage) if usage is not None else chunks
 
 
-async def drive(url: str, clients: int, per_client: int, tokens: int, temperature: float | None) -> tuple[float, int]:
-    """``clients`` concurrent streams of ``per_client`` completions each: (output tokens/s, failures)."""
+async def drive(url: str, clients: int, per_client: int, tokens: int, temperature: float | None) -> tuple[float, int, int]:
+    """``clients`` concurrent streams of ``per_client`` completions each:
+    (output tokens/s, output tokens, failures)."""
     limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
     async with httpx.AsyncClient(base_url=url, timeout=1800, limits=limits) as http:
         model = (await http.get("/v1/models")).json()["data"][0]["id"]
@@ -265,7 +267,7 @@ async def drive(url: str, clients: int, per_client: int, tokens: int, temperatur
 
         start = time.perf_counter()
         await asyncio.gather(*(client(i) for i in range(clients)))
-        return total / (time.perf_counter() - start), failed
+        return total / (time.perf_counter() - start), total, failed
 
 
 def start(server: Server, log_path: Path, ready_timeout: float) -> tuple[subprocess.Popen, str, float]:
@@ -314,8 +316,8 @@ def measure(server: Server, clients: list[int], per_client: dict[int, int], toke
         return row
     try:
         for c in clients:
-            tps, failed = asyncio.run(drive(url, c, per_client[c], tokens, server.temperature))
-            row.tokens_per_s[c], row.failed[c] = tps, failed
+            tps, total, failed = asyncio.run(drive(url, c, per_client[c], tokens, server.temperature))
+            row.tokens_per_s[c], row.output_tokens[c], row.failed[c] = tps, total, failed
             print(f"  {server.name} [{server.dtype}] {c} clients: {tps:.1f} tok/s" + (f" ({failed} failed)" if failed else ""), flush=True)
     except (RuntimeError, httpx.HTTPError, KeyError) as e:
         row.error = f"failed while measuring: {e}"

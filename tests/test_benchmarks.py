@@ -56,5 +56,7 @@ def test_quick_run_measures_our_default_server(tmp_path, embedded):
     assert row["name"] == "introllm torch (default)" and not row["error"]
     assert row["dtype"] in ("bfloat16", "float32")
     assert set(row["tokens_per_s"]) == {"1", "2"} and all(v > 0 for v in row["tokens_per_s"].values())
+    # Every completion's tokens counted (8 tokens, one completion per client), none failed.
+    assert row["output_tokens"] == {"1": 8, "2": 16} and row["failed"] == {"1": 0, "2": 0}
     assert result["memory_bandwidth_gbs"] > 0 and result["base_weight_numel"] > 100e6
     assert "| introllm torch (default) |" in r.stdout and "% of" in r.stdout
