@@ -77,7 +77,7 @@ qwen3-1.7b runs it on a Qwen3-1.7B-shaped model with random weights (the paper's
 def _common_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", metavar="DIR", help="checkpoint directory (default: the embedded SmolLM2-135M-Instruct with its head)")
     p.add_argument("--device", default="auto", help="auto (GPU if present), cpu or cuda [auto]")
-    p.add_argument("--dtype", default="auto", help="auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16 [auto]")
+    p.add_argument("--dtype", default="auto", help="auto (bfloat16 on GPU and on CPUs with native bfloat16, AVX512_BF16 or AMX; else float32), float32, bfloat16 [auto]")
     p.add_argument("--trust-remote-code", action="store_true", help="allow a checkpoint's own Python code (off by default)")
 
 

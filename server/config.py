@@ -43,7 +43,7 @@ class ServerConfig:
     device: str = "auto"
     """auto (GPU if present), cpu or cuda."""
     dtype: str = "auto"
-    """auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16."""
+    """auto (bfloat16 on GPU and on CPUs with native bfloat16, else float32), float32, bfloat16."""
     api_key: str | None = None
     """When set, /v1/* requires ``Authorization: Bearer <key>`` (401 otherwise)."""
     max_batch: int = 32
