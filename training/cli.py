@@ -121,5 +121,6 @@ def run(args: argparse.Namespace) -> int:
     from accelerate import PartialState
 
     if PartialState().is_main_process:
-        print(f"final checkpoint: {final}\nserve it with: introllm serve --checkpoint {final}")
+        how = f"--head {final}" if cfg.method.freeze_model else f"--checkpoint {final}"
+        print(f"final checkpoint: {final}\nserve it with: introllm serve {how}")
     return 0
