@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PORT ?= 8000
 
-.PHONY: install install-vllm browser run test bench docker-test clean
+.PHONY: install install-vllm browser run test bench docker-test default-head clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -48,6 +48,13 @@ test: install-vllm browser
 # The images built and run with podman, as this project's machines allow (see docs/deployment.md).
 docker-test: install
 	bash docker/scripts/test-containers.sh
+
+# Retrain the shipped default temperature head (head-only, frozen base; ~35 min of CPU on 2 cores)
+# and copy it into the package. The config is the exact one the committed head was trained with.
+HEAD_DIR := introllm/heads/smollm2-135m-instruct
+default-head: install
+	nice -n 5 $(VENV)/bin/introllm train --config $(HEAD_DIR)/train.toml --no-progress --overwrite
+	cp runs/default-head/final/temperature_head.safetensors runs/default-head/final/temperature_head.json $(HEAD_DIR)/
 
 bench: install
 	$(VENV)/bin/introllm bench

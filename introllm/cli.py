@@ -31,6 +31,7 @@ examples:
   introllm generate "Tell me a joke." --policy fixed:0.7  a fixed temperature
   introllm generate "Hi" --policy greedy --json           greedy, machine-readable
   introllm generate "2+2=" --raw --n 4 --seed 1           no chat template, four samples
+  introllm generate "What is 7 * 8?" --head init          the untrained head (tau ~ Uniform[0.6, 1.5])
 
 policies: learned, always-update, prompt-level, fixed:T, greedy, ead, ead-exp, tampo
 """
@@ -41,6 +42,8 @@ examples:
                                                    vLLM on a CUDA host with vLLM installed, else torch)
   introllm serve --checkpoint runs/x/final --port 9000 --api-key secret
   introllm serve --backend vllm --kv-cache-gib 4   the same API, decoded by vLLM
+  introllm serve --head init                       the untrained head instead of the trained default
+  introllm serve --checkpoint my-smollm2 --head runs/head/final   a head-only run's head on another copy
 
   curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' \\
     -d '{"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "Hi"}]}'
@@ -79,6 +82,15 @@ def _common_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (GPU if present), cpu or cuda [auto]")
     p.add_argument("--dtype", default="auto", help="auto (bfloat16 on GPU and on CPUs with native bfloat16, AVX512_BF16 or AMX; else float32), float32, bfloat16 [auto]")
     p.add_argument("--trust-remote-code", action="store_true", help="allow a checkpoint's own Python code (off by default)")
+    add_head_arg(p)
+
+
+def add_head_arg(p: argparse.ArgumentParser) -> None:
+    """``--head PATH|init``: plug a temperature head onto the checkpoint (paper B.1, plug-and-play)."""
+    p.add_argument("--head", metavar="PATH|init", default=None,
+                   help="temperature head to plug on: a head directory (e.g. a head-only training run's final/), or 'init' "
+                   "for the untrained start [the checkpoint's own; for the embedded model the trained default head]. "
+                   "A head for another hidden size or base model is refused")
 
 
 def _positive_int(text: str) -> int:
@@ -224,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--train", action="store_true", help="time IntroLLM training steps against fixed-temperature GRPO steps")
     tr.add_argument("--prompts", type=_positive_int, default=4, help="prompts per step [4]")
     tr.add_argument("--group-size", type=_positive_int, default=8, help="samples per prompt [8]")
+    tr.add_argument("--head-only", action="store_true", help="time head-only steps (--freeze-model) against joint IntroLLM steps instead")
     bench.set_defaults(func=cmd_bench)
     return parser
 
@@ -253,6 +266,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         check_engine_args(vllm_args)
         if args.device != "auto":
             log.warning("--device does not apply to the vLLM backend (vLLM picks its platform)")
+        if args.head:
+            raise ValueError("--head is not supported with --backend vllm yet (it serves the checkpoint's own head); use --backend torch")
     elif args.vllm_arg or args.vllm_eager or args.kv_cache_gib is not None:
         raise ValueError("--vllm-eager, --kv-cache-gib and --vllm-arg need the vLLM backend"
                          + (f", and {why}, so the torch engine was chosen" if args.backend == "auto" else "")
@@ -271,6 +286,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_tokens=args.max_tokens,
         max_n=args.max_n,
         trust_remote_code=args.trust_remote_code,
+        head=args.head,
         backend=backend,
         backend_reason=why,
         vllm_eager=args.vllm_eager,
@@ -349,7 +365,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens, policy=args.policy, seed=args.seed, top_p=args.top_p, top_k=args.top_k
     )
     _quiet_transformers()
-    ck = load_model(args.checkpoint, args.device, args.dtype, args.trust_remote_code)
+    ck = load_model(args.checkpoint, args.device, args.dtype, args.trust_remote_code, head=args.head)
     engine = Engine(ck.model, ck.head)
     engine.policy(params.policy)  # fail on a bad policy before tokenizing
     chat = not args.raw and bool(getattr(ck.tokenizer, "chat_template", None))
@@ -436,7 +452,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from introllm.sampler.models import load_model
 
     _quiet_transformers()
-    ck = load_model(args.checkpoint, args.device, args.dtype, args.trust_remote_code)
+    ck = load_model(args.checkpoint, args.device, args.dtype, args.trust_remote_code, head=args.head)
     engine = Engine(ck.model, ck.head)
     device = next(ck.model.parameters()).device
     console = Console(stderr=True)
@@ -492,6 +508,8 @@ def cmd_bench_vllm(args: argparse.Namespace) -> int:
     from introllm.sampler.vllm_bench import run_vllm_bench
 
     _quiet_transformers()
+    if args.head:
+        raise ValueError("--head does not apply to bench --vllm (vLLM loads the checkpoint's own head)")
     path = Path(args.checkpoint) if args.checkpoint else default_checkpoint()
     batch_sizes, repeats = args.batch_sizes or [8, 64], args.repeats or 5
     console = Console(stderr=True)
@@ -592,7 +610,7 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
 
     _quiet_transformers()
     args.repeats = args.repeats or 3
-    ck = load_model(args.checkpoint, args.device, "float32" if args.dtype == "auto" else args.dtype, args.trust_remote_code)
+    ck = load_model(args.checkpoint, args.device, "float32" if args.dtype == "auto" else args.dtype, args.trust_remote_code, head=args.head)
     if ck.head is None:
         raise ValueError(f"{ck.path} has no temperature head to benchmark")
     data = DataConfig(num_problems=max(50, args.prompts))
@@ -601,14 +619,18 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     console.print(f"[bold]introllm bench --train[/]: {ck.path.name}, {args.prompts} prompts x {args.group_size} samples, "
                   f"{args.new_tokens} tokens each (EOS ignored), {args.repeats} ABBA pairs")
+    methods = ("head-only", "introllm") if args.head_only else ("introllm", "grpo")
     result = train_step_overhead(
         ck.model, ck.head, prompts, group_size=args.group_size, new_tokens=args.new_tokens, repeats=args.repeats,
         on_measure=lambda m, t, r, u: console.print(f"  {m:<9} step {t:6.2f} s  (rollout {r:5.2f} s, update {u:5.2f} s)", style="dim"),
+        methods=methods,
     )
+    a, b = methods
     console.print(
-        f"step overhead of introllm over grpo: {result['step_overhead']:+.1%} (median of paired ratios; "
+        f"step time of {a} relative to {b}: {result['step_overhead']:+.1%} (median of paired ratios; "
         f"rollout {result['rollout_overhead']:+.1%}, update {result['update_overhead']:+.1%}); median step "
-        f"{result['median_step_seconds']['introllm']:.2f} s vs {result['median_step_seconds']['grpo']:.2f} s"
+        f"{result['median_step_seconds'][a]:.2f} s vs {result['median_step_seconds'][b]:.2f} s; "
+        f"{a} step / its own rollout: {result['median_step_seconds'][a] / result['median_rollout_seconds'][a]:.2f}x"
     )
     if args.json:
         with open(args.json, "w") as f:

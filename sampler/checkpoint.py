@@ -6,8 +6,11 @@
                                                           "tau_init", "base_model": fingerprint}
 
 Only safetensors and JSON are read; nothing is unpickled and remote code stays off unless asked
-for. A head loads onto any model whose hidden size matches ("plug-and-play", paper B.1): a
-different base-model fingerprint only warns, a different hidden size is refused.
+for. A head loads onto any model of its base model's family ("plug-and-play", paper B.1: models of
+the same family that were fine-tuned or compressed): a different hidden size is always refused; a
+head plugged on with ``--head`` (``load_head(..., strict=True)``) is also refused when the family
+fingerprint (model type, hidden size, layers, vocabulary) differs, and only warns when the
+weights digest does (the same architecture, other weights).
 
 Directories are written atomically: into a hidden sibling first, then renamed into place, so a
 crash leaves either the previous checkpoint or the new one, never half of one.
@@ -16,6 +19,7 @@ crash leaves either the previous checkpoint or the new one, never half of one.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -61,6 +65,24 @@ def base_fingerprint(model_config) -> dict[str, Any]:
     }
 
 
+WEIGHTS_DIGEST_ELEMENTS = 4096
+
+
+def weights_digest(model: nn.Module) -> str:
+    """sha256 of the first 4096 elements of every parameter (in name order), rounded to bfloat16.
+
+    Identifies the base weights a head was trained on, cheaply (no pass over all weights) and
+    independently of the load dtype: float32 weights and their bfloat16 load give the same digest.
+    Any fine-tuning that touches a tensor's leading elements changes it. Returns 64 hex digits.
+    """
+    h = hashlib.sha256()
+    for name, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
+        head = p.detach().reshape(-1)[:WEIGHTS_DIGEST_ELEMENTS].to("cpu", torch.bfloat16).contiguous()
+        h.update(name.encode())
+        h.update(head.view(torch.int16).numpy().tobytes())
+    return h.hexdigest()
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -97,11 +119,17 @@ def atomic_directory(final: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-def write_head(directory: Path, head: TemperatureHead, model_config) -> None:
-    """Write the head's two files into an existing directory (use inside ``atomic_directory``)."""
+def write_head(directory: Path, head: TemperatureHead, model_config, model: nn.Module | None = None, extra: dict | None = None) -> None:
+    """Write the head's two files into an existing directory (use inside ``atomic_directory``).
+
+    With ``model``, the base model's ``weights_digest`` is recorded too (``base_weights_sha256``);
+    ``extra`` adds JSON fields (e.g. how the head was trained)."""
     state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in head.state_dict().items()}
     save_file(state, str(directory / HEAD_WEIGHTS), metadata={"format": HEAD_FORMAT})
     meta = {"format": HEAD_FORMAT, **asdict(head.config), "base_model": base_fingerprint(model_config)}
+    if model is not None:
+        meta["base_weights_sha256"] = weights_digest(model)
+    meta.update(extra or {})
     (directory / HEAD_CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
 
 
@@ -117,11 +145,24 @@ def save_checkpoint(directory: str | os.PathLike, model: nn.Module, head: Temper
     return directory
 
 
-def save_head(directory: str | os.PathLike, head: TemperatureHead, model_config) -> Path:
-    """Save only the head (a few MB), e.g. to plug it onto another copy of the base model."""
+def save_head(directory: str | os.PathLike, head: TemperatureHead, model_config, model: nn.Module | None = None) -> Path:
+    """Save only the head (a few hundred KB), e.g. to plug it onto another copy of the base model."""
     with atomic_directory(directory) as tmp:
-        write_head(tmp, head, model_config)
+        write_head(tmp, head, model_config, model)
     return Path(directory)
+
+
+def read_head_meta(directory: str | os.PathLike) -> dict:
+    """The head's JSON file as a dict (CheckpointError when missing or not JSON)."""
+    path = Path(directory) / HEAD_CONFIG
+    if not Path(directory).exists():
+        raise CheckpointError(f"head directory {directory} does not exist")
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{directory} has no temperature head ({HEAD_CONFIG} is missing)") from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path} is not valid JSON: {e}") from None
 
 
 def read_head_config(directory: str | os.PathLike) -> tuple[HeadConfig, dict]:
@@ -141,11 +182,13 @@ def read_head_config(directory: str | os.PathLike) -> tuple[HeadConfig, dict]:
     return config, meta.get("base_model", {})
 
 
-def load_head(directory: str | os.PathLike, model_config=None, device="cpu") -> TemperatureHead:
+def load_head(directory: str | os.PathLike, model_config=None, device="cpu", *, strict: bool = False, model: nn.Module | None = None) -> TemperatureHead:
     """Load a head; when ``model_config`` is given, check the head fits that model.
 
-    Raises CheckpointError when the hidden sizes differ; warns when the base-model fingerprint does
-    (a fine-tuned or compressed model of the same family is a supported target).
+    Raises CheckpointError when the hidden sizes differ, naming both. A different base-model
+    fingerprint (model type, layers, vocabulary) is refused with ``strict`` (``--head PATH``),
+    naming both, and only warns otherwise (a checkpoint's own head). With ``model``, a different
+    weights digest (the same family, other weights: fine-tuned or compressed, paper B.1) warns.
     """
     config, fingerprint = read_head_config(directory)
     if model_config is not None:
@@ -156,7 +199,15 @@ def load_head(directory: str | os.PathLike, model_config=None, device="cpu") -> 
                 f"but this model's hidden size is {target['hidden_size']}"
             )
         if fingerprint and fingerprint != target:
+            if strict:
+                raise CheckpointError(f"the temperature head in {directory} was trained on base model {_describe(fingerprint)}, "
+                                      f"but this model is {_describe(target)}")
             log.warning("head in %s was trained on %s; loading it onto %s", directory, fingerprint, target)
+    if model is not None:
+        recorded = read_head_meta(directory).get("base_weights_sha256")
+        if recorded and recorded != weights_digest(model):
+            log.warning("head in %s was trained on other weights of this architecture (weights digest %s..., this model %s...); "
+                        "plugging it on as is", directory, recorded[:12], weights_digest(model)[:12])
     head = TemperatureHead(config)
     path = Path(directory) / HEAD_WEIGHTS
     if not path.exists():
@@ -167,6 +218,10 @@ def load_head(directory: str | os.PathLike, model_config=None, device="cpu") -> 
     except RuntimeError as e:
         raise CheckpointError(f"{path} does not match its {HEAD_CONFIG}: {e}") from None
     return head.to(device)
+
+
+def _describe(fingerprint: dict) -> str:
+    return ", ".join(f"{k}={fingerprint.get(k)}" for k in ("model_type", "hidden_size", "num_hidden_layers", "vocab_size"))
 
 
 def load_checkpoint(
@@ -182,6 +237,9 @@ def load_checkpoint(
 
     directory = Path(directory)
     if not (directory / "config.json").is_file():
+        if (directory / HEAD_CONFIG).is_file():
+            raise CheckpointError(f"{directory} holds only a temperature head (head-only training); plug it onto its base model "
+                                  f"with --head {directory}")
         raise CheckpointError(f"{directory} is not a checkpoint directory (no config.json)")
     model = AutoModelForCausalLM.from_pretrained(
         directory, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code

@@ -71,8 +71,7 @@ def default_checkpoint() -> Path:
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(loaded.state_dict())
     model.generation_config.eos_token_id = tokenizer.eos_token_id
-    head = TemperatureHead(HeadConfig(hidden_size=config.hidden_size))
-    head.reset_parameters(torch.Generator().manual_seed(0))
+    head = initial_head(config.hidden_size)
     save_checkpoint(target, model, head, tokenizer)
     return target
 
@@ -123,10 +122,66 @@ def resolve_dtype(dtype: str, device: torch.device | str) -> torch.dtype:
     return chosen
 
 
-def load_model(checkpoint: str | os.PathLike | None = None, device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False):
-    """Load a checkpoint (default: the embedded model with its head) for inference."""
-    from .checkpoint import load_checkpoint
+SHIPPED_HEAD = "smollm2-135m-instruct"
+"""Name of the trained head shipped in the package (introllm/heads/<name>/) for the embedded model."""
+
+
+def shipped_head_dir() -> Path:
+    """Directory of the trained temperature head shipped for the embedded model
+    (``introllm/heads/smollm2-135m-instruct``: temperature_head.safetensors + .json, train.toml)."""
+    from importlib.resources import files
+
+    return Path(str(files("introllm") / "heads" / SHIPPED_HEAD))
+
+
+def initial_head(hidden_size: int) -> TemperatureHead:
+    """The paper's untrained start (P(update) = 0.5, z ~ Uniform over [0.6, 1.5]), seed 0: the head
+    the embedded checkpoint is converted with, and what ``--head init`` plugs on."""
+    head = TemperatureHead(HeadConfig(hidden_size=hidden_size))
+    head.reset_parameters(torch.Generator().manual_seed(0))
+    return head
+
+
+def describe_head(checkpoint: str | os.PathLike | None, head: str | None) -> str:
+    """Which head ``load_model`` will use, in words (the first log line of serve / generate)."""
+    if head == "init":
+        return "the untrained initial head (--head init: tau ~ Uniform[0.6, 1.5], P(update) = 0.5)"
+    if head:
+        return f"the head in {head}"
+    if checkpoint:
+        return f"the checkpoint's own head ({checkpoint})"
+    shipped = shipped_head_dir()
+    if (shipped / "temperature_head.json").is_file():
+        return f"the trained default head {shipped} (--head init for the untrained one)"
+    return "the untrained initial head (no trained default head is installed)"
+
+
+def load_model(checkpoint: str | os.PathLike | None = None, device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False,
+               head: str | None = None):
+    """Load a checkpoint for inference, with its temperature head chosen by ``head``:
+
+        None    the checkpoint's own head; for the embedded model (no checkpoint) the trained
+                default head shipped in the package (shipped_head_dir), if installed
+        "init"  the untrained initial head (initial_head)
+        PATH    a head directory (temperature_head.safetensors + .json) plugged onto the model;
+                refused (CheckpointError naming both) when its hidden size or base-model family
+                fingerprint differs from the model's; another weights digest only warns
+
+    Logs one line first that names the model and the head. Raises CheckpointError / ValueError.
+    """
+    from .checkpoint import load_checkpoint, load_head
 
     dev = resolve_device(device)
     path = Path(checkpoint) if checkpoint else default_checkpoint()
-    return load_checkpoint(path, device=dev, dtype=resolve_dtype(dtype, dev), trust_remote_code=trust_remote_code)
+    if head and head != "init" and not Path(head).exists():
+        raise FileNotFoundError(f"--head {head}: no such directory (give a head directory or 'init')")
+    log.info("loading %s with %s", checkpoint or f"the embedded {DEFAULT_MODEL}", describe_head(checkpoint, head))
+    ck = load_checkpoint(path, device=dev, dtype=resolve_dtype(dtype, dev), trust_remote_code=trust_remote_code, require_head=head is None)
+    hidden = ck.model.config.get_text_config(decoder=True).hidden_size
+    if head == "init":
+        ck.head = initial_head(hidden).to(dev)
+    elif head:
+        ck.head = load_head(head, ck.model.config, dev, strict=True, model=ck.model)
+    elif not checkpoint and (shipped_head_dir() / "temperature_head.json").is_file():
+        ck.head = load_head(shipped_head_dir(), ck.model.config, dev, strict=True, model=ck.model)
+    return ck

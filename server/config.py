@@ -59,6 +59,9 @@ class ServerConfig:
     trust_remote_code: bool = False
     ui: bool = True
     """Serve the playground page at ``/`` (chat with per-token temperatures); ``--no-ui`` turns it off."""
+    head: str | None = None
+    """Temperature head: None = the checkpoint's own (the trained default head for the embedded
+    model), "init" = the untrained start, or a head directory plugged on (torch backend only)."""
     backend: str = "torch"
     """torch: the in-process engine (sampler.Engine). vllm: vLLM with the head in its loop. auto:
     resolved here by ``choose_backend`` (vllm on a CUDA host with vLLM installed, else torch);

@@ -49,8 +49,7 @@ class ServerState:
                 if ck is None:
                     from introllm.sampler.models import load_model
 
-                    log.info("loading %s", self.config.checkpoint or "the embedded default model")
-                    ck = load_model(self.config.checkpoint, self.config.device, self.config.dtype, self.config.trust_remote_code)
+                    ck = load_model(self.config.checkpoint, self.config.device, self.config.dtype, self.config.trust_remote_code, head=self.config.head)
                 self.engine, tokenizer, path = Engine(ck.model, ck.head), ck.tokenizer, ck.path
             if tokenizer is None:
                 raise ValueError(f"{path} has no tokenizer files; the server needs them")

@@ -37,18 +37,23 @@ def _check(ok: bool, name: str, message: str) -> None:
 class DataConfig:
     dataset: str = "rg:basic_arithmetic"
     """Training problems: a local .jsonl/.json/.parquet/.csv file, rg:<task> for a reasoning-gym
-    generator, or a Hugging Face dataset name (needs a reachable hub)."""
+    generator, rg:<task>,<task>,... for a mix of generators (num_problems of each), or a Hugging
+    Face dataset name (needs a reachable hub)."""
     prompt_field: str = "question"
     """Field holding the problem text (files and hub datasets). 'problem' is tried when absent."""
     answer_field: str = "answer"
-    """Field holding the reference answer."""
+    """Field holding the reference answer. A list (OlympiadBench's final_answer) is joined with ', '."""
+    answer_boxed: bool = False
+    """Take the reference answer from the last \\boxed{...} in answer_field (Minerva Math: --answer-field solution)."""
     split: str = "train"
     """Split of a Hugging Face dataset."""
     num_problems: int = 2000
-    """How many problems a reasoning-gym generator makes (files: all rows are used)."""
-    rg_args: dict = field(default_factory=lambda: {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1})
-    """Keyword arguments of the reasoning-gym generator (config file only). The default makes
-    two-term one-digit arithmetic, where SmolLM2-135M starts at ~20% accuracy: enough reward to learn from."""
+    """How many problems each reasoning-gym generator makes (files: all rows are used)."""
+    rg_args: dict = field(default_factory=lambda: {"basic_arithmetic": {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}})
+    """Keyword arguments of the reasoning-gym generators, as JSON: {"arg": value} for one task, or
+    {"task": {"arg": value}, ...} per task of a mix; a task not named uses its generator's own
+    defaults. The default makes basic_arithmetic two-term one-digit arithmetic, where SmolLM2-135M
+    starts at ~20% accuracy: enough reward to learn from."""
     eval_size: int = 32
     """Problems held out from training for the held-out accuracy (0: none)."""
     template: str = "chat"
@@ -122,6 +127,10 @@ class MethodConfig:
     """tampo: fraction of the steps sampled at tau = 1.0 before the meta-policy is used (paper: 10%)."""
     tampo_ema: float = 0.9
     """tampo: EMA factor of the meta-policy update (paper: 0.9)."""
+    freeze_model: bool = False
+    """Head-only training: learn the temperature head alone on a frozen base model (step B only,
+    hidden states under no-grad, no model optimizer); checkpoints hold the head files and the base
+    model's fingerprint, not a copy of the base weights. Needs a method that trains the head."""
     tampo_sharpness: float = 5.0
     """tampo: inverse temperature of the softmax that turns a step's temperature-specific
     advantages into a target distribution (our choice; the paper does not give one)."""
@@ -138,6 +147,10 @@ class MethodConfig:
         _check(0 <= self.tampo_warmup < 1, "tampo_warmup", f"must be in [0, 1), got {self.tampo_warmup}")
         _check(0 <= self.tampo_ema < 1, "tampo_ema", f"must be in [0, 1), got {self.tampo_ema}")
         _check(self.tampo_sharpness > 0, "tampo_sharpness", f"must be > 0, got {self.tampo_sharpness}")
+        from .methods import build_method_class
+
+        _check(not self.freeze_model or build_method_class(self.method).trains_head, "freeze_model",
+               f"head-only training needs a method that learns the head (introllm, always-update, prompt-level), got {self.method!r}")
 
 
 @dataclass
@@ -232,6 +245,11 @@ class TrainConfig:
     method: MethodConfig = field(default_factory=MethodConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        if self.method.freeze_model:
+            _check(self.optim.kl_coef == 0, "kl_coef", "must be 0 with freeze_model (the base does not move, there is nothing to regularise)")
+            _check(self.optim.head_lr > 0, "head_lr", "must be > 0 with freeze_model (the head is all that learns)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

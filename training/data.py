@@ -2,7 +2,7 @@
 
 Sources, chosen by the form of ``DataConfig.dataset``:
 
-    rg:<task>                     a reasoning-gym generator (offline), scored by its own scorer
+    rg:<task>[,<task>...]         reasoning-gym generators (offline), each scored by its own scorer
     path/to/file.jsonl|json|csv|parquet   local rows with configurable prompt / answer fields
     owner/name                    a Hugging Face dataset (needs the hub; offline: a clear error)
 """
@@ -68,7 +68,8 @@ def read_problems(cfg: DataConfig) -> list[Problem]:
 
 def load_problems(cfg: DataConfig, *, seed: int = 0) -> tuple[list[Problem], list[Problem]]:
     """(train, held-out): all problems, duplicates (same prompt) dropped, shuffled with ``seed``,
-    the last ``eval_size`` held out. Fails with a DataError on an empty or malformed dataset."""
+    the last ``eval_size`` held out (of a mix of reasoning-gym tasks: the same number of each).
+    Fails with a DataError on an empty or malformed dataset."""
     problems = read_problems(cfg)
     seen: set[str] = set()
     unique = [p for p in problems if not (p.prompt in seen or seen.add(p.prompt))]
@@ -76,35 +77,80 @@ def load_problems(cfg: DataConfig, *, seed: int = 0) -> tuple[list[Problem], lis
     n_eval = min(cfg.eval_size, len(unique) - 1)
     if cfg.eval_size and len(unique) - cfg.eval_size < 1:
         raise DataError(f"dataset {cfg.dataset} has {len(unique)} distinct problems: too few to hold out eval_size={cfg.eval_size}")
+    sources = list(dict.fromkeys(p.source for p in problems))  # task order
+    if len(sources) > 1 and cfg.eval_size:  # a mix of tasks: hold out the same number of each (the first get the remainder)
+        share = {src: cfg.eval_size // len(sources) + (i < cfg.eval_size % len(sources)) for i, src in enumerate(sources)}
+        held = []
+        for p in reversed(unique):
+            if share[p.source] > 0:
+                share[p.source] -= 1
+                held.append(p)
+        if any(share.values()):
+            raise DataError(f"dataset {cfg.dataset}: too few distinct problems of {', '.join(s for s, n in share.items() if n)} "
+                            f"to hold out eval_size={cfg.eval_size} evenly")
+        ids = {id(p) for p in held}
+        held_out = [p for p in unique if id(p) in ids]
+        return [p for p in unique if id(p) not in ids], held_out
     return unique[: len(unique) - n_eval], unique[len(unique) - n_eval :]
+
+
+def rg_tasks(dataset: str) -> list[str]:
+    """The reasoning-gym task names of ``rg:<task>[,<task>...]`` (DataError on an unknown one)."""
+    import reasoning_gym
+
+    tasks = [t.strip().removeprefix("rg:") for t in dataset[3:].split(",") if t.strip()]
+    if not tasks:
+        raise DataError(f"{dataset!r}: name a reasoning-gym task after rg:")
+    for task in tasks:
+        if task not in reasoning_gym.factory.DATASETS:
+            close = [n for n in sorted(reasoning_gym.factory.DATASETS) if task[:4] in n][:8]
+            raise DataError(f"unknown reasoning-gym task {task!r}" + (f"; similar: {', '.join(close)}" if close else ""))
+    if len(set(tasks)) != len(tasks):
+        raise DataError(f"{dataset!r} names a task twice")
+    return tasks
+
+
+def rg_task_args(tasks: list[str], rg_args: dict) -> dict[str, dict]:
+    """Generator arguments per task. ``rg_args`` is either per task ({"task": {...}}: every key a
+    reasoning-gym task name with a table as value; tasks not named get {}, their generator's own
+    defaults; named tasks not in the mix are ignored) or flat ({"arg": value}: the one task's)."""
+    import reasoning_gym
+
+    keyed = bool(rg_args) and all(k in reasoning_gym.factory.DATASETS and isinstance(v, dict) for k, v in rg_args.items())
+    if keyed or not rg_args:
+        return {t: dict(rg_args.get(t, {})) for t in tasks}
+    if len(tasks) > 1:
+        raise DataError(f"rg_args {rg_args} is one task's arguments, but the dataset mixes {', '.join(tasks)}; "
+                        'give them per task: {"task": {"arg": value}, ...}')
+    return {tasks[0]: dict(rg_args)}
 
 
 @loader("rg")
 def _reasoning_gym(cfg: DataConfig, dataset: str) -> list[Problem]:
+    """Problems of one or several reasoning-gym generators (``subject`` is the task name)."""
     import reasoning_gym
 
-    task = dataset[3:]
-    if task not in reasoning_gym.factory.DATASETS:
-        close = [n for n in sorted(reasoning_gym.factory.DATASETS) if task[:4] in n][:8]
-        raise DataError(f"unknown reasoning-gym task {task!r}" + (f"; similar: {', '.join(close)}" if close else ""))
-    try:
-        ds = reasoning_gym.create_dataset(task, size=cfg.num_problems, seed=12345, **cfg.rg_args)
-    except (TypeError, ValueError, AssertionError) as e:
-        raise DataError(f"reasoning-gym task {task!r} rejected rg_args {cfg.rg_args}: {e}") from None
+    tasks = rg_tasks(dataset)
     out = []
-    for i, entry in enumerate(ds):
-        meta = entry.get("metadata") or {}
-        level = meta.get("difficulty")
-        out.append(
-            Problem(
-                id=f"{task}-{i}",
-                prompt=str(entry["question"]),
-                answer=str(entry["answer"]),
-                level=json.dumps(level, sort_keys=True, default=str) if isinstance(level, dict) else (None if level is None else str(level)),
-                source=dataset,
-                metadata=json.loads(json.dumps(entry, default=str)),
+    for task, kwargs in rg_task_args(tasks, cfg.rg_args).items():
+        try:
+            ds = reasoning_gym.create_dataset(task, size=cfg.num_problems, seed=12345, **kwargs)
+        except (TypeError, ValueError, AssertionError) as e:
+            raise DataError(f"reasoning-gym task {task!r} rejected rg_args {kwargs}: {e}") from None
+        for i, entry in enumerate(ds):
+            meta = entry.get("metadata") or {}
+            level = meta.get("difficulty")
+            out.append(
+                Problem(
+                    id=f"{task}-{i}",
+                    prompt=str(entry["question"]),
+                    answer=str(entry["answer"]),
+                    level=None if len(tasks) > 1 or level is None else (json.dumps(level, sort_keys=True, default=str) if isinstance(level, dict) else str(level)),
+                    subject=task if len(tasks) > 1 else None,
+                    source=f"rg:{task}",
+                    metadata=json.loads(json.dumps(entry, default=str)),
+                )
             )
-        )
     return out
 
 
@@ -118,6 +164,12 @@ def _rows_to_problems(rows: list[dict], cfg: DataConfig, where: str) -> list[Pro
         if prompt_key is None or row.get(prompt_key) in (None, ""):
             raise DataError(f"{label}: no problem text in field {cfg.prompt_field!r}")
         answer = row.get(cfg.answer_field)
+        if isinstance(answer, list):  # OlympiadBench: final_answer is a list (several for multi-answer problems)
+            answer = ", ".join(str(a) for a in answer) if answer else None
+        if cfg.answer_boxed and answer is not None:
+            answer = last_boxed(str(answer))
+            if answer is None:
+                raise DataError(f"{label}: no \\boxed{{...}} in field {cfg.answer_field!r} (answer_boxed takes the answer from there)")
         if answer is None or str(answer).strip() == "":
             rid = row.get("id", row.get("unique_id"))
             raise DataError(f"{label}{f' (id {rid})' if rid is not None else ''}: no answer in field {cfg.answer_field!r}")
@@ -127,10 +179,34 @@ def _rows_to_problems(rows: list[dict], cfg: DataConfig, where: str) -> list[Pro
                 prompt=str(row[prompt_key]),
                 answer=str(answer),
                 level=None if row.get("level") is None else str(row["level"]),
-                subject=None if row.get("subject", row.get("type")) is None else str(row.get("subject", row.get("type"))),
+                subject=_subject(row),
             )
         )
     return out
+
+
+def _subject(row: dict) -> str | None:
+    for key in ("subject", "type", "subfield"):  # MATH, Minerva, OlympiadBench
+        if row.get(key) is not None:
+            return str(row[key])
+    return None
+
+
+def last_boxed(text: str) -> str | None:
+    """Contents of the last \\boxed{...} in ``text`` (braces balanced), or None.
+
+    >>> last_boxed(r"so $\\boxed{\\frac{1}{2}}$.")
+    '\\\\frac{1}{2}'
+    """
+    start = text.rfind("\\boxed{")
+    if start < 0:
+        return None
+    depth, i = 0, start + len("\\boxed")
+    for j in range(i, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[j], 0)
+        if depth == 0:
+            return text[i + 1 : j].strip()
+    return None
 
 
 @loader("jsonl")

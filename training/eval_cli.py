@@ -14,6 +14,10 @@ examples:
   introllm eval --dataset rg:basic_arithmetic --limit 32                   the embedded model, learned tau
   introllm eval --checkpoint runs/introllm/final --dataset math500.jsonl --k 8 --output results/intro.jsonl
   introllm eval --checkpoint runs/introllm/final --dataset math500.jsonl --policy fixed:0.6 --output results/t06.jsonl
+  introllm eval --dataset rg:leg_counting --rg-args '{"max_animals": 3}' --limit 16     any reasoning-gym task
+  introllm eval --head init --dataset rg:leg_counting,basic_arithmetic --k 4        the untrained head on a mix
+  introllm eval --dataset olympiadbench.jsonl --answer-field final_answer            list answers are joined
+  introllm eval --dataset minerva_math.jsonl --answer-field solution --answer-boxed  gold in the last \\boxed{}
   introllm compare results/*.summary.json
 
 benchmark files: JSONL, one problem per line: {"problem": ..., "answer": ..., "level": ..., "subject": ..., "id": ...}
@@ -29,7 +33,12 @@ def add_parsers(sub) -> None:
                         "overall and per level / subject; every sample (text, correctness, trace) goes to a JSONL file.",
                         epilog=EVAL_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     ev.add_argument("--checkpoint", metavar="DIR", default="", help="checkpoint directory (default: the embedded model)")
-    ev.add_argument("--dataset", required=True, help="JSONL/JSON/CSV/Parquet benchmark file, or rg:<task>")
+    from introllm.cli import add_head_arg
+
+    add_head_arg(ev)
+    ev.add_argument("--dataset", help="JSONL/JSON/CSV/Parquet benchmark file, or rg:<task>[,<task>...]")
+    ev.add_argument("--heldout", metavar="RUN", default="", help="instead of --dataset: the problems training run RUN held out, "
+                    "with its prompt and reward settings")
     ev.add_argument("--k", type=int, default=8, help="k of Avg@k and Pass@k [8]")
     ev.add_argument("--n", type=int, default=0, help="samples per problem, >= k; Pass@k is unbiased for n > k [k]")
     ev.add_argument("--policy", default="learned", help="temperature policy: learned, fixed:T, greedy, ead, tampo... [learned]")
@@ -41,11 +50,16 @@ def add_parsers(sub) -> None:
     ev.add_argument("--output", default="", metavar="FILE", help="records file (.jsonl) [eval/<dataset>-<policy>.jsonl]")
     d = DataConfig()
     ev.add_argument("--prompt-field", default=d.prompt_field, help=f"field of the problem text ('problem' is tried too) [{d.prompt_field}]")
-    ev.add_argument("--answer-field", default=d.answer_field, help=f"field of the reference answer [{d.answer_field}]")
+    ev.add_argument("--answer-field", default=d.answer_field, help=f"field of the reference answer; a list (OlympiadBench's "
+                    f"final_answer) is joined with ', ' [{d.answer_field}]")
+    ev.add_argument("--answer-boxed", action="store_true", help="take the reference answer from the last \\boxed{} of "
+                    "--answer-field (Minerva Math: --answer-field solution --answer-boxed)")
     ev.add_argument("--reward", default=d.reward, help="auto, math, rg, exact, module:function or file.py:function [auto]")
     ev.add_argument("--template", default=d.template, choices=["chat", "plain"], help="prompt wrapping [chat]")
     ev.add_argument("--instruction", default=d.instruction, help="answer-format instruction appended to each problem")
-    ev.add_argument("--num-problems", type=int, default=200, help="problems from an rg: generator [200]")
+    ev.add_argument("--num-problems", type=int, default=200, help="problems from each rg: generator [200]")
+    ev.add_argument("--rg-args", type=_json_table, default={}, metavar="JSON",
+                    help='reasoning-gym generator arguments, {"arg": value} or {"task": {"arg": value}} [{}: each task\'s own defaults]')
     ev.set_defaults(func=cmd_eval)
 
     cmp_ = sub.add_parser("compare", help="Markdown table of evaluation results (the paper's Table 1 shape)",
@@ -56,10 +70,23 @@ def add_parsers(sub) -> None:
 
     pl = sub.add_parser("plot", help="the paper's figures for training runs and an evaluation, plus index.html",
                         description="Figures 2-7 of the paper as PNG files and an index.html that shows them.")
-    pl.add_argument("--run", action="append", required=True, metavar="DIR", help="training run directory; repeat to compare runs")
-    pl.add_argument("--eval", metavar="FILE", help="records file from introllm eval for the token-level figures [the run's samples]")
+    pl.add_argument("--run", action="append", default=[], metavar="DIR", help="training run directory; repeat to compare runs")
+    pl.add_argument("--eval", metavar="FILE", help="records file from introllm eval for the token-level figures [the run's samples]; "
+                    "alone (no --run), the evaluation figures only")
     pl.add_argument("--output", required=True, metavar="DIR", help="where the PNG files and index.html go")
     pl.set_defaults(func=cmd_plot)
+
+
+def _json_table(text: str) -> dict:
+    import json
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not a JSON object: {e.msg}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object")
+    return value
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -71,9 +98,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from introllm.sampler.models import quiet_transformers
 
     quiet_transformers()
-    data = DataConfig(dataset=args.dataset, prompt_field=args.prompt_field, answer_field=args.answer_field, reward=args.reward,
-                      template=args.template, instruction=args.instruction, num_problems=args.num_problems, eval_size=0)
-    cfg = EvalConfig(checkpoint=args.checkpoint, k=args.k, n=args.n, policy=args.policy, max_new_tokens=args.max_new_tokens,
+    if bool(args.dataset) == bool(args.heldout):
+        raise ValueError("give --dataset or --heldout RUN (one of them)")
+    if args.heldout:
+        from .evaluate import heldout_problems
+
+        data = heldout_problems(args.heldout)[0]
+        args.dataset = data.dataset
+    else:
+        data = DataConfig(dataset=args.dataset, prompt_field=args.prompt_field, answer_field=args.answer_field, reward=args.reward,
+                          template=args.template, instruction=args.instruction, num_problems=args.num_problems, eval_size=0,
+                          rg_args=args.rg_args, answer_boxed=args.answer_boxed)
+    cfg = EvalConfig(checkpoint=args.checkpoint, head=args.head or "", heldout=args.heldout, k=args.k, n=args.n, policy=args.policy, max_new_tokens=args.max_new_tokens,
                      limit=args.limit, batch_prompts=args.batch_prompts, seed=args.seed, name=args.name)
     output = args.output or f"eval/{benchmark_name(args.dataset)}-{args.policy.replace(':', '')}.jsonl"
     tty = sys.stderr.isatty()
@@ -87,11 +123,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 log.info("eval: %d/%d problems, running accuracy %.3f", done, total, acc)
 
         s = evaluate(cfg, data, output, on_progress=progress)
-    print(f"{s.name} on {benchmark_name(s.dataset)}: Avg@{s.k} {100 * s.avg_at_k:.2f}  Pass@{s.k} {100 * s.pass_at_k:.2f}  "
-          f"({s.num_problems} problems x {s.n} samples, mean {s.mean_tokens:.0f} tokens)")
+    def trace(v) -> str:
+        return f"  tau {v['tau_mean']:.3f}  update rate {v['update_rate']:.3f}" if v.get("tau_mean") is not None else ""
+
+    print(f"{s.name} on {benchmark_name(s.dataset)}: Avg@{s.k} {100 * s.avg_at_k:.2f} ± {100 * s.avg_at_k_ci95:.2f}  "
+          f"Pass@{s.k} {100 * s.pass_at_k:.2f}  ({s.num_problems} problems x {s.n} samples, mean {s.mean_tokens:.0f} tokens)"
+          f"{trace({'tau_mean': s.tau_mean, 'update_rate': s.update_rate})}")
     for title, rows in (("level", s.by_level), ("subject", s.by_subject)):
         for key, v in rows.items():
-            print(f"  {title} {key}: Avg@{s.k} {100 * v['avg_at_k']:.2f}  Pass@{s.k} {100 * v['pass_at_k']:.2f}  ({v['num_problems']} problems)")
+            print(f"  {title} {key}: Avg@{s.k} {100 * v['avg_at_k']:.2f} ± {100 * v['avg_at_k_ci95']:.2f}  "
+                  f"Pass@{s.k} {100 * v['pass_at_k']:.2f}  ({v['num_problems']} problems){trace(v)}")
+    print(f"(± : half-width of a 95 % normal interval of Avg@{s.k} over problems)")
     print(f"records: {output}")
     return 0
 
@@ -109,6 +151,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_plot(args: argparse.Namespace) -> int:
     from .plots import make_plots
 
+    if not args.run and not args.eval:
+        raise ValueError("plot needs --run DIR (training figures) and/or --eval FILE (evaluation figures)")
     written = make_plots([Path(r) for r in args.run], Path(args.output), Path(args.eval) if args.eval else None)
     print(f"wrote {len(written)} files; open {Path(args.output) / 'index.html'}")
     return 0

@@ -52,6 +52,9 @@ def avg_at_k(correct: list[bool]) -> float:
 class EvalConfig:
     checkpoint: str = ""
     """Checkpoint directory (empty: the embedded SmolLM2-135M-Instruct with its head)."""
+    head: str = ""
+    """Temperature head to plug on: a head directory, 'init' (the untrained start), or empty for
+    the checkpoint's own (the embedded model: the trained default head)."""
     k: int = 8
     """k of Avg@k and Pass@k."""
     n: int = 0
@@ -67,7 +70,10 @@ class EvalConfig:
     seed: int = 0
     """Seed of the samples (equal seeds give equal samples)."""
     name: str = ""
-    """Row name in `introllm compare` (default: checkpoint name and policy)."""
+    """Row name in `introllm compare` (default: run_name of checkpoint, head and policy)."""
+    heldout: str = ""
+    """A training run directory: evaluate on the problems that run held out (its eval_size, the
+    same split as its held-out accuracy), with its data settings, instead of the dataset."""
 
     def __post_init__(self) -> None:
         if self.k < 1:
@@ -93,10 +99,16 @@ class Summary:
     mean_tokens: float
     by_level: dict[str, dict[str, float]] = field(default_factory=dict)
     by_subject: dict[str, dict[str, float]] = field(default_factory=dict)
+    head: str = ""  # --head given to eval ("" = the checkpoint's own / the default head)
+    tau_mean: float | None = None  # mean sampling temperature over all generated tokens
+    update_rate: float | None = None  # fraction of tokens at which the head drew a new tau
+    avg_at_k_ci95: float | None = None  # half-width of a 95 % interval of avg_at_k over problems (normal approximation)
 
 
-def summarize(records: list[dict[str, Any]], *, k: int, name: str = "", dataset: str = "", checkpoint: str = "", policy: str = "") -> Summary:
-    """Avg@k / Pass@k overall and per level and subject, from per-sample records."""
+def summarize(records: list[dict[str, Any]], *, k: int, name: str = "", dataset: str = "", checkpoint: str = "", policy: str = "",
+              head: str = "") -> Summary:
+    """Avg@k / Pass@k overall and per level and subject, from per-sample records; with per-token
+    traces in the records, also the mean tau and the update rate (token-weighted)."""
     by_problem: dict[str, list[dict]] = defaultdict(list)
     for r in records:
         by_problem[str(r["problem_id"])].append(r)
@@ -105,9 +117,14 @@ def summarize(records: list[dict[str, Any]], *, k: int, name: str = "", dataset:
     n = min(len(v) for v in by_problem.values())
 
     def scores(problems: list[list[dict]]) -> dict[str, float]:
-        avg = statistics.mean(avg_at_k([bool(s["correct"]) for s in p]) for p in problems)
+        per_problem = [avg_at_k([bool(s["correct"]) for s in p]) for p in problems]
+        avg = statistics.mean(per_problem)
         pas = statistics.mean(pass_at_k(len(p), sum(bool(s["correct"]) for s in p), min(k, len(p))) for p in problems)
-        return {"avg_at_k": avg, "pass_at_k": pas, "num_problems": len(problems)}
+        # normal-approximation 95 % interval of Avg@k over problems (problems are the sampling unit)
+        half = 1.96 * statistics.stdev(per_problem) / math.sqrt(len(per_problem)) if len(per_problem) > 1 else float("nan")
+        out = {"avg_at_k": avg, "pass_at_k": pas, "num_problems": len(problems), "avg_at_k_ci95": half}
+        out.update(_trace_stats([s for p in problems for s in p]))
+        return out
 
     groups = list(by_problem.values())
     subsets: dict[str, dict[str, list]] = {"level": defaultdict(list), "subject": defaultdict(list)}
@@ -118,11 +135,51 @@ def summarize(records: list[dict[str, Any]], *, k: int, name: str = "", dataset:
     overall = scores(groups)
     return Summary(
         name=name, dataset=dataset, checkpoint=checkpoint, policy=policy, k=k, n=n, num_problems=len(groups),
-        avg_at_k=overall["avg_at_k"], pass_at_k=overall["pass_at_k"],
+        avg_at_k=overall["avg_at_k"], pass_at_k=overall["pass_at_k"], head=head,
+        tau_mean=overall.get("tau_mean"), update_rate=overall.get("update_rate"), avg_at_k_ci95=overall["avg_at_k_ci95"],
         mean_tokens=statistics.mean(r["num_tokens"] for r in records),
         by_level={lv: scores(ps) for lv, ps in sorted(subsets["level"].items())},
         by_subject={sj: scores(ps) for sj, ps in sorted(subsets["subject"].items())},
     )
+
+
+def heldout_problems(run_dir: str | Path):
+    """(data config, held-out problems) of a training run, rebuilt from its config.json exactly as
+    the trainer split them (load_problems with the run's seed). Raises ValueError."""
+    from .config import TrainConfig
+    from .data import load_problems
+
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise ValueError(f"--heldout {run_dir}: not a training run directory (no config.json)")
+    cfg = TrainConfig.from_dict(json.loads(path.read_text()))
+    if cfg.data.eval_size == 0:
+        raise ValueError(f"--heldout {run_dir}: that run held nothing out (eval_size 0)")
+    return cfg.data, load_problems(cfg.data, seed=cfg.run.seed)[1]
+
+
+def _trace_stats(records: list[dict]) -> dict[str, float]:
+    """Token-weighted mean tau and update rate of records that carry traces ({} when none do)."""
+    taus = [t for r in records for t in r.get("tau") or []]
+    updated = [u for r in records for u in r.get("updated") or []]
+    if not taus:
+        return {}
+    return {"tau_mean": sum(taus) / len(taus), "update_rate": sum(map(bool, updated)) / max(len(updated), 1)}
+
+
+def _label(path: str) -> str:
+    """A checkpoint's or head's short name: a run's final/ or checkpoint-N/ keeps its run directory."""
+    p = Path(path)
+    return f"{p.parent.name}/{p.name}" if p.name == "final" or p.name.startswith("checkpoint-") else p.name
+
+
+def run_name(checkpoint: str, head: str, policy: str) -> str:
+    """Default row name of an evaluation: checkpoint (a run's final/ as run/final), the head when
+    one was plugged on, and the policy, e.g. 'smollm2-135m-instruct + head init (learned)'."""
+    name = _label(checkpoint) if checkpoint else "smollm2-135m-instruct"
+    if head:
+        name += f" + head {head if head == 'init' else _label(head)}"
+    return f"{name} ({policy})"
 
 
 def evaluate(cfg: EvalConfig, data: DataConfig, output: str | Path, *, on_progress: Callable[[int, int, float], None] | None = None) -> Summary:
@@ -138,10 +195,10 @@ def evaluate(cfg: EvalConfig, data: DataConfig, output: str | Path, *, on_progre
 
     reward_name = resolve_reward(data.reward, data.dataset)
     load_scorer(reward_name)
-    problems = read_problems(data)
+    problems = read_problems(data) if not cfg.heldout else heldout_problems(cfg.heldout)[1]
     if cfg.limit:
         problems = problems[: cfg.limit]
-    ck = load_model(cfg.checkpoint or None, device="auto", dtype="auto")
+    ck = load_model(cfg.checkpoint or None, device="auto", dtype="auto", head=cfg.head or None)
     engine = Engine(ck.model, ck.head)
     engine.policy(cfg.policy)  # an unknown policy fails here, before any sampling
     output = Path(output)
@@ -171,8 +228,9 @@ def evaluate(cfg: EvalConfig, data: DataConfig, output: str | Path, *, on_progre
             if on_progress:
                 on_progress(min(start + cfg.batch_prompts, len(problems)), len(problems), correct_so_far / max(len(records), 1))
     tmp.replace(output)
-    name = cfg.name or f"{Path(cfg.checkpoint).name if cfg.checkpoint else 'smollm2-135m-instruct'} ({cfg.policy})"
-    summary = summarize(records, k=cfg.k, name=name, dataset=data.dataset, checkpoint=cfg.checkpoint or "embedded", policy=cfg.policy)
+    name = cfg.name or run_name(cfg.checkpoint, cfg.head, cfg.policy)
+    summary = summarize(records, k=cfg.k, name=name, dataset=data.dataset, checkpoint=cfg.checkpoint or "embedded", policy=cfg.policy,
+                        head=cfg.head)
     summary_path(output).write_text(json.dumps(asdict(summary), indent=2) + "\n")
     return summary
 
@@ -199,11 +257,41 @@ def benchmark_name(dataset: str) -> str:
     return dataset[3:] if dataset.startswith("rg:") else Path(dataset).name.removesuffix(".jsonl").removesuffix(".json")
 
 
+def _identity(s: Summary) -> tuple:
+    return (s.checkpoint, s.head, s.policy)
+
+
+def distinct_rows(summaries: list[Summary]) -> list[Summary]:
+    """Summaries with row names that never merge different evaluations: two results with one name
+    but another checkpoint, head or policy get the checkpoint (and head) appended to their names.
+    Two results of the same evaluation on the same benchmark are an error naming both."""
+    from dataclasses import replace
+
+    identities: dict[str, set] = defaultdict(set)
+    for s in summaries:
+        identities[s.name].add(_identity(s))
+    out = []
+    for s in summaries:
+        if len(identities[s.name]) > 1:
+            where = s.checkpoint + (f" + head {s.head}" if s.head else "")
+            s = replace(s, name=f"{s.name} [{where}, {s.policy}]")
+        out.append(s)
+    seen: dict[tuple, Summary] = {}
+    for s in out:
+        key = (s.name, benchmark_name(s.dataset))
+        if key in seen:
+            raise ValueError(f"two results for {s.name!r} on {key[1]} (checkpoint {s.checkpoint}); give them different --name "
+                             "or compare one of them")
+        seen[key] = s
+    return out
+
+
 def compare_table(summaries: list[Summary]) -> str:
     """Markdown table in the shape of the paper's Table 1: methods x benchmarks, Avg@k and Pass@k
     in percent, the best of each column in bold, and the average over benchmarks."""
     if not summaries:
         raise ValueError("nothing to compare")
+    summaries = distinct_rows(summaries)
     benches = list(dict.fromkeys(benchmark_name(s.dataset) for s in summaries))
     methods = list(dict.fromkeys(s.name for s in summaries))
     ks = {s.k for s in summaries}

@@ -36,6 +36,13 @@ def method_names() -> list[str]:
     return sorted(_METHODS)
 
 
+def build_method_class(name: str) -> type["Method"]:
+    """The method class registered under ``name`` (ValueError listing the valid names)."""
+    if name not in _METHODS:
+        raise ValueError(f"unknown method {name!r}; valid: {', '.join(method_names())}")
+    return _METHODS[name]
+
+
 def build_method(cfg, total_steps: int) -> "Method":
     """The method named by ``cfg.method`` (a MethodConfig); unknown names list the valid ones."""
     if cfg.method not in _METHODS:

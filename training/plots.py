@@ -8,7 +8,8 @@
     fig7_length.png           response length over training (Fig. 7)
 
 Token-level figures (2-4) read per-token traces from an evaluation record file (``--eval``) or,
-without one, from the first run's samples.jsonl. Training figures read each run's metrics.jsonl.
+without one, from the first run's samples.jsonl. Training figures (5-7) read each run's
+metrics.jsonl and are drawn only when runs are given: ``--eval FILE`` alone draws figures 2-4.
 """
 
 from __future__ import annotations
@@ -42,7 +43,11 @@ def traces_from(eval_file: Path | None, run_dirs: list[Path]) -> list[dict[str, 
         rows = _read_jsonl(eval_file)
         if not rows:
             raise ValueError(f"{eval_file} holds no evaluation records")
-        return [{"tokens": r["tokens"], "tau": r["tau"], "updated": r["updated"], "level": r.get("level"), "correct": r.get("correct")} for r in rows]
+        try:
+            return [{"tokens": r["tokens"], "tau": r["tau"], "updated": r["updated"],
+                     "level": r.get("level") if r.get("level") is not None else r.get("subject"), "correct": r.get("correct")} for r in rows]
+        except (KeyError, TypeError):
+            raise ValueError(f"{eval_file} is not a records file of introllm eval (rows need tokens, tau and updated)") from None
     out = []
     for run in run_dirs[:1]:
         for s in _read_jsonl(run / "samples.jsonl"):
@@ -52,7 +57,9 @@ def traces_from(eval_file: Path | None, run_dirs: list[Path]) -> list[dict[str, 
 
 
 def make_plots(run_dirs: list[Path], output: Path, eval_file: Path | None = None) -> list[Path]:
-    """Write every figure and index.html into ``output``; returns the files written."""
+    """Write the figures and index.html into ``output``; returns the files written. Figures 5-7
+    need ``run_dirs``; with only ``eval_file`` the token-level figures 2-4 are written. Raises
+    ValueError on a directory without metrics.jsonl or when there are no traces."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -115,6 +122,9 @@ def make_plots(run_dirs: list[Path], output: Path, eval_file: Path | None = None
     hottest = sorted(((statistics.mean(v), tok) for tok, v in tok_taus.items()), reverse=True)[:100]
     save(_word_cloud(plt, hottest), "fig4_hot_tokens.png", tight=False)
 
+    if not runs:
+        return _write_index(output, written, run_dirs, eval_file)
+
     # Fig. 5: tau over training, overall and by level
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, metrics in runs.items():
@@ -153,9 +163,16 @@ def make_plots(run_dirs: list[Path], output: Path, eval_file: Path | None = None
     ax.legend(fontsize=8)
     save(fig, "fig7_length.png")
 
+    return _write_index(output, written, run_dirs, eval_file)
+
+
+def _write_index(output: Path, written: list[Path], run_dirs: list[Path], eval_file: Path | None) -> list[Path]:
     index = output / "index.html"
-    items = "\n".join(f'<figure><img src="{n}" alt="{html.escape(c)}"><figcaption>{html.escape(c)}</figcaption></figure>' for n, c in FIGURES.items())
-    sources = ", ".join(html.escape(str(d)) for d in run_dirs) + (f"; evaluation {html.escape(str(eval_file))}" if eval_file else "")
+    names = {p.name for p in written}
+    items = "\n".join(f'<figure><img src="{n}" alt="{html.escape(c)}"><figcaption>{html.escape(c)}</figcaption></figure>'
+                      for n, c in FIGURES.items() if n in names)
+    sources = ", ".join(html.escape(str(d)) for d in run_dirs) or "none"
+    sources += f"; evaluation {html.escape(str(eval_file))}" if eval_file else ""
     index.write_text(
         "<!doctype html><meta charset=utf-8><title>IntroLLM analysis</title>"
         "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}img{max-width:100%}figure{margin:2em 0}</style>"

@@ -9,6 +9,7 @@ averaged across processes by the DDP wrapper; only the main process writes files
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -21,7 +22,7 @@ from typing import Any
 import torch
 
 from introllm.sampler import Engine, build_policy
-from introllm.sampler.checkpoint import atomic_directory, load_checkpoint, write_head
+from introllm.sampler.checkpoint import atomic_directory, load_checkpoint, load_head, write_head
 from introllm.sampler.head import HeadConfig, TemperatureHead
 from introllm.sampler.models import default_checkpoint, resolve_device, resolve_dtype
 from introllm.sampler.text import token_pieces
@@ -79,10 +80,15 @@ def train(cfg: TrainConfig, *, resume_from: str | None = None, show_progress: bo
         resume_dir = latest_checkpoint(Path(resume_from))
         if resume_dir is None:
             raise ConfigError(f"resume: {resume_from} holds no checkpoint-N with a trainer_state/ directory")
-    start = resume_dir or (Path(cfg.run.model) if cfg.run.model else default_checkpoint())
+    frozen = cfg.method.freeze_model
+    base_dir = Path(cfg.run.model) if cfg.run.model else default_checkpoint()
+    # head-only checkpoints hold no base weights: a resumed head-only run reloads its base
+    start = base_dir if frozen else (resume_dir or base_dir)
     dtype = resolve_dtype(cfg.run.dtype, device)
     ck = load_checkpoint(start, device=device, dtype=dtype, trust_remote_code=cfg.run.trust_remote_code, require_head=False)
     model, tokenizer = ck.model, ck.tokenizer
+    if frozen and resume_dir is not None:
+        ck.head = load_head(resume_dir, model.config, device, strict=True, model=model)
     if tokenizer is None:
         raise ConfigError(f"model: {start} has no tokenizer files")
     hidden = model.config.get_text_config(decoder=True).hidden_size
@@ -94,7 +100,7 @@ def train(cfg: TrainConfig, *, resume_from: str | None = None, show_progress: bo
     _disable_dropout(model)
     if cfg.optim.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.requires_grad_(cfg.optim.model_lr > 0)
+    model.requires_grad_(cfg.optim.model_lr > 0 and not frozen)
     head.requires_grad_(method.trains_head and cfg.optim.head_lr > 0)
     ref_model = None
     if cfg.optim.kl_coef > 0:
@@ -103,11 +109,12 @@ def train(cfg: TrainConfig, *, resume_from: str | None = None, show_progress: bo
 
     betas = tuple(cfg.optim.adam_betas)
     optimizers = {}
-    if cfg.optim.model_lr > 0:
+    if cfg.optim.model_lr > 0 and not frozen:
         optimizers["optimizer_model"] = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.optim.model_lr, betas=betas, weight_decay=cfg.optim.weight_decay)
     if method.trains_head and cfg.optim.head_lr > 0:
         optimizers["optimizer_head"] = torch.optim.AdamW(list(head.parameters()), lr=cfg.optim.head_lr, betas=betas, weight_decay=cfg.optim.weight_decay)
-    scorer = accelerator.prepare(PolicyScorer(model, head if method.trains_head else None))
+    scorer = PolicyScorer(model, head if method.trains_head else None, freeze_model=frozen)
+    scorer = accelerator.prepare(scorer)
     model.train()
     engine = Engine(model, head)
     stream = ProblemStream(train_set, cfg.run.seed)
@@ -126,16 +133,20 @@ def train(cfg: TrainConfig, *, resume_from: str | None = None, show_progress: bo
         _truncate_jsonl(run_dir / "samples.jsonl", first_step)
     rewards = RewardWorker(timeout=cfg.data.reward_timeout)
     G, P = cfg.rollout.group_size, cfg.rollout.batch_size // world
-    log.info("training %s with %s on %s: %d problems (%d held out), %d steps of %d prompts x %d samples, %d process(es) on %s",
-             start, cfg.method.method, cfg.data.dataset, len(train_set), len(eval_set), cfg.run.steps, cfg.rollout.batch_size, G, world, device)
+    log.info("training %s%s with %s on %s: %d problems (%d held out), %d steps of %d prompts x %d samples, %d process(es) on %s",
+             start, " (head only, base frozen)" if frozen else "", cfg.method.method, cfg.data.dataset, len(train_set), len(eval_set), cfg.run.steps, cfg.rollout.batch_size, G, world, device)
 
     def save(step: int, final: bool = False) -> Path:
         target = run_dir / ("final" if final else f"checkpoint-{step:06d}")
         if main:
             with atomic_directory(target) as tmp:
-                model.save_pretrained(tmp, safe_serialization=True)
-                tokenizer.save_pretrained(tmp)
-                write_head(tmp, head, model.config)
+                if frozen:  # the head, the base's fingerprint and digest; not a copy of the base
+                    write_head(tmp, head, model.config, model, extra={"head_only": True, "base_checkpoint": str(base_dir),
+                                                                        "trained_with": {"method": cfg.method.method, "dataset": cfg.data.dataset, "steps": step}})
+                else:
+                    model.save_pretrained(tmp, safe_serialization=True)
+                    tokenizer.save_pretrained(tmp)
+                    write_head(tmp, head, model.config, model)
                 write_trainer_state(tmp, optimizers=optimizers, state={
                     "step": step, "data": stream.state_dict(), "method": method.state_dict(),
                     "method_name": cfg.method.method, "config": cfg.to_dict(),
@@ -156,6 +167,7 @@ def train(cfg: TrainConfig, *, resume_from: str | None = None, show_progress: bo
                            policy=method.rollout_policy(step), group_size=cfg.run.eval_samples,
                            max_new_tokens=cfg.rollout.max_new_tokens, rewards=rewards, reward_name=reward_name)
             counts += torch.tensor([float((ro.rewards >= 1).sum()), float(len(ro.rewards))], device=device)
+            _write_eval_records(run_dir, step, ro, tokenizer, cfg.run.eval_samples, rank, method.rollout_policy(step), cfg.data.dataset)
         correct = accelerator.reduce(counts, "sum")
         return float(correct[0] / correct[1])
 
@@ -219,6 +231,31 @@ def train(cfg: TrainConfig, *, resume_from: str | None = None, show_progress: bo
         progress.close()
         rewards.close()
     return final
+
+
+def _write_eval_records(run_dir: Path, step: int, ro: R.Rollout, tokenizer, k: int, rank: int, policy: str, dataset: str) -> None:
+    """The held-out evaluation's samples as ``introllm eval`` records (eval/step-N[.rankR].jsonl,
+    with per-token traces) plus, on one process, its summary (per subject: Avg@k with its
+    interval, mean tau, update rate): what ``compare`` and ``plot --eval`` read."""
+    from .evaluate import summarize, summary_path
+
+    records = []
+    for i, problem in enumerate(ro.problems):
+        for j in range(k):
+            s, text, reward = ro.sequences[i * k + j], ro.texts[i * k + j], float(ro.rewards[i * k + j])
+            records.append({
+                "problem_id": problem.id, "sample": j, "level": problem.level, "subject": problem.subject, "answer": problem.answer,
+                "correct": reward >= 1.0, "reward": reward, "text": text, "finish_reason": s.finish_reason,
+                "num_tokens": len(s.token_ids), "tokens": token_pieces(tokenizer, s.token_ids, skip_special_tokens=False),
+                "tau": [round(t, 4) for t in s.trace.tau], "updated": s.trace.updated,
+            })
+    out = run_dir / "eval" / (f"step-{step:06d}.jsonl" if rank == 0 else f"step-{step:06d}.rank{rank}.jsonl")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("".join(json.dumps(r) + "\n" for r in records))
+    if rank == 0:
+        summary = summarize(records, k=k, name=f"{run_dir.name}/step-{step} ({policy})", dataset=dataset,
+                            checkpoint=f"{run_dir}/step-{step}", policy=policy)
+        summary_path(out).write_text(json.dumps(dataclasses.asdict(summary), indent=2) + "\n")
 
 
 def _check_replicas(accelerator, model, head) -> None:

@@ -31,13 +31,22 @@ from .losses import policy_loss
 class PolicyScorer(nn.Module):
     """Model and head as one module, so that one ``accelerate``/DDP wrapper syncs both."""
 
-    def __init__(self, model: nn.Module, head: nn.Module | None):
+    def __init__(self, model: nn.Module, head: nn.Module | None, freeze_model: bool = False):
         super().__init__()
-        self.model, self.head = model, head
+        self.model, self.head, self.freeze_model = model, head, freeze_model
 
     def forward(self, batch: SequenceBatch, with_tau_loglik: bool = False):
-        """-> (logp [N, T] under the recorded tau, head outputs u [N, T, 3] on detached h or None,
-        mean log-likelihood of each sequence at each TAMPO temperature [N, K] or None)."""
+        """-> (logp [N, T] under the recorded tau, or None with ``freeze_model``; head outputs
+        u [N, T, 3] on detached h or None; mean log-likelihood of each sequence at each TAMPO
+        temperature [N, K] or None).
+
+        With ``freeze_model`` (head-only training) the base runs under no_grad and the token
+        log-probabilities are not computed at all (no vocabulary projection): step A is skipped."""
+        if self.freeze_model:
+            with torch.no_grad():
+                h = completion_hidden(self.model, batch)
+            u = self.head(h) if self.head is not None else None
+            return None, u, (tau_likelihoods(self.model, h, batch) if with_tau_loglik else None)
         h = completion_hidden(self.model, batch)
         logp, _ = completion_logprobs(self.model, h, batch)
         u = self.head(h.detach()) if self.head is not None else None
@@ -143,18 +152,21 @@ def update(
                 logp, u, tau_loglik = scorer(b, with_tau_loglik and epoch == 0)
                 temp_logp = temp_policy.log_prob(u, b.updated, b.z) if u is not None else None
                 if epoch == 0:  # theta_old = theta, phi_old = phi: ratios exactly 1 on this pass
-                    old.append((logp.detach(), None if temp_logp is None else temp_logp.detach()))
+                    old.append((None if logp is None else logp.detach(), None if temp_logp is None else temp_logp.detach()))
                     if tau_loglik is not None:
                         likelihoods.append(tau_loglik.cpu())
-                    stats.logp_mismatch = max(stats.logp_mismatch, float(((logp.detach() - b.old_logp).abs() * b.mask).max()))
+                    if logp is not None:
+                        stats.logp_mismatch = max(stats.logp_mismatch, float(((logp.detach() - b.old_logp).abs() * b.mask).max()))
                 old_logp, old_temp = old[k]
-                loss_a, clip_a = policy_loss(
-                    logp, old_logp, a, b.mask, eps=clip_eps, num_sequences=num_sequences,
-                    ref_logp=ref[k] if ref else None, kl_coef=kl_coef,
-                )
-                loss = loss_a
-                stats.loss_token += float(loss_a.detach()) / ppo_epochs
-                clipped_tokens += float((clip_a.float() * b.mask).sum())
+                loss = torch.zeros((), device=device)
+                if logp is not None:  # step A (skipped in head-only training: the base is frozen)
+                    loss_a, clip_a = policy_loss(
+                        logp, old_logp, a, b.mask, eps=clip_eps, num_sequences=num_sequences,
+                        ref_logp=ref[k] if ref else None, kl_coef=kl_coef,
+                    )
+                    loss = loss_a
+                    stats.loss_token += float(loss_a.detach()) / ppo_epochs
+                    clipped_tokens += float((clip_a.float() * b.mask).sum())
                 if temp_logp is not None:
                     loss_b, clip_b = policy_loss(temp_logp, old_temp, a, b.mask, eps=clip_eps, num_sequences=num_sequences)
                     loss = loss + loss_b
