@@ -32,7 +32,10 @@ def add_parsers(sub) -> None:
     ev.add_argument("--dataset", required=True, help="JSONL/JSON/CSV/Parquet benchmark file, or rg:<task>")
     ev.add_argument("--k", type=int, default=8, help="k of Avg@k and Pass@k [8]")
     ev.add_argument("--n", type=int, default=0, help="samples per problem, >= k; Pass@k is unbiased for n > k [k]")
-    ev.add_argument("--policy", default="learned", help="temperature policy: learned, fixed:T, greedy, ead, tampo... [learned]")
+    ev.add_argument("--policy", default="learned", help="temperature policy: learned, fixed:T, greedy, ead, tampo, or meanshift "
+                    "(fixed at the learned policy's token-mean tau on this benchmark) [learned]")
+    ev.add_argument("--meanshift-from", default="", metavar="FILE", help="meanshift: records of a learned eval of the same checkpoint "
+                    "and benchmark [a first pass, kept as OUTPUT.learned.jsonl]")
     ev.add_argument("--max-new-tokens", type=int, default=512, help="most tokens per sample [512]")
     ev.add_argument("--limit", type=int, default=0, help="only the first N problems [all]")
     ev.add_argument("--batch-prompts", type=int, default=8, help="problems decoded together [8]")
@@ -86,6 +89,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
             if not tty:  # a log file gets one line per batch instead of a bar
                 log.info("eval: %d/%d problems, running accuracy %.3f", done, total, acc)
 
+        if args.policy == "meanshift":
+            from dataclasses import replace
+
+            from .meanshift import resolve_for_eval
+
+            spec, tau = resolve_for_eval(cfg, data, output, source=args.meanshift_from, on_progress=progress)
+            log.info("MeanShift: the learned policy's token-mean tau is %.4f; sampling at %s", tau, spec)
+            cfg = replace(cfg, policy=spec, name=cfg.name or f"{Path(cfg.checkpoint).name if cfg.checkpoint else 'smollm2-135m-instruct'} (MeanShift {tau:.4f})")
         s = evaluate(cfg, data, output, on_progress=progress)
     print(f"{s.name} on {benchmark_name(s.dataset)}: Avg@{s.k} {100 * s.avg_at_k:.2f}  Pass@{s.k} {100 * s.pass_at_k:.2f}  "
           f"({s.num_problems} problems x {s.n} samples, mean {s.mean_tokens:.0f} tokens)")
