@@ -85,8 +85,13 @@ def _interval(values: list[float], cfg: ExperimentConfig) -> Interval:
 
 
 def _pct(iv: Interval, signed: bool = False) -> str:
-    f = "{:+.1f}" if signed else "{:.1f}"
-    return f"{f.format(100 * iv.mean)} [{f.format(100 * iv.lo)}, {f.format(100 * iv.hi)}]"
+    """``12.3 [8.1, 16.0]`` in percent (``+1.2 [-0.5, +3.0]`` for differences; never ``-0.0``)."""
+
+    def f(x: float) -> str:
+        v = round(100 * x, 1) + 0.0  # + 0.0 turns -0.0 into 0.0
+        return f"{v:+.1f}" if signed else f"{v:.1f}"
+
+    return f"{f(iv.mean)} [{f(iv.lo)}, {f(iv.hi)}]"
 
 
 def paired(a: RowData, b: RowData, cfg: ExperimentConfig) -> tuple[int, Interval, Interval] | None:
