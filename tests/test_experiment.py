@@ -281,6 +281,13 @@ def test_runner_status_reads_markers_and_refuses_stale_ones(tmp_path):
     assert runner.status(train) == "resume checkpoint-000002"
     runner._write(runner.marker(train), {"argv": train.argv})
     assert runner.status(train) == "done"
+    # an evaluation is done only after the very training it evaluated
+    ev = jobs[1]
+    assert ev.after == [train.id]
+    runner._write(runner.marker(ev), {"argv": ev.argv, "after": {train.id: runner._digest(train)}})
+    assert runner.status(ev) == "done"
+    runner._write(runner.marker(train), {"argv": train.argv, "final": "redone"})  # the training ran again since
+    assert runner.status(ev) == "todo" and not runner.is_done(ev)
     runner._write(runner.marker(train), {"argv": [*train.argv, "--steps", "9"]})  # the config changed since
     runner._write(runner.marker(train, "started"), {"argv": [*train.argv, "--steps", "9"]})
     assert runner.status(train) == "restart"

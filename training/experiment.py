@@ -14,7 +14,8 @@ ran), in order, one at a time. The experiment survives being stopped at any mome
 - a training job that was stopped continues with ``introllm train --resume`` from its last
   checkpoint (exact: same weights, optimizer and random state as an uninterrupted run);
 - an evaluation writes its records atomically, so a stopped one is simply run again;
-- a job whose command changed since it was started (the config was edited) starts afresh.
+- a job whose command changed since it was started (the config was edited) starts afresh, and so
+  do the evaluations of a training run that was redone.
 
 Config file (TOML; every table except [experiment] and the lists is optional)::
 
@@ -53,6 +54,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import hashlib
 import io
 import json
 import logging
@@ -350,16 +352,28 @@ class Runner:
 
     def __init__(self, cfg: ExperimentConfig, jobs: list[Job]):
         self.cfg, self.jobs = cfg, jobs
+        self.by_id = {j.id: j for j in jobs}
         self.out = Path(cfg.output)
         self.state, self.logs = self.out / "state", self.out / "logs"
 
     def marker(self, job: Job, kind: str = "done") -> Path:
         return self.state / f"{job.id}.{kind}.json"
 
+    def _digest(self, job: Job) -> str:
+        """Fingerprint of a finished job: its done marker's text (command, results, inputs)."""
+        return hashlib.sha256(self.marker(job).read_bytes()).hexdigest()[:16]
+
     def is_done(self, job: Job) -> bool:
-        """Finished with this very command (a marker for another command is stale)."""
+        """Finished with this very command, after the very jobs it depends on: a marker for another
+        command is stale, and so is an evaluation of a training run that has been redone since."""
         m = self.marker(job)
-        return m.is_file() and json.loads(m.read_text()).get("argv") == job.argv
+        if not m.is_file():
+            return False
+        done = json.loads(m.read_text())
+        if done.get("argv") != job.argv:
+            return False
+        deps = [self.by_id[d] for d in job.after]
+        return all(self.is_done(d) for d in deps) and done.get("after", {}) == {d.id: self._digest(d) for d in deps}
 
     def status(self, job: Job) -> str:
         """'done', 'resume <checkpoint>', 'restart' (started with another command) or 'todo'."""
@@ -408,7 +422,8 @@ class Runner:
             if rc != 0:
                 tail = log_path.read_text(errors="replace").strip().splitlines()[-5:]
                 raise RuntimeError(f"{job.id} failed (exit {rc}); see {log_path}:\n  " + "\n  ".join(tail))
-            self._write(self.marker(job), {"argv": job.argv, **self._result(job)})
+            after = {d: self._digest(self.by_id[d]) for d in job.after}
+            self._write(self.marker(job), {"argv": job.argv, **self._result(job), "after": after})
             log.info("[%d/%d] %s: finished in %.0f s", i, total, job.id, time.monotonic() - t0)
 
     def _result(self, job: Job) -> dict:
