@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -207,7 +208,9 @@ def _training_section(cfg: ExperimentConfig, jobs: list[Job], done: set[str], ou
         target = out / "figures" / slug(m.name)
         lines += [f"### Figures: {m.name}", ""]
         try:
-            make_plots(runs, target, Path(evals[0].records) if evals else None)
+            with warnings.catch_warnings():  # tokens outside the font (CJK, control characters) draw as boxes; not worth a warning each
+                warnings.simplefilter("ignore", UserWarning)
+                make_plots(runs, target, Path(evals[0].records) if evals else None)
         except ValueError as e:
             lines += [f"No figures: {e}", ""]
             continue
