@@ -279,7 +279,16 @@ def test_runner_status_reads_markers_and_refuses_stale_ones(tmp_path):
     ck.mkdir(parents=True)
     (ck / "state.json").write_text(json.dumps({"step": 2}))
     assert runner.status(train) == "resume checkpoint-000002"
-    runner._write(runner.marker(train), {"argv": train.argv})
+    final = Path(train.run_dir) / "final" / "trainer_state"
+    final.mkdir(parents=True)
+    (final / "state.json").write_text(json.dumps({"step": 2}))
+    assert runner.status(train) == "resume final"  # stopped between its final checkpoint and its marker
+    runner.jobs = [train]
+    runner.run()  # records it as finished without running anything
+    assert runner.status(train) == "done"
+    (tmp_path / "out/state" / f"{train.id}.done.json").unlink()
+    assert runner.status(train) == "resume final"
+    runner._write(runner.marker(train), {"argv": train.argv, "after": {}})
     assert runner.status(train) == "done"
     # an evaluation is done only after the very training it evaluated
     ev = jobs[1]

@@ -408,6 +408,10 @@ class Runner:
             if status == "done":
                 log.info("[%d/%d] %s: done, skipped", i, total, job.id)
                 continue
+            if status == "resume final":  # stopped after its final checkpoint was written (atomically), before its marker
+                self._write(self.marker(job), {"argv": job.argv, **self._result(job), "after": {}})
+                log.info("[%d/%d] %s: finished before the stop, recorded", i, total, job.id)
+                continue
             argv = list(job.argv)
             if status.startswith("resume"):
                 argv += ["--resume", job.run_dir]
