@@ -134,6 +134,11 @@ def test_eval_policy_meanshift_samples_at_the_learned_token_mean(tiny_ckpt, tmp_
     assert all(t == pytest.approx(tau, abs=1e-4) for line in (tmp_path / "ms.jsonl").read_text().splitlines() for t in json.loads(line)["tau"])
     # the learned pass really varied tau: a MeanShift of a constant would test nothing
     assert len({t for line in first_pass.read_text().splitlines() for t in json.loads(line)["tau"]}) > 1
+    # its own row in `introllm compare`, beside the learned one
+    from introllm.training.evaluate import compare_table, load_summary
+
+    table = compare_table([load_summary(first_pass), load_summary(tmp_path / "ms.jsonl")])
+    assert "| ckpt (learned) |" in table and f"| ckpt (MeanShift {tau:.4f}) |" in table
     # with --meanshift-from: the same tau, no second learned pass
     assert main([*common, "--policy", "meanshift", "--meanshift-from", str(first_pass), "--output", str(tmp_path / "ms2.jsonl")]) == 0
     assert json.loads((tmp_path / "ms2.summary.json").read_text())["policy"] == ms["policy"]
