@@ -451,3 +451,28 @@ def test_a_killed_and_restarted_experiment_writes_the_same_report(tiny_ckpt, tmp
     out3, _ = again.communicate(timeout=600)
     assert again.returncode == 0 and out3.count("done, skipped") == 8
     assert (dirs["stopped"] / "out/report.md").read_text() == a
+
+
+@pytest.mark.slow
+def test_a_failing_job_stops_the_experiment_with_its_log_tail(tmp_path, capsys):
+    from introllm.cli import main
+
+    cfg = tmp_path / "exp.toml"
+    cfg.write_text(f"""
+[experiment]
+name = "broken"
+output = "{tmp_path / 'out'}"
+seeds = [0]
+baseline = "fixed 1.0"
+[[benchmark]]
+name = "missing"
+dataset = "{tmp_path / 'missing.jsonl'}"
+[[method]]
+name = "fixed 1.0"
+policy = "fixed:1.0"
+""")
+    assert main(["experiment", str(cfg)]) == 1
+    err = capsys.readouterr().err
+    assert "eval.missing.fixed-1.0.s0 failed (exit 2)" in err and "missing.jsonl" in err and "logs/eval.missing.fixed-1.0.s0.log" in err
+    assert not (tmp_path / "out/state/eval.missing.fixed-1.0.s0.done.json").exists()
+    assert not (tmp_path / "out/report.md").exists()
