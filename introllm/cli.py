@@ -8,6 +8,7 @@
     introllm eval                  Avg@k / Pass@k on a benchmark, per-token traces to JSONL
     introllm compare RESULT...     Markdown table of evaluation results (paper Table 1 shape)
     introllm plot --run DIR        the paper's figures as PNG files plus index.html
+    introllm experiment CONFIG     a grid of train and eval runs, resumable, and a Markdown report
 
 Heavy imports (torch, transformers) happen inside the subcommands so that ``--help`` is instant.
 Expected failures (bad flags, a missing checkpoint, an unknown policy) print one line and exit 2;
@@ -153,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     from introllm.training.eval_cli import add_parsers as add_eval_parsers
 
     add_eval_parsers(sub)
+    from introllm.training.experiment import add_parser as add_experiment_parser
+
+    add_experiment_parser(sub)
 
     comp = sub.add_parser(
         "complete",
