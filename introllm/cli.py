@@ -8,6 +8,7 @@
     introllm eval                  Avg@k / Pass@k on a benchmark, per-token traces to JSONL
     introllm compare RESULT...     Markdown table of evaluation results (paper Table 1 shape)
     introllm plot --run DIR        the paper's figures as PNG files plus index.html
+    introllm experiment CONFIG     a grid of train and eval runs, resumable, and a Markdown report
 
 Heavy imports (torch, transformers) happen inside the subcommands so that ``--help`` is instant.
 Expected failures (bad flags, a missing checkpoint, an unknown policy) print one line and exit 2;
@@ -80,7 +81,7 @@ qwen3-1.7b runs it on a Qwen3-1.7B-shaped model with random weights (the paper's
 def _common_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", metavar="DIR", help="checkpoint directory (default: the embedded SmolLM2-135M-Instruct with its head)")
     p.add_argument("--device", default="auto", help="auto (GPU if present), cpu or cuda [auto]")
-    p.add_argument("--dtype", default="auto", help="auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16 [auto]")
+    p.add_argument("--dtype", default="auto", help="auto (bfloat16 on GPU and on CPUs with native bfloat16, AVX512_BF16 or AMX; else float32), float32, bfloat16 [auto]")
     p.add_argument("--trust-remote-code", action="store_true", help="allow a checkpoint's own Python code (off by default)")
     add_head_arg(p)
 
@@ -133,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--host", default="127.0.0.1", help="interface to bind [127.0.0.1]; 0.0.0.0 exposes the server")
     srv.add_argument("--port", type=int, default=8000, help="port [8000]")
     srv.add_argument("--api-key", default=os.environ.get("INTROLLM_API_KEY"), help="require this bearer key on /v1/* [$INTROLLM_API_KEY]")
+    srv.add_argument("--no-ui", dest="ui", action="store_false", help="do not serve the playground page at / (served by default)")
     srv.add_argument("--max-batch", type=_positive_int, default=32, help="most sequences decoded together [32]")
     srv.add_argument("--max-queue", type=_positive_int, default=64, help="most waiting requests before 429 [64]")
     srv.add_argument("--max-tokens", type=_positive_int, default=1024, help="cap on max_tokens per request [1024]")
@@ -152,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     from introllm.training.eval_cli import add_parsers as add_eval_parsers
 
     add_eval_parsers(sub)
+    from introllm.training.experiment import add_parser as add_experiment_parser
+
+    add_experiment_parser(sub)
 
     comp = sub.add_parser(
         "complete",
@@ -250,7 +255,7 @@ def _quiet_transformers() -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from introllm.server.app import serve
+    from introllm.server.app import ServeError, serve
     from introllm.server.config import ServerConfig, choose_backend
 
     backend, why = choose_backend(args.backend)
@@ -274,28 +279,32 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise ValueError("--vllm-eager, --kv-cache-gib and --vllm-arg need the vLLM backend"
                          + (f", and {why}, so the torch engine was chosen" if args.backend == "auto" else "")
                          + ": add --backend vllm")
-    serve(
-        ServerConfig(
-            checkpoint=args.checkpoint,
-            model_name=args.model_name,
-            host=args.host,
-            port=args.port,
-            device=args.device,
-            dtype=args.dtype,
-            api_key=args.api_key,
-            max_batch=args.max_batch,
-            max_queue=args.max_queue,
-            max_tokens=args.max_tokens,
-            max_n=args.max_n,
-            trust_remote_code=args.trust_remote_code,
-            head=args.head,
-            backend=backend,
-            backend_reason=why,
-            vllm_eager=args.vllm_eager,
-            kv_cache_gib=args.kv_cache_gib,
-            vllm_args=vllm_args,
-        )
+    config = ServerConfig(
+        checkpoint=args.checkpoint,
+        model_name=args.model_name,
+        host=args.host,
+        port=args.port,
+        device=args.device,
+        dtype=args.dtype,
+        api_key=args.api_key,
+        ui=args.ui,
+        max_batch=args.max_batch,
+        max_queue=args.max_queue,
+        max_tokens=args.max_tokens,
+        max_n=args.max_n,
+        trust_remote_code=args.trust_remote_code,
+        head=args.head,
+        backend=backend,
+        backend_reason=why,
+        vllm_eager=args.vllm_eager,
+        kv_cache_gib=args.kv_cache_gib,
+        vllm_args=vllm_args,
     )
+    try:
+        serve(config)
+    except ServeError as e:  # the model failed to load: one line, and a non-zero exit
+        print(f"introllm serve: error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -556,6 +565,8 @@ def cmd_bench_contexts(args: argparse.Namespace) -> int:
     from introllm.sampler.models import default_checkpoint
 
     contexts = parse_contexts(args.contexts or "1k,2k,4k,8k")
+    if min(contexts) <= args.new_tokens:
+        raise ValueError(f"each context must be longer than --new-tokens ({args.new_tokens}), got {min(contexts)}")
     has_vllm = importlib.util.find_spec("vllm") is not None
     backends = [b.strip() for b in (args.backends or ("torch,vllm" if has_vllm else "torch")).split(",") if b.strip()]
     if not backends or set(backends) - {"torch", "vllm"}:
@@ -572,11 +583,14 @@ def cmd_bench_contexts(args: argparse.Namespace) -> int:
     repeats = args.repeats or 2
     console.print(f"[bold]introllm bench --contexts[/]: {path.name}, backends {', '.join(backends)}, contexts {contexts}, "
                   f"batch 1, {args.new_tokens} new tokens, {repeats} repeats (default/learned alternating)")
-    results = run_context_bench(
-        path, backends, contexts, new_tokens=args.new_tokens, repeats=repeats,
-        options=dict(device=args.device, dtype=args.dtype, eager=args.vllm_eager, kv_cache_gib=args.kv_cache_gib),
-        on_measure=lambda line: console.print("  " + line, style="dim"),
-    )
+    try:
+        results = run_context_bench(
+            path, backends, contexts, new_tokens=args.new_tokens, repeats=repeats,
+            options=dict(device=args.device, dtype=args.dtype, eager=args.vllm_eager, kv_cache_gib=args.kv_cache_gib),
+            on_measure=lambda line: console.print("  " + line, style="dim"),
+        )
+    except RuntimeError as e:  # a benchmark process failed; it said why
+        raise ValueError(str(e)) from None
     shown = sorted({r["context"] for res in results for r in res["rows"]})
     table = Table(title=f"Table 3 on {path.name}: " + "; ".join(
         f"{res['backend']} {res['dtype']}" + (f" (model runner {res['runner'].upper()})" if res.get("runner") else "")

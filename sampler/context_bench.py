@@ -109,8 +109,8 @@ def decode_once(engine, prompt: list[int], policy: str, new_tokens: int, seed: i
     """(prefill seconds, decode tokens/s) of one sequence on ``engine`` (an Engine or a
     VLLMEngine: both give a batch with add / step / num_running)."""
     batch = engine.new_batch()
+    start = time.perf_counter()  # the torch engine prefills inside add, vLLM in its first steps
     [[seq]] = batch.add([prompt], SamplingParams(max_new_tokens=new_tokens, policy=policy, seed=seed, ignore_eos=True))
-    start = time.perf_counter()
     while not seq.token_ids:
         batch.step()
     first = time.perf_counter()
@@ -135,11 +135,23 @@ class ContextResult:
         return statistics.median(self.tokens_per_s[name])
 
 
+CPU_THREADS = 1
+"""torch threads of each benchmark process on a CPU. vLLM's CPU worker runs with one here (it logs
+"Reducing Torch threads from 2 to 1 for serving"), so the torch engine gets the same. On these
+shared 2-core machines, with other jobs running, two OpenMP threads made the torch engine's decode
+steps ~20x slower than one (5-6 s against 0.22-0.25 s a step at a 1k context, measured while the
+load average was ~10): each small op waits for a descheduled thread."""
+
+
 def _build(backend: str, checkpoint: str, options: dict):
     if backend == "torch":
-        from .engine import Engine
-        from .models import load_model
+        import torch
 
+        from .engine import Engine
+        from .models import load_model, resolve_device
+
+        if resolve_device(options.get("device", "auto")).type == "cpu":
+            torch.set_num_threads(CPU_THREADS)
         ck = load_model(checkpoint, options.get("device", "auto"), options.get("dtype", "auto"))
         return Engine(ck.model, ck.head), ck.model.config, ck.head, str(ck.model.dtype).removeprefix("torch.")
     from .vllm_engine import VLLMEngine

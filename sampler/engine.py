@@ -55,7 +55,7 @@ class Engine:
     ``fused_decode`` runs decode steps of Llama-family models through ``fastpath.FusedDecoder``
     (fused projections, one RoPE and mask per step); other models, and prefill, use the model's
     own forward. ``fast_cpu_kernels`` packs linear weights for oneDNN when decoding on CPU in
-    float32 (see kernels). Both agree with the plain forward to float rounding; turn them off to
+    float32, or in bfloat16 on CPUs with native bfloat16 (see kernels). Both agree with the plain forward to float rounding; turn them off to
     decode through the untouched Hugging Face forward.
     """
 

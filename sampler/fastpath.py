@@ -13,7 +13,8 @@ It only serves single-token decode steps on the engine's ``BatchKVCache``; prefi
 the model's own forward. Models outside the family, or with features it does not handle, fall back
 to the generic path (``unsupported_reason`` says why).
 
-The fused weights are ``kernels.Projection`` copies (packed for oneDNN on CPU in float32), rebuilt
+The fused weights are ``kernels.Projection`` copies (packed for oneDNN on CPU in float32, and in
+bfloat16 where the CPU has native bfloat16), rebuilt
 when the model's weights change (training).
 """
 

@@ -11,13 +11,19 @@ swaps every ``nn.Linear`` of a model to the packed kernel for the duration of a 
 (the generic decode path), under a lock so that two engines sharing a model cannot undo each
 other's swap. Packed copies are rebuilt when a weight changes (an optimizer step bumps the
 tensor's version counter), so the same model object can be trained in between; they cost one
-extra copy of the weights in memory. Float32 on CPU only (the bf16 kernel needs AVX-512/AVX-NE
-instructions); elsewhere ``Projection`` is a plain ``F.linear`` and ``packed_linears`` a no-op.
+extra copy of the weights in memory. Float32 on CPU, and bfloat16 on CPUs with native bfloat16
+(AVX512_BF16 or AMX, where oneDNN's bf16 kernels run on them; elsewhere they are emulated); other
+cases get a plain ``F.linear`` from ``Projection`` and a no-op from ``packed_linears``.
+
+Measured on this project's 2-core Intel Xeon (AVX512_BF16 + AMX), 1 thread, median of 30, a busy
+machine: the 3072 x 576 gate/up projection at 16 rows takes 3.0 ms with ``F.linear`` in float32,
+2.3 ms packed float32, 1.5 ms ``F.linear`` bfloat16 and 0.30 ms packed bfloat16.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 from typing import Iterator, Sequence
 
@@ -28,14 +34,27 @@ from torch import nn
 _PACK_HINT = 8  # expected rows per call; oneDNN picks its blocking from it (any row count works)
 
 
+@functools.cache
+def cpu_native_bf16() -> str | None:
+    """Which native bfloat16 instructions this CPU has, as torch sees them ("AMX" or
+    "AVX512_BF16"), or None. Asks torch (``torch.cpu._is_amx_tile_supported`` and
+    ``_is_avx512_bf16_supported``, which read cpuinfo) rather than parsing /proc/cpuinfo."""
+    for name, probe in (("AMX", "_is_amx_tile_supported"), ("AVX512_BF16", "_is_avx512_bf16_supported")):
+        check = getattr(torch.cpu, probe, None)
+        if check is not None and check():
+            return name
+    return None
+
+
 def packing_supported(module: nn.Module) -> bool:
+    """True when ``module``'s weights can run through packed oneDNN kernels: on CPU, float32, or
+    bfloat16 when the CPU has native bfloat16 (``cpu_native_bf16``)."""
     param = next(module.parameters())
-    return (
-        param.device.type == "cpu"
-        and param.dtype == torch.float32
-        and torch.backends.mkldnn.is_available()
-        and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
-    )
+    if param.device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return False
+    if not hasattr(torch.ops.mkldnn, "_reorder_linear_weight"):
+        return False
+    return param.dtype == torch.float32 or (param.dtype == torch.bfloat16 and cpu_native_bf16() is not None)
 
 
 def stamp(tensors: Sequence[torch.Tensor]) -> list[tuple[int, int]]:

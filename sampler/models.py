@@ -18,6 +18,7 @@ import torch
 
 from .checkpoint import save_checkpoint
 from .head import HeadConfig, TemperatureHead
+from .kernels import cpu_native_bf16
 
 log = logging.getLogger(__name__)
 
@@ -89,14 +90,36 @@ def resolve_device(device: str = "auto") -> torch.device:
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """``auto`` is bfloat16 on GPU and float32 on CPU (bf16 matmuls are emulated, slowly, on CPUs
-    without AVX-512)."""
-    if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if dtype not in _DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; use auto, {', '.join(_DTYPES)}")
-    return _DTYPES[dtype]
+def choose_dtype(dtype: str, device: torch.device | str) -> tuple[torch.dtype, str]:
+    """The torch dtype for ``--dtype`` on ``device``, and the reason, for the start-up log.
+
+    ``auto``: bfloat16 on GPU; on CPU bfloat16 when the CPU has native bfloat16 instructions (AMX
+    or AVX512_BF16, see ``kernels.cpu_native_bf16``), float32 otherwise (without them bf16 matmuls are
+    emulated and slower than float32). Issue 15 has the measurements behind the CPU rule.
+
+    Raises ValueError for a dtype other than auto, float32, bfloat16, float16.
+
+    >>> choose_dtype("float32", "cpu")
+    (torch.float32, 'float32 as asked')
+    """
+    device = torch.device(device)
+    if dtype != "auto":
+        if dtype not in _DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}; use auto, {', '.join(_DTYPES)}")
+        return _DTYPES[dtype], f"{dtype} as asked"
+    if device.type != "cpu":
+        return torch.bfloat16, f"auto: bfloat16 on {device.type}"
+    native = cpu_native_bf16()
+    if native:
+        return torch.bfloat16, f"auto: bfloat16, the CPU has native bfloat16 ({native})"
+    return torch.float32, "auto: float32, the CPU has no native bfloat16 (no AVX512_BF16 or AMX)"
+
+
+def resolve_dtype(dtype: str, device: torch.device | str) -> torch.dtype:
+    """``choose_dtype`` without the reason; logs the choice at INFO. Raises ValueError as it does."""
+    chosen, reason = choose_dtype(dtype, device)
+    log.info("dtype %s (%s)", str(chosen).removeprefix("torch."), reason)
+    return chosen
 
 
 SHIPPED_HEAD = "smollm2-135m-instruct"

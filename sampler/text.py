@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Sequence
 
 
@@ -16,9 +17,85 @@ def prompt_ids(tokenizer, prompt: str, *, chat: bool, system: str | None = None)
 
 
 def chat_ids(tokenizer, messages: Sequence[dict]) -> list[int]:
-    """Token ids of a conversation with the generation prompt appended."""
-    encoded = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True)
-    return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
+    """Token ids of a conversation with the generation prompt appended.
+
+    Message contents are plain text: a special-token string written inside one (``<|im_end|>``,
+    ``<|eot_id|>``...) is tokenized as ordinary text, so only the chat template's own markup
+    yields control tokens and a message cannot close its turn and open another (prompt
+    injection). Conversations without such strings are tokenized exactly as
+    ``apply_chat_template`` does; see ``_plain_text_chat_ids`` for the others.
+
+    Raises whatever the template raises for a conversation it rejects (e.g. role order).
+    """
+    messages = list(messages)
+    controls = _control_tokens(tokenizer)
+    if not controls or not any(isinstance(m.get("content"), str) and controls.pattern.search(m["content"]) for m in messages):
+        encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+        return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
+    return _plain_text_chat_ids(tokenizer, messages, controls)
+
+
+class _Controls:
+    """The tokenizer's special (control) tokens: their strings, ids, strip flags and a regex
+    finding them leftmost-longest, as the tokenizer's own added-token matcher does."""
+
+    def __init__(self, tokenizer):
+        added = {int(i): t for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items() if t.special and t.content}
+        self.ids = {t.content: i for i, t in added.items()}
+        self.tokens = {t.content: t for t in added.values()}
+        names = sorted(self.ids, key=len, reverse=True)
+        self.pattern = re.compile("|".join(re.escape(n) for n in names)) if names else None
+
+    def __bool__(self) -> bool:
+        return self.pattern is not None
+
+
+def _control_tokens(tokenizer) -> _Controls:
+    """Built per call (a few hundred added tokens at most): a cache could go stale when tokens are added."""
+    return _Controls(tokenizer)
+
+
+def _placeholders(controls: _Controls, texts: Sequence[str]) -> dict[str, str]:
+    """One private-use character per control token, found in none of ``texts``."""
+    used = set("".join(texts))
+    free = (chr(c) for c in range(0xF0000, 0xFFFFE) if chr(c) not in used)
+    return {name: next(free) for name in controls.ids}
+
+
+def _plain_text_chat_ids(tokenizer, messages: list[dict], controls: _Controls) -> list[int]:
+    """The template rendered with each control-token string in a content swapped for a
+    placeholder character, so the rendered text holds only the template's own control tokens;
+    it is cut at those, each becomes its id, and the text between them (placeholders swapped
+    back) is tokenized with ``split_special_tokens``, as text. The tokenizer itself tokenizes
+    the text between control tokens separately too, so this agrees with it except that, on
+    SentencePiece-style (Metaspace) tokenizers, a stretch after a control token may gain the
+    word-start marker."""
+    contents = [m["content"] for m in messages if isinstance(m.get("content"), str)]
+    marks = _placeholders(controls, contents)
+    back = {v: k for k, v in marks.items()}
+    neutral = [
+        {**m, "content": controls.pattern.sub(lambda x: marks[x.group(0)], m["content"])} if isinstance(m.get("content"), str) else m
+        for m in messages
+    ]
+    text = tokenizer.apply_chat_template(neutral, add_generation_prompt=True, tokenize=False)
+    restore = re.compile("|".join(map(re.escape, back)))
+
+    def plain(run: str) -> list[int]:
+        run = restore.sub(lambda x: back[x.group(0)], run)
+        return list(tokenizer(run, add_special_tokens=False, split_special_tokens=True)["input_ids"]) if run else []
+
+    ids: list[int] = []
+    pos = 0
+    for match in controls.pattern.finditer(text):
+        token = controls.tokens[match.group(0)]
+        run = text[pos : match.start()]
+        ids += plain(run.rstrip() if token.lstrip else run)
+        ids.append(controls.ids[match.group(0)])
+        pos = match.end()
+        if token.rstrip:
+            pos += len(text[pos:]) - len(text[pos:].lstrip())
+    ids += plain(text[pos:])
+    return ids
 
 
 class Detokenizer:

@@ -23,6 +23,7 @@ from typing import Any, Callable, Hashable, Sequence as Seq
 
 from .checkpoint import HEAD_CONFIG, HEAD_WEIGHTS, CheckpointError, load_head
 from .engine import plan_batch, run_to_completion
+from .models import resolve_dtype
 from .policies import FixedPolicy, PolicyCache, TemperaturePolicy
 from .records import SamplingParams, Sequence
 from .vllm_hooks import EXTRA_ARGS_KEY, HiddenStateTap, RequestState, tapped_model_class, temperature_processor_class
@@ -74,7 +75,7 @@ class VLLMEngine:
     """A checkpoint served by vLLM with its temperature head in the loop.
 
     checkpoint: a checkpoint directory (DESIGN.md format; without a head only fixed temperatures
-    are served). dtype: "auto" (float32 on CPU, as the torch backend; vLLM's choice on GPU),
+    are served). dtype: "auto" (on CPU as the torch backend, models.choose_dtype; vLLM's choice on GPU),
     "float32", "bfloat16", "float16".
     max_batch: vLLM's max_num_seqs. eager: skip torch.compile and CUDA graphs (starts in seconds
     instead of minutes; slower steps). kv_cache_gib: memory for the KV cache; by default, on a CPU
@@ -120,7 +121,7 @@ class VLLMEngine:
             ) from None
 
         if dtype == "auto" and current_platform.device_type == "cpu":
-            dtype = "float32"  # as the torch backend; vLLM would pick bfloat16, slow without AVX-512
+            dtype = str(resolve_dtype("auto", "cpu")).removeprefix("torch.")  # as the torch backend: bf16 if native
         options: dict[str, Any] = dict(
             model=str(path),
             tokenizer=str(path),

@@ -43,7 +43,7 @@ class ServerConfig:
     device: str = "auto"
     """auto (GPU if present), cpu or cuda."""
     dtype: str = "auto"
-    """auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16."""
+    """auto (bfloat16 on GPU and on CPUs with native bfloat16, else float32), float32, bfloat16."""
     api_key: str | None = None
     """When set, /v1/* requires ``Authorization: Bearer <key>`` (401 otherwise)."""
     max_batch: int = 32
@@ -57,6 +57,8 @@ class ServerConfig:
     default_max_tokens: int = 256
     """max_tokens when a chat request gives none (completions follow OpenAI's default of 16)."""
     trust_remote_code: bool = False
+    ui: bool = True
+    """Serve the playground page at ``/`` (chat with per-token temperatures); ``--no-ui`` turns it off."""
     head: str | None = None
     """Temperature head: None = the checkpoint's own (the trained default head for the embedded
     model), "init" = the untrained start, or a head directory plugged on (torch backend only)."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -26,8 +27,22 @@ from introllm.sampler import GenerationEngine, SamplingParams, Sequence
 from introllm.sampler.text import Detokenizer
 
 from .metrics import Metrics
+from .records import Done, Failed, Token, TokenLogprob
+from .tokens import TokenBytes
 
 log = logging.getLogger(__name__)
+
+
+IMPOSSIBLE_LOGPROB = -9999.0
+"""What a token that could not be sampled (filtered out by top-k / top-p: log-prob -inf) is
+reported with, as OpenAI does: JSON has no -inf."""
+
+
+def finite_logprob(logprob: float) -> float | None:
+    """-inf -> IMPOSSIBLE_LOGPROB; NaN (a backend that did not compute it) -> None; else as is."""
+    if math.isnan(logprob):
+        return None
+    return max(float(logprob), IMPOSSIBLE_LOGPROB)
 
 
 class QueueFull(Exception):
@@ -35,34 +50,9 @@ class QueueFull(Exception):
 
 
 @dataclass
-class TokenEvent:
-    """One generated token of one choice (choice index = prompt index * n + sample index)."""
-
-    index: int
-    token_id: int
-    piece: str  # the token's own text, for the trace
-    text: str  # text to append to the choice's output now (stop strings held back / cut)
-    tau: float
-    updated: bool
-    logp: float
-    top_logprobs: list[tuple[int, float]] | None
-    finish_reason: str | None  # set on the choice's last token
-
-
-@dataclass
-class Done:
-    prompt_tokens: int
-    completion_tokens: int
-
-
-@dataclass
-class Failed:
-    message: str
-
-
-@dataclass
 class Request:
-    """What a handler submits. ``events`` receives lists of TokenEvent, then Done or Failed."""
+    """What a handler submits (already validated: see prepare). ``events`` receives lists of
+    Token records (one list per decode step), then Done or Failed."""
 
     request_id: str
     prompts: list[list[int]]
@@ -92,7 +82,8 @@ class _Text:
         self.sent = 0  # characters of text already released
 
     def push(self, token_id: int, final: bool) -> tuple[str, str, bool]:
-        """Returns (the token's piece, text to release now, whether a stop string was hit)."""
+        """Returns (the token's piece, text to release now, whether a stop string was hit).
+        ``len(self.text)`` before the call is the token's text offset."""
         piece = self.detok.push(token_id)
         if final:
             piece += self.detok.flush()
@@ -121,6 +112,7 @@ class Scheduler:
         self.max_queue = max_queue
         self.metrics = metrics
         self.batch = engine.new_batch()
+        self.token_bytes = TokenBytes(tokenizer)
         self._pending: collections.deque[Request] = collections.deque()
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -173,12 +165,6 @@ class Scheduler:
             return
         try:
             self._add(joining)
-        except ValueError:  # validated by the handlers already; find the culprit, keep the rest
-            for request in joining:
-                try:
-                    self._add([request])
-                except ValueError as e:
-                    self._send(request, Failed(str(e)))
         except Exception as e:  # prefill failed (e.g. out of memory): these requests fail, the batch is intact
             log.exception("prefill failed for %d requests", len(joining))
             for request in joining:
@@ -234,7 +220,7 @@ class Scheduler:
 
     def _dispatch(self, stepped: list[Sequence], step_start: float) -> None:
         now = time.monotonic()
-        out: dict[int, tuple[Request, list[TokenEvent]]] = {}
+        out: dict[int, tuple[Request, list[Token]]] = {}
         stop_hits = []
         broken: dict[int, Request] = {}
         for seq in stepped:
@@ -242,6 +228,7 @@ class Scheduler:
                 continue
             request, text, index = self._running[id(seq)]
             tok = seq.token_ids[-1]
+            offset = len(text.text)
             try:
                 piece, released, hit = text.push(tok, final=seq.finished)
             except Exception as e:  # e.g. a tokenizer that cannot decode: this request only
@@ -253,17 +240,7 @@ class Scheduler:
                 stop_hits.append(seq)
             finish = "stop" if hit else seq.finish_reason
             tr = seq.trace
-            event = TokenEvent(
-                index=index,
-                token_id=tok,
-                piece=piece,
-                text=released,
-                tau=tr.tau[-1],
-                updated=tr.updated[-1],
-                logp=tr.logp[-1],
-                top_logprobs=tr.top_logprobs[-1] if tr.top_logprobs else None,
-                finish_reason=finish,
-            )
+            event = self._record(index, tok, piece, released, offset, tr, finish)
             out.setdefault(id(request), (request, []))[1].append(event)
             previous = self._last_token_at.get(id(seq))
             if previous is None:
@@ -292,6 +269,27 @@ class Scheduler:
                         completion_tokens=sum(len(s.token_ids) for s in request.seqs),
                     ),
                 )
+
+    def _logprob(self, token_id: int, logprob: float) -> TokenLogprob:
+        raw = self.token_bytes.raw(token_id)
+        return TokenLogprob(token_id, self.token_bytes.name(token_id), raw, finite_logprob(logprob))
+
+    def _record(self, index: int, tok: int, piece: str, released: str, offset: int, tr, finish: str | None) -> Token:
+        """The Token record of a sequence's newest token (``tr``: its engine Trace)."""
+        top = None
+        if tr.top_logprobs and len(tr.top_logprobs) == len(tr.tau):
+            top = tuple(self._logprob(int(t), float(v)) for t, v in tr.top_logprobs[-1])
+        return Token(
+            index=index,
+            sampled=self._logprob(tok, tr.logp[-1]),
+            piece=piece,
+            text=released,
+            text_offset=offset,
+            tau=tr.tau[-1],
+            updated=bool(tr.updated[-1]),
+            top=top,
+            finish_reason=finish,
+        )
 
     def _fail(self, request: Request, message: str) -> None:
         """End one request with an error; its other sequences leave the batch."""

@@ -13,7 +13,7 @@ generating past end-of-sequence, for fixed-length benchmarks).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -38,8 +38,24 @@ _NEUTRAL: dict[str, tuple] = {
 }
 
 
+def _drop_nulls(data: Any, keep: frozenset[str] = frozenset()) -> Any:
+    """OpenAI's request types mark most fields nullable, and the SDK sends ``null`` to mean "the
+    default": a null field is treated as absent, so its default applies (a required field stays
+    required: ``"model": null`` is "missing required field"). Fields in ``keep`` are required
+    *and* nullable in OpenAI's types (``prompt``): there null is a value of its own."""
+    if isinstance(data, dict):
+        return {k: v for k, v in data.items() if v is not None or k in keep}
+    return data
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    _keep_null: ClassVar[frozenset[str]] = frozenset()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nulls(cls, data: Any) -> Any:
+        return _drop_nulls(data, cls._keep_null)
 
 
 class StreamOptions(_Strict):
@@ -52,15 +68,15 @@ class _Common(_Strict):
     max_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
-    n: int = Field(1, ge=1)
-    stream: bool = False
+    n: int | None = Field(1, ge=1)  # null: the default (see _drop_nulls); never None once validated
+    stream: bool | None = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
     seed: int | None = None
     # extensions
     policy: str | None = None
     top_k: int | None = Field(None, ge=0)
-    ignore_eos: bool = False
+    ignore_eos: bool | None = False
     # accepted, no effect on generation
     user: str | None = None
     metadata: dict[str, Any] | None = None
@@ -102,12 +118,15 @@ class _Common(_Strict):
         return "greedy" if self.temperature == 0 else f"fixed:{self.temperature!r}"
 
     def include_usage(self) -> bool:
-        return self.stream_options is None or self.stream_options.include_usage is not False
+        """A stream ends with a usage chunk only when asked (``stream_options.include_usage: true``)."""
+        return bool(self.stream and self.stream_options is not None and self.stream_options.include_usage)
 
 
 class CompletionRequest(_Common):
-    prompt: str | list[str] | list[int] | list[list[int]]
-    max_tokens: int | None = Field(16, ge=1)  # OpenAI's default for completions
+    _keep_null: ClassVar[frozenset[str]] = frozenset({"prompt"})
+    prompt: str | list[str] | list[int] | list[list[int]] | None
+    """Required; null: the start of a new document (OpenAI's ``<|endoftext|>`` default)."""
+    max_tokens: int | None = Field(None, ge=1)  # default: OpenAI's 16, within the server's cap (prepare)
     logprobs: int | None = Field(None, ge=0, le=5)
     echo: bool | None = None
     best_of: int | None = None
@@ -127,6 +146,12 @@ class ContentPart(_Strict):
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")  # e.g. "refusal": null, echoed back by some clients
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nulls(cls, data: Any) -> Any:
+        return _drop_nulls(data)
+
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     name: str | None = None

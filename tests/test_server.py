@@ -106,7 +106,9 @@ def _check_stream(chunks, chat):
 
 
 def test_streaming_completion_and_chat(client):
-    stream = client.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=10, seed=7, stream=True)
+    stream = client.completions.create(
+        model=MODEL, prompt="The capital of France is", max_tokens=10, seed=7, stream=True, stream_options={"include_usage": True}
+    )
     text, entries = _check_stream(list(stream), chat=False)
     full = client.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=10, seed=7)
     assert text == full.choices[0].text and entries == full.choices[0].temperature_trace
@@ -117,7 +119,7 @@ def test_streaming_completion_and_chat(client):
 
 
 def test_raw_sse_format(url):
-    body = {"model": MODEL, "prompt": "Hi", "max_tokens": 3, "stream": True, "temperature": 0}
+    body = {"model": MODEL, "prompt": "Hi", "max_tokens": 3, "stream": True, "temperature": 0, "stream_options": {"include_usage": True}}
     with httpx.stream("POST", url + "/v1/completions", json=body) as r:
         assert r.headers["content-type"].startswith("text/event-stream")
         lines = [l for l in r.iter_lines() if l]

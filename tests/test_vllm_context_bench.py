@@ -84,3 +84,37 @@ def test_bench_contexts_runs_on_both_backends(tmp_path):
             assert all(len(v) == 2 and min(v) > 0 for v in r["tokens_per_s"].values())
     assert data["results"][1]["runner"] == "v1"
     assert "Param. Δ" in run.stdout and "tokens/s (vllm)" in run.stdout
+
+
+def test_random_checkpoint_of_a_shape_loads_with_its_head(tmp_path, monkeypatch):
+    """What --random-model builds (here a tiny Qwen3 shape): a checkpoint the torch loader takes,
+    with a head of the model's width; built once, then reused."""
+    from introllm.sampler import random_model
+    from introllm.sampler.checkpoint import load_checkpoint
+
+    tiny_shape = dict(random_model.SHAPES["qwen3-1.7b"], hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=16, vocab_size=512)
+    monkeypatch.setitem(random_model.SHAPES, "tiny", tiny_shape)
+    path = random_model.random_checkpoint("tiny", dtype="float32", into=tmp_path / "tiny")
+    ck = load_checkpoint(path)
+    assert ck.model.config.model_type == "qwen3" and ck.model.config.hidden_size == 64
+    assert ck.head.config.hidden_size == 64 and ck.tokenizer is not None
+    assert model_params(ck.model.config) == sum(p.numel() for p in ck.model.parameters())
+    stamp = (path / "model.safetensors").stat().st_mtime_ns
+    assert random_model.random_checkpoint("tiny", dtype="float32", into=tmp_path / "tiny") == path
+    assert (path / "model.safetensors").stat().st_mtime_ns == stamp
+    with pytest.raises(ValueError, match="unknown model shape"):
+        random_model.random_checkpoint("gpt-9")
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--contexts", "16", "--new-tokens", "32"], "longer than --new-tokens"),
+    (["--contexts", "1k", "--backends", "tensorrt"], "--backends takes torch, vllm"),
+    (["--contexts", "1k,lots"], "--contexts takes"),
+])
+def test_bad_bench_arguments_are_one_line_errors(argv, message, capsys):
+    from introllm.cli import main
+
+    assert main(["bench", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("introllm bench: error:") and message in err[0]

@@ -15,6 +15,8 @@ EXAMPLES = """\
 examples:
   introllm train                                      the embedded SmolLM2 on 1-digit arithmetic, IntroLLM
   introllm train --method grpo --fixed-tau 1.0 --output runs/grpo
+  introllm train --freeze-model --output runs/head    head-only: the base frozen; then introllm serve --head runs/head/final
+  introllm train --dataset rg:chain_sum,products --rg-args '{"products": {"max_digits": 1}}'   a mix of reasoning-gym tasks
   introllm train --dataset problems.jsonl --prompt-field problem --answer-field solution
   introllm train --config run.toml --steps 200        a config file, one value overridden
   introllm train --resume runs/introllm --steps 80    continue a run (exactly where it stopped)
@@ -121,5 +123,6 @@ def run(args: argparse.Namespace) -> int:
     from accelerate import PartialState
 
     if PartialState().is_main_process:
-        print(f"final checkpoint: {final}\nserve it with: introllm serve --checkpoint {final}")
+        how = f"--head {final}" if cfg.method.freeze_model else f"--checkpoint {final}"
+        print(f"final checkpoint: {final}\nserve it with: introllm serve {how}")
     return 0

@@ -231,7 +231,9 @@ class RunConfig:
     device: str = "auto"
     """auto (GPU if present), cpu or cuda."""
     dtype: str = "float32"
-    """Training precision of model and head: float32 or bfloat16."""
+    """Training precision of the model: float32, bfloat16, or auto (as serving: bfloat16 on GPU and
+    on CPUs with native bfloat16, else float32). The default stays float32: the optimizer updates
+    the weights in place, and bfloat16 weights without a float32 master copy lose small updates."""
     trust_remote_code: bool = False
     """Allow a checkpoint's own Python code (off by default)."""
     overwrite: bool = False
@@ -243,7 +245,7 @@ class RunConfig:
         for name in ("save_every", "eval_every", "sample_every"):
             _check(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
         _check(self.eval_samples >= 1, "eval_samples", f"must be >= 1, got {self.eval_samples}")
-        _check(self.dtype in ("float32", "bfloat16"), "dtype", f"must be float32 or bfloat16, got {self.dtype!r}")
+        _check(self.dtype in ("auto", "float32", "bfloat16"), "dtype", f"must be auto, float32 or bfloat16, got {self.dtype!r}")
         _check(bool(self.output), "output", "must not be empty")
 
 

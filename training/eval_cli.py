@@ -41,7 +41,10 @@ def add_parsers(sub) -> None:
                     "with its prompt and reward settings")
     ev.add_argument("--k", type=int, default=8, help="k of Avg@k and Pass@k [8]")
     ev.add_argument("--n", type=int, default=0, help="samples per problem, >= k; Pass@k is unbiased for n > k [k]")
-    ev.add_argument("--policy", default="learned", help="temperature policy: learned, fixed:T, greedy, ead, tampo... [learned]")
+    ev.add_argument("--policy", default="learned", help="temperature policy: learned, fixed:T, greedy, ead, tampo, or meanshift "
+                    "(fixed at the learned policy's token-mean tau on this benchmark) [learned]")
+    ev.add_argument("--meanshift-from", default="", metavar="FILE", help="meanshift: records of a learned eval of the same checkpoint "
+                    "and benchmark [a first pass, kept as OUTPUT.learned.jsonl]")
     ev.add_argument("--max-new-tokens", type=int, default=512, help="most tokens per sample [512]")
     ev.add_argument("--limit", type=int, default=0, help="only the first N problems [all]")
     ev.add_argument("--batch-prompts", type=int, default=8, help="problems decoded together [8]")
@@ -122,7 +125,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
             if not tty:  # a log file gets one line per batch instead of a bar
                 log.info("eval: %d/%d problems, running accuracy %.3f", done, total, acc)
 
+        if args.policy == "meanshift":
+            from dataclasses import replace
+
+            from .meanshift import resolve_for_eval
+
+            spec, tau = resolve_for_eval(cfg, data, output, source=args.meanshift_from, on_progress=progress)
+            log.info("MeanShift: the learned policy's token-mean tau is %.4f; sampling at %s", tau, spec)
+            cfg = replace(cfg, policy=spec, name=cfg.name or f"{Path(cfg.checkpoint).name if cfg.checkpoint else 'smollm2-135m-instruct'} (MeanShift {tau:.4f})")
         s = evaluate(cfg, data, output, on_progress=progress)
+
     def trace(v) -> str:
         return f"  tau {v['tau_mean']:.3f}  update rate {v['update_rate']:.3f}" if v.get("tau_mean") is not None else ""
 

@@ -1,0 +1,62 @@
+"""benchmarks/servers.py: its table arithmetic, its argument errors, and a real ``--quick`` run
+(our default server on the embedded model over a real socket, driven by the streaming client)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import servers  # noqa: E402
+
+
+def test_table_ratios_to_best_peer_and_bandwidth_share():
+    rows = [
+        servers.Row("ours", "bfloat16", False, {1: 30.0, 16: 300.0}, weights_bytes=int(270e6)),
+        servers.Row("peer a", "bfloat16", True, {1: 60.0, 16: 200.0}, weights_bytes=int(270e6)),
+        servers.Row("peer b", "4-bit", True, {1: 20.0, 16: 250.0}, weights_bytes=int(100e6)),
+        servers.Row("absent", "", True, error="llama-server not found"),
+    ]
+    text = servers.table(rows, [1, 16], bandwidth=27.0)  # limit 100 tok/s at 270 MB
+    ours = next(line for line in text.splitlines() if line.startswith("| ours"))
+    assert "| 30.0 | 300.0 | 0.50x | 1.20x | 30 % of 100 |" in ours
+    assert "llama-server not found" in text
+
+
+def test_weight_count_skips_head_files(tmp_path):
+    from safetensors.torch import save_file
+    import torch
+
+    save_file({"a": torch.zeros(3, 4), "b": torch.zeros(5)}, str(tmp_path / "model.safetensors"))
+    save_file({"fc": torch.zeros(7, 7)}, str(tmp_path / "temperature_head.safetensors"))
+    assert servers.base_weight_numel(tmp_path) == 17
+    copy = servers.stock_copy(tmp_path, tmp_path / "stock")
+    assert sorted(f.name for f in copy.iterdir()) == ["model.safetensors"]
+
+
+def test_bad_arguments_are_one_line_errors():
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "servers.py"), "--clients", "1,x"], capture_output=True, text=True)
+    assert r.returncode == 2 and "--clients must be positive integers" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+def test_quick_run_measures_our_default_server(tmp_path, embedded):
+    out = tmp_path / "quick.json"
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "servers.py"), "--quick", "--json", str(out)],
+        capture_output=True, text=True, timeout=1200,
+    )
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    result = json.loads(out.read_text())
+    (row,) = result["rows"]
+    assert row["name"] == "introllm torch (default)" and not row["error"]
+    assert row["dtype"] in ("bfloat16", "float32")
+    assert set(row["tokens_per_s"]) == {"1", "2"} and all(v > 0 for v in row["tokens_per_s"].values())
+    # Every completion's tokens counted (8 tokens, one completion per client), none failed.
+    assert row["output_tokens"] == {"1": 8, "2": 16} and row["failed"] == {"1": 0, "2": 0}
+    assert result["memory_bandwidth_gbs"] > 0 and result["base_weight_numel"] > 100e6
+    assert "| introllm torch (default) |" in r.stdout and "% of" in r.stdout
