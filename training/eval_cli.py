@@ -7,6 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
+from .cli import _json_table
+
 log = logging.getLogger(__name__)
 
 EVAL_EXAMPLES = """\
@@ -78,18 +80,6 @@ def add_parsers(sub) -> None:
                     "alone (no --run), the evaluation figures only")
     pl.add_argument("--output", required=True, metavar="DIR", help="where the PNG files and index.html go")
     pl.set_defaults(func=cmd_plot)
-
-
-def _json_table(text: str) -> dict:
-    import json
-
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise argparse.ArgumentTypeError(f"not a JSON object: {e.msg}") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("must be a JSON object")
-    return value
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
