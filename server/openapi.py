@@ -113,15 +113,9 @@ class ChatCompletionResponse(BaseModel):
     usage: Usage
 
 
-class CompletionChunk(BaseModel):
-    """One event of a ``/v1/completions`` stream (its ``data``, as JSON)."""
-
-    id: str
-    object: Literal["text_completion"]
-    created: int
-    model: str
-    choices: list[CompletionChoice]
-    usage: Usage | None = None
+class CompletionChunk(CompletionResponse):
+    """One event of a ``/v1/completions`` stream (its ``data``, as JSON): the same fields as the
+    whole response, each choice holding the tokens this event adds."""
 
 
 class ChatDelta(BaseModel):
