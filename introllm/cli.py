@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--port", type=int, default=8000, help="port [8000]")
     srv.add_argument("--api-key", default=os.environ.get("INTROLLM_API_KEY"), help="require this bearer key on /v1/* [$INTROLLM_API_KEY]")
     srv.add_argument("--no-ui", dest="ui", action="store_false", help="do not serve the playground page at / (served by default)")
-    srv.add_argument("--max-batch", type=_positive_int, default=32, help="most sequences decoded together [32]")
+    srv.add_argument("--max-batch", type=_positive_int, default=64, help="most sequences decoded together [64]")
     srv.add_argument("--max-queue", type=_positive_int, default=64, help="most waiting requests before 429 [64]")
     srv.add_argument("--max-tokens", type=_positive_int, default=1024, help="cap on max_tokens per request [1024]")
     srv.add_argument("--max-n", type=_positive_int, default=None, help="cap on n per request [min(16, max batch)]")

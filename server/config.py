@@ -46,7 +46,7 @@ class ServerConfig:
     """auto (bfloat16 on GPU and on CPUs with native bfloat16, else float32), float32, bfloat16."""
     api_key: str | None = None
     """When set, /v1/* requires ``Authorization: Bearer <key>`` (401 otherwise)."""
-    max_batch: int = 32
+    max_batch: int = 64
     """Most sequences decoded together; a request with n samples takes n of them."""
     max_queue: int = 64
     """Most requests waiting to join the batch; beyond it the server answers 429."""
