@@ -69,7 +69,7 @@ def test_a_mix_of_reasoning_gym_tasks_with_per_task_arguments():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("task", ["leg_counting", "letter_counting", "spell_backward"])
-def test_eval_runs_other_reasoning_gym_families_with_their_own_defaults(tiny_ckpt, tmp_path, task, capsys):
+def test_eval_runs_other_reasoning_gym_families_with_their_own_defaults(tiny_ckpt, tmp_path, task, capsys, caplog):
     from introllm.cli import main
 
     out = tmp_path / "r.jsonl"
@@ -80,6 +80,8 @@ def test_eval_runs_other_reasoning_gym_families_with_their_own_defaults(tiny_ckp
     assert len(records) == 6 and all(r["problem_id"].startswith(task) for r in records)
     summary = json.loads(out.with_name("r.summary.json").read_text())
     assert summary["dataset"] == f"rg:{task}" and 0.6 <= summary["tau_mean"] <= 1.5
+    # rg: problems are the ones `introllm train` draws (same generator seed): the user is told, and where to go instead
+    assert any("trained on" in r.message and "--heldout RUN" in r.message for r in caplog.records if r.levelname == "WARNING")
 
 
 @pytest.mark.slow

@@ -99,6 +99,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         data = heldout_problems(args.heldout)[0]
         args.dataset = data.dataset
     else:
+        if args.dataset.startswith("rg:"):
+            log.warning("%s: reasoning-gym problems are drawn with the generator seed `introllm train` uses, so a model "
+                        "trained on %s is scored on problems it trained on; --heldout RUN evaluates on the problems that "
+                        "run held out instead", args.dataset, args.dataset)
         data = DataConfig(dataset=args.dataset, prompt_field=args.prompt_field, answer_field=args.answer_field, reward=args.reward,
                           template=args.template, instruction=args.instruction, num_problems=args.num_problems, eval_size=0,
                           rg_args=args.rg_args, answer_boxed=args.answer_boxed)
