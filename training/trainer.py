@@ -213,6 +213,8 @@ def train(cfg: TrainConfig, *, resume_from: str | None = None, show_progress: bo
             errs = accelerator.reduce(torch.tensor([ro.num_reward_errors, ro.num_reward_timeouts], device=device), "sum").tolist()
             metrics: dict[str, Any] = {"step": step + 1, **R.summarize(gathered, int(errs[0]), int(errs[1]))}
             metrics.update({k: v for k, v in stats.__dict__.items() if k != "tau_loglik"})
+            if world > 1:
+                metrics.update(_rollout_gap_over_processes(accelerator, stats))
             metrics.update(method_metrics)
             by_level = _tau_by_level(accelerator, ro, G)
             if by_level:
@@ -272,6 +274,16 @@ def _check_replicas(accelerator, model, head) -> None:
     sums = accelerator.gather(total.reshape(1).to(accelerator.device)).cpu()
     if (sums - sums[0]).abs().max() > 1e-9 * max(1.0, float(sums[0].abs())):
         raise RuntimeError(f"data-parallel processes diverged (weight sums {sums.tolist()})")
+
+
+def _rollout_gap_over_processes(accelerator, stats) -> dict[str, float]:
+    """The sampler-vs-trainer log-prob gap and TIS figures of every process, not only this one's:
+    the max over processes for ``logp_mismatch``, the mean over processes for the means and
+    fractions (each process scores the same number of sequences)."""
+    keys = ("logp_mismatch", "logp_mismatch_mean", "logp_mismatch_frac", "tis_weight_mean", "tis_capped_frac")
+    rows = accelerator.gather(torch.tensor([[getattr(stats, k) for k in keys]], dtype=torch.float64,
+                                           device=accelerator.device)).cpu()
+    return {k: float(rows[:, i].max() if k == "logp_mismatch" else rows[:, i].mean()) for i, k in enumerate(keys)}
 
 
 def _tau_by_level(accelerator, ro: R.Rollout, G: int) -> dict[str, float]:

@@ -82,9 +82,11 @@ class VLLMRollouts:
         kv_gib = None
         if current_platform.device_type == "cpu":
             if "kv_cache_memory_bytes" not in extra:
-                kv_gib = min(CPU_KV_CACHE_CAP_GIB, memory * psutil.virtual_memory().available / (1 << 30))
-                log.info("vLLM rollouts on a CPU: KV cache %.2f GiB (vllm_memory %g of the memory available, at most %g GiB)",
-                         kv_gib, memory, CPU_KV_CACHE_CAP_GIB)
+                # the processes of one machine share its memory (torchrun sets LOCAL_WORLD_SIZE)
+                local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+                kv_gib = min(CPU_KV_CACHE_CAP_GIB, memory * psutil.virtual_memory().available / (1 << 30) / local)
+                log.info("vLLM rollouts on a CPU: KV cache %.2f GiB (vllm_memory %g of the memory available%s, at most %g GiB)",
+                         kv_gib, memory, f" / {local} processes" if local > 1 else "", CPU_KV_CACHE_CAP_GIB)
         else:
             extra.setdefault("gpu_memory_utilization", memory)
         self.engine = VLLMEngine(checkpoint, dtype=dtype, max_batch=max_batch, eager=eager, kv_cache_gib=kv_gib,
@@ -115,19 +117,17 @@ def build_rollout_engine(cfg: RolloutConfig, *, checkpoint: Path, model: nn.Modu
     each optimizer step (returns seconds spent; 0 when nothing needs copying: the torch engine
     reads the trainer's own tensors, and a frozen base does not change).
 
-    Raises ConfigError for vllm under several processes (``world`` > 1): vLLM's in-process engine
-    initialises its own distributed state, which would collide with the trainer's DDP group; not
-    built or tested yet (see docs/training.md)."""
+    Under several processes (``world`` > 1, launched by ``accelerate launch`` / torchrun) each
+    process gets its own engine through vLLM's ``external_launcher`` executor (data-parallel
+    rollouts, as TRL's colocate mode): vLLM joins the trainer's process group (RANK, LOCAL_RANK,
+    MASTER_ADDR, MASTER_PORT from the launcher) with a tensor-parallel group of one process each,
+    instead of starting a one-process group of its own that would collide with it.
+    Raises ConfigError when vllm is asked for and vLLM is not installed."""
     backend, why = resolve_rollout_backend(cfg.rollout_backend, device)
-    if backend == "vllm" and world > 1:
-        if cfg.rollout_backend == "auto":
-            backend, why = "torch", f"auto: vLLM rollouts under {world} processes are not supported yet"
-        else:
-            raise ConfigError(f"rollout_backend: vllm runs in one training process only for now ({world} were launched); "
-                              "use --rollout-backend torch with accelerate, or one process")
     log.info("rollouts on the %s engine (%s)", backend, why)
     if backend == "torch":
         return Engine(model, head), (lambda: 0.0), backend
+    engine_args = {"distributed_executor_backend": "external_launcher"} if world > 1 else None
     rollouts = VLLMRollouts(checkpoint, model, head, memory=cfg.vllm_memory, dtype=dtype, eager=cfg.vllm_eager,
-                            max_batch=max_batch)
+                            max_batch=max_batch, engine_args=engine_args)
     return rollouts, (rollouts.sync if model_trains else (lambda: 0.0)), backend
