@@ -652,6 +652,7 @@ def _bench_rollout_backends(args: argparse.Namespace, ck, prompts, console) -> i
 
     result = rollout_backend_comparison(
         ck.model, ck.head, ck.path, prompts, group_size=args.group_size, new_tokens=args.new_tokens, repeats=args.repeats,
+        eager=args.vllm_eager,
         on_measure=lambda b, t, r, u, s: console.print(f"  {b:<6} step {t:6.2f} s  (rollout {r:5.2f} s, update {u:5.2f} s, sync {s:5.2f} s)", style="dim"),
     )
     m, tps = result["median_seconds"], result["rollout_tokens_per_s"]

@@ -15,15 +15,22 @@
 #             random weights, 1k..24k; dry run: the embedded model, 1k and 2k)
 #   torchrow  the same on the torch engine, one context
 #   train     two `introllm train` steps in bfloat16 (GPU: on CUDA)
+#   rollouts  three `introllm train` steps with colocated-vLLM rollouts (issue 14; float32, model lr
+#             1e-4, compiled vLLM: CUDA graphs on a GPU): each step's log-prob gap between vLLM's
+#             samples and the trainer's recompute must stay below 1e-3 on average (a skipped or
+#             stale weight sync shows as 1e-1 and more)
+#   rollbench introllm bench --train --rollout-backend vllm: rollout tok/s and whole-step time, vLLM
+#             vs the torch engine, side by side (GPU: 16 prompts x 8 samples x 128 tokens)
 #
-# Environment: PYTHON (default: .venv/bin/python if present, else python3), OUT (default gpu-check-<time>).
+# Environment: PYTHON (default: .venv/bin/python if present, else python3), OUT (default gpu-check-<time>),
+# ONLY (space-separated step names to run, e.g. ONLY="install rollouts rollbench"; default all).
 set -uo pipefail
 
 DRY=0
 for arg in "$@"; do
   case "$arg" in
     --dry-run) DRY=1 ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,/^# ONLY/p' "$0"; exit 0 ;;
     *) echo "gpu-check.sh: unknown argument $arg (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -36,18 +43,21 @@ OUT=$(cd "$OUT" && pwd)
 INTROLLM=("$PY" -m introllm)
 
 if [ "$DRY" = 1 ]; then
-  DEVICE=cpu; CONTEXTS=1k,2k; NEW=8; MODEL=(); EAGER=(--vllm-eager); TRAIN_TOKENS=8
+  DEVICE=cpu; CONTEXTS=1k,2k; NEW=8; MODEL=(); EAGER=(--vllm-eager); TRAIN_TOKENS=8; ROLL_PROMPTS=2
   SERVE_ARGS=(--backend vllm --vllm-eager); EXPECT_BACKEND=vllm; EXPECT_RUNNER=V1
   SERVER_TESTS=(-k "not distribution and not trained")  # the trained-checkpoint tests train first: long on 2 cores
 else
-  DEVICE=cuda; CONTEXTS=1k,2k,4k,8k,16k,24k; NEW=128; MODEL=(--random-model qwen3-1.7b); EAGER=(); TRAIN_TOKENS=32
+  DEVICE=cuda; CONTEXTS=1k,2k,4k,8k,16k,24k; NEW=128; MODEL=(--random-model qwen3-1.7b); EAGER=(); TRAIN_TOKENS=32; ROLL_PROMPTS=16
   SERVE_ARGS=(); EXPECT_BACKEND=vllm; EXPECT_RUNNER=V2
   SERVER_TESTS=()
 fi
 
 NAMES=(); RESULTS=(); SECONDS_TAKEN=(); NOTES=()
-step() {  # step NAME COMMAND...: run, log, record
+step() {  # step NAME COMMAND...: run, log, record (result "skip" when ONLY leaves it out)
   local name=$1; shift
+  if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]]; then
+    NAMES+=("$name"); RESULTS+=(skip); SECONDS_TAKEN+=(0); NOTES+=(""); NOTE=; return 0
+  fi
   local start=$SECONDS status=ok
   echo "== $name: $*"
   if ! "$@" >"$OUT/$name.log" 2>&1; then status=FAIL; tail -n 15 "$OUT/$name.log" | sed 's/^/   | /'; fi
@@ -115,6 +125,26 @@ train() {
     --dtype bfloat16 --device "$DEVICE" --save-every 0 --output "$OUT/train" --overwrite --no-progress
 }
 
+rollouts() {
+  "${INTROLLM[@]}" train --rollout-backend vllm --steps 3 --batch-size 4 --group-size 8 --max-new-tokens "$TRAIN_TOKENS" \
+    --model-lr 1e-4 --eval-size 0 --dtype float32 --device "$DEVICE" --save-every 0 --output "$OUT/rollouts" --overwrite \
+    --no-progress || return 1
+  "$PY" - "$OUT/rollouts/metrics.jsonl" <<'EOF'
+import json, sys
+rows = [json.loads(line) for line in open(sys.argv[1]) if '"reward"' in line]
+for r in rows:
+    print(f"step {r['step']}: logp gap max {r['logp_mismatch']:.2e} mean {r['logp_mismatch_mean']:.2e} "
+          f"frac>1e-3 {r['logp_mismatch_frac']:.3f}  sync {r['sync_seconds']:.2f} s  rollout {r['rollout_seconds']:.2f} s")
+assert len(rows) == 3 and all(r["rollout_backend"] == "vllm" for r in rows), rows
+assert all(r["logp_mismatch_mean"] < 1e-3 for r in rows), "vLLM's samples do not match the trainer's weights"
+EOF
+}
+
+rollbench() {
+  "${INTROLLM[@]}" bench --train --rollout-backend vllm --prompts "$ROLL_PROMPTS" --group-size 8 --new-tokens "$NEW" \
+    --repeats 2 --device "$DEVICE" --json "$OUT/rollbench.json"
+}
+
 headline() {  # a one-line figure from a Table 3 JSON: learned and default tok/s and overhead per context
   "$PY" - "$1" <<'EOF' 2>/dev/null
 import json, statistics, sys
@@ -141,6 +171,10 @@ step torchrow torchrow
 NOTES[${#NOTES[@]}-1]=$(headline "$OUT/table3-torch.json")
 step train train
 NOTES[${#NOTES[@]}-1]=$(grep -c '"step"' "$OUT/train/metrics.jsonl" 2>/dev/null | sed 's/$/ steps logged/')
+step rollouts rollouts
+NOTES[${#NOTES[@]}-1]=$(grep "^step 3:" "$OUT/rollouts.log" 2>/dev/null)
+step rollbench rollbench
+NOTES[${#NOTES[@]}-1]=$(grep -A1 "vLLM / torch" "$OUT/rollbench.log" 2>/dev/null | tr -s ' \n' ' ' | cut -c1-120)
 
 echo
 printf '%-9s %-5s %6s  %s\n' step result secs notes

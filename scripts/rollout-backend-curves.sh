@@ -1,16 +1,26 @@
 #!/usr/bin/env bash
 # Issue 14: same seeds, same problems, 20 steps of `introllm train` with torch rollouts and with
 # colocated-vLLM rollouts; prints per-step reward, held-out accuracy and the vLLM logp gap side
-# by side. Usage: scripts/rollout-backend-curves.sh [OUT_DIR] [SEEDS...]  (default runs/, seeds 0 1)
-# On a 2-core CPU one run takes ~20-60 min; on a GPU add --device cuda --dtype bfloat16 via EXTRA.
+# by side, with each run's wall time.
+#
+#   scripts/rollout-backend-curves.sh [OUT_DIR] [SEEDS...]      (default runs/, seeds 0 1)
+#
+# EXTRA adds `introllm train` flags to every run. What docs/training.md reports (~10 min a run on
+# 2 CPU cores):
+#   EXTRA="--dataset experiments/data/arithmetic-train.jsonl --batch-size 4 --group-size 8 \
+#     --max-new-tokens 48 --eval-size 32 --model-lr 1e-5 --head-lr 5e-4" scripts/rollout-backend-curves.sh
+# On a GPU add --device cuda --dtype bfloat16.
 set -euo pipefail
 out=${1:-runs}; shift || true
 seeds=${*:-0 1}
 introllm=${INTROLLM:-introllm}
 for seed in $seeds; do
   for backend in torch vllm; do
+    start=$SECONDS
+    # shellcheck disable=SC2086  # EXTRA is a list of flags
     $introllm train --rollout-backend "$backend" --seed "$seed" --steps 20 --eval-every 5 --save-every 0 \
       --output "$out/curves-$backend-seed$seed" --overwrite --no-progress ${EXTRA:-}
+    echo "curves: $backend seed $seed took $((SECONDS - start)) s" >&2
   done
 done
 python - "$out" $seeds <<'PY'
@@ -18,17 +28,20 @@ import json, sys
 out, seeds = sys.argv[1], sys.argv[2:]
 def rows(backend, seed):
     return [json.loads(l) for l in open(f"{out}/curves-{backend}-seed{seed}/metrics.jsonl")]
+mean = lambda xs: sum(xs) / len(xs)
 for seed in seeds:
     t, v = rows("torch", seed), rows("vllm", seed)
     print(f"seed {seed}: step  reward torch/vllm   eval torch/vllm   vllm logp gap max/mean/frac>1e-3")
     for a, b in zip(t, v):
-        if "reward" not in a:
-            print(f"  {a['step']:>4}  {'':>18}  {a.get('eval_accuracy', float('nan')):.3f}/{b.get('eval_accuracy', float('nan')):.3f}")
-            continue
         ev = f"{a['eval_accuracy']:.3f}/{b['eval_accuracy']:.3f}" if "eval_accuracy" in a else ""
+        if "reward" not in a:
+            print(f"  {a['step']:>4}  {'':>11}  {ev:>15}")
+            continue
         print(f"  {a['step']:>4}  {a['reward']:.3f}/{b['reward']:.3f}  {ev:>15}   "
               f"{b['logp_mismatch']:.1e}/{b['logp_mismatch_mean']:.1e}/{b['logp_mismatch_frac']:.3f}")
-    mean = lambda xs: sum(xs) / len(xs)
     print(f"  mean reward torch {mean([r['reward'] for r in t if 'reward' in r]):.3f}, "
-          f"vllm {mean([r['reward'] for r in v if 'reward' in r]):.3f}")
+          f"vllm {mean([r['reward'] for r in v if 'reward' in r]):.3f}; final eval torch "
+          f"{t[-1].get('eval_accuracy', float('nan')):.3f}, vllm {v[-1].get('eval_accuracy', float('nan')):.3f}; "
+          f"median step s torch {sorted(r['step_seconds'] for r in t if 'reward' in r)[len(t) // 2 - 1]:.1f}, "
+          f"vllm {sorted(r['step_seconds'] for r in v if 'reward' in r)[len(v) // 2 - 1]:.1f}")
 PY

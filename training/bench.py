@@ -90,7 +90,7 @@ def train_step_overhead(model, head, prompts: list[list[int]], *, group_size: in
 
 def rollout_backend_comparison(model, head, checkpoint, prompts: list[list[int]], *, group_size: int = 8,
                                new_tokens: int = 48, repeats: int = 3, micro_batch_size: int = 8,
-                               vllm_memory: float = 0.05, on_measure=None) -> dict:
+                               vllm_memory: float = 0.05, eager: bool = True, on_measure=None) -> dict:
     """Whole IntroLLM training steps with torch-engine rollouts against colocated-vLLM rollouts,
     on the same model, head, prompts and seeds, in ABBA order; median of the paired ratios.
 
@@ -102,12 +102,13 @@ def rollout_backend_comparison(model, head, checkpoint, prompts: list[list[int]]
     logp gap would measure the staleness).
     Returns rollout tokens/s, rollout / update / sync / step seconds per backend, the ratios
     (torch time / vLLM time: > 1 means vLLM is faster) and the logp gap of vLLM's rollouts.
+    eager: vLLM without torch.compile (False: compiled, as the trainer's ``vllm_eager = false``).
     """
     from .vllm_rollout import VLLMRollouts
 
     threads_before = torch.get_num_threads()
     engines = {"torch": Engine(model, head)}
-    vllm = VLLMRollouts(checkpoint, model, head, memory=vllm_memory, dtype="float32", eager=True,
+    vllm = VLLMRollouts(checkpoint, model, head, memory=vllm_memory, dtype="float32", eager=eager,
                         max_batch=len(prompts) * group_size, engine_args={"max_model_len": max(map(len, prompts)) + new_tokens + 8})
     engines["vllm"] = vllm
     threads_after = torch.get_num_threads()
@@ -149,7 +150,7 @@ def rollout_backend_comparison(model, head, checkpoint, prompts: list[list[int]]
     ratio = lambda x, y: statistics.median(p / q for p, q in zip(x, y))  # noqa: E731
     tokens = n * new_tokens
     return {
-        "prompts": len(prompts), "group_size": group_size, "new_tokens": new_tokens, "repeats": repeats,
+        "prompts": len(prompts), "group_size": group_size, "new_tokens": new_tokens, "repeats": repeats, "vllm_eager": eager,
         "torch_threads": {"before_vllm": threads_before, "after_vllm": threads_after},
         "rollout_tokens_per_s": {b: tokens / statistics.median(rec[b]["rollout"]) for b in rec},
         "median_seconds": {b: {k: statistics.median(rec[b][k]) for k in ("rollout", "update", "sync", "step")} for b in rec},
