@@ -152,6 +152,29 @@ def _rg_entry():
     return entry
 
 
+# ------------------------------------------------------------------ arithmetic left undone is not an answer
+
+@pytest.mark.parametrize(
+    "completion, gold, expected",
+    [
+        ("2 + -7", "-5", 0.0),  # the question restated: what GRPO learned in Study 2, seed 2 (docs/results.md)
+        ("Calculate ( 2 + -7 ).\n2 + -7", "-5", 0.0),
+        ("\\boxed{2+(-7)}", "-5", 0.0),
+        ("Answer: 3 \\cdot 4", "12", 0.0),
+        ("\\boxed{2^{10}}", "1024", 0.0),
+        ("2 + -7 = -5", "-5", 1.0),  # worked, then the value: the value counts
+        ("\\boxed{-(5)}", "-5", 1.0),
+        ("3/4", "\\frac{3}{4}", 1.0),
+        ("\\boxed{\\frac{1}{2}}", "0.5", 1.0),
+        ("\\boxed{50\\%}", "50\\%", 1.0),
+        ("\\boxed{\\sqrt{12}}", "2\\sqrt{3}", 1.0),  # a symbolic reference still compares by value
+        ("\\boxed{2 \\cdot 3}", "2 \\cdot 3", 1.0),
+    ],
+)
+def test_a_numeric_reference_needs_a_number_not_an_expression_worth_it(completion, gold, expected):
+    assert math_reward(completion, gold, {}) == expected
+
+
 def test_reasoning_gym_reward_is_binary_by_default_and_partial_on_request():
     from introllm.training.rewards import load_scorer, resolve_reward
 

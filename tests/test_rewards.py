@@ -105,7 +105,7 @@ def test_an_adversarial_expression_finishes_within_the_timeout_with_reward_0(wor
     hostile = "Answer: 10^{10^{10^{10}}}"
     worker.check("math", "Answer: 1", "1", {})  # worker started: the clock below times the check only
     t = time.monotonic()
-    result = worker.score("math", [hostile], ["1"], [{}])
+    result = worker.score("math", [hostile], ["2^{x}"], [{}])  # a symbolic reference: sympy compares them
     assert time.monotonic() - t < worker.timeout + 5
     assert result.rewards == [0.0] and result.num_timeouts == 1
     assert worker.check("math", "Answer: 7", "7", {}) == (1.0, None)  # a fresh worker took over

@@ -188,11 +188,47 @@ def parse_gold(answer: str) -> list:
     return gold
 
 
+def is_plain_number(expr) -> bool:
+    """Whether a parsed answer is a number written out (``-5``, ``0.25``, ``\\frac{3}{4}``, ``3/4``,
+    ``50\\%``), as opposed to arithmetic still to do (``2 + -7``, ``3 \\cdot 4``, ``2^{10}``).
+    math-verify keeps what it parses unevaluated (sympy ``evaluate=False``), so the two differ
+    in the parsed object even where their values are equal.
+
+    >>> from sympy import Integer, Rational, Add, Mul, Pow
+    >>> is_plain_number(Integer(-5)), is_plain_number(Mul(3, Pow(4, -1, evaluate=False), evaluate=False))
+    (True, True)
+    >>> is_plain_number(Add(2, -7, evaluate=False))
+    False
+    """
+    import sympy
+
+    if isinstance(expr, sympy.Number):
+        return True
+    if isinstance(expr, sympy.Mul) and len(expr.args) == 2:
+        a, b = expr.args
+        if a == -1:  # -(x)
+            return is_plain_number(b)
+        if isinstance(a, sympy.Integer) and isinstance(b, sympy.Pow) and isinstance(b.base, sympy.Integer) and b.exp == -1:
+            return True  # a/b written without \frac
+        if isinstance(a, sympy.Number) and isinstance(b, sympy.UnevaluatedExpr) and b.args[0] == sympy.Rational(1, 100):
+            return True  # a percentage
+    return False
+
+
 def is_correct(completion: str, answer: str) -> bool:
     """Whether the completion's final answer equals the reference under math-verify.
 
+    One rule on top of math-verify: when the reference is a number, the answer must be a number
+    too, not an expression that evaluates to it. Otherwise a model that restates the question
+    ("Calculate 2 + -7." -> "2 + -7") is paid for it: math-verify reads the expression, sympy
+    compares its value, and GRPO finds that shortcut (it did, in one of this project's studies:
+    docs/results.md). MATH's own grader (Hendrycks et al., string equality after normalisation)
+    rejects such answers as well.
+
     >>> is_correct("To find the answer, we add.\\n3 + 4 = 7\\nSo the total is \\\\boxed{7}.", "7")
     True
+    >>> is_correct("2 + -7", "-5"), is_correct("2 + -7 = -5", "-5")
+    (False, True)
 
     Raises:
         ValueError: the reference does not parse.
@@ -201,4 +237,8 @@ def is_correct(completion: str, answer: str) -> bool:
 
     gold = parse_gold(answer)
     pred = parse_completion(completion)
-    return bool(pred) and verify(gold, pred)
+    if not pred:
+        return False
+    if is_plain_number(gold[0]) and not isinstance(pred[0], str) and not is_plain_number(pred[0]):
+        return False
+    return verify(gold, pred)
