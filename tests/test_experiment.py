@@ -476,3 +476,26 @@ policy = "fixed:1.0"
     assert "eval.missing.fixed-1.0.s0 failed (exit 2)" in err and "missing.jsonl" in err and "logs/eval.missing.fixed-1.0.s0.log" in err
     assert not (tmp_path / "out/state/eval.missing.fixed-1.0.s0.done.json").exists()
     assert not (tmp_path / "out/report.md").exists()
+
+
+def test_rescore_rechecks_saved_samples_without_touching_them(tmp_path):
+    """experiments/rescore.py: a sample the old checker counted for restating the question is
+    reported as lost, a right one stays right, a wrong one stays wrong; the file is unchanged."""
+    rows = [
+        {"problem_id": "p1", "answer": "-5", "text": "2 + -7", "correct": True},  # the loophole
+        {"problem_id": "p1", "answer": "-5", "text": "2 + -7 = -5", "correct": True},
+        {"problem_id": "p2", "answer": "21", "text": "Answer: 20", "correct": False},
+    ]
+    path = tmp_path / "evals" / "bench" / "row" / "seed0.jsonl"
+    path.parent.mkdir(parents=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    before = path.read_text()
+    script = Path(__file__).resolve().parents[1] / "experiments" / "rescore.py"
+    out = subprocess.run([sys.executable, str(script), str(tmp_path), "--json", str(tmp_path / "r.json")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    figures = json.loads((tmp_path / "r.json").read_text())[str(path)]
+    assert (figures["recorded"], figures["rechecked"], figures["lost"], figures["gained"]) == (2 / 3, 1 / 3, 1, 0)
+    assert "'2 + -7' (answer -5)" in out.stdout and path.read_text() == before
+    bad = subprocess.run([sys.executable, str(script), str(tmp_path / "nowhere")], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "no evals/" in bad.stderr and "Traceback" not in bad.stderr
