@@ -164,7 +164,7 @@ step serve serve
 NOTE=$(grep -m1 -o "model runner V[12]" "$OUT/serve-server.log" 2>/dev/null)
 NOTES[${#NOTES[@]}-1]="$(head -n 1 "$OUT/serve-server.log" 2>/dev/null | grep -o 'backend: [a-z]*') ${NOTE:-}"; NOTE=
 step server server
-NOTES[${#NOTES[@]}-1]=$(grep -E "passed|failed" "$OUT/server.log" | tail -n 1)
+NOTES[${#NOTES[@]}-1]=$(grep -E "passed|failed" "$OUT/server.log" 2>/dev/null | tail -n 1)
 step table3 table3
 NOTES[${#NOTES[@]}-1]=$(headline "$OUT/table3-vllm.json")
 step torchrow torchrow
