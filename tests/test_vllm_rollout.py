@@ -134,7 +134,7 @@ def test_two_processes_each_sample_on_their_own_vllm_engine_and_sync_it(tmp_path
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "introllm", "train",
            "--rollout-backend", "vllm", "--dataset", str(data), "--reward", reward, "--steps", "2", "--batch-size", "2",
            "--group-size", "4", "--max-new-tokens", "12", "--model-lr", "1e-4", "--eval-size", "2", "--eval-samples", "1",
-           "--save-every", "0", "--vllm-memory", "0.05", "--device", "cpu", "--no-progress", "--output", str(tmp_path / "run")]
+           "--save-every", "0", "--vllm-memory", "0.1", "--device", "cpu", "--no-progress", "--output", str(tmp_path / "run")]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stderr.count("2 process(es)") == 1 and out.stdout.count("final checkpoint") == 1
