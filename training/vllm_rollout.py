@@ -55,14 +55,15 @@ class VLLMRollouts:
     head: the trainer's TemperatureHead (shared, not copied). memory: vLLM's share of the device
     memory (GPU: ``gpu_memory_utilization``; CPU: that share of the memory available now for the
     KV cache, at most 4 GiB). dtype: "float32" / "bfloat16", the training precision. eager: skip
-    torch.compile / CUDA graphs (the weight sync is verified in eager mode only). max_batch:
+    torch.compile / CUDA graphs (the weight sync is verified both ways on CPU, not under CUDA
+    graphs). max_batch:
     vLLM's max_num_seqs. engine_args: further vLLM EngineArgs.
 
     Satisfies ``GenerationEngine`` (policy, new_batch, generate delegate to the vLLM engine).
     """
 
     def __init__(self, checkpoint: str | Path, model: nn.Module, head: nn.Module | None, *, memory: float, dtype: str,
-                 eager: bool = True, max_batch: int = 64, engine_args: dict | None = None):
+                 eager: bool = False, max_batch: int = 64, engine_args: dict | None = None):
         from vllm.platforms import current_platform
 
         import psutil  # a dependency of vLLM
