@@ -24,11 +24,13 @@ for seed in $seeds; do
   done
 done
 python - "$out" $seeds <<'PY'
-import json, sys
+import json, statistics, sys
 out, seeds = sys.argv[1], sys.argv[2:]
 def rows(backend, seed):
     return [json.loads(l) for l in open(f"{out}/curves-{backend}-seed{seed}/metrics.jsonl")]
-mean = lambda xs: sum(xs) / len(xs)
+def steps(rs):
+    return [r for r in rs if "reward" in r]
+mean_reward = {}
 for seed in seeds:
     t, v = rows("torch", seed), rows("vllm", seed)
     print(f"seed {seed}: step  reward torch/vllm   eval torch/vllm   vllm logp gap max/mean/frac>1e-3")
@@ -39,9 +41,19 @@ for seed in seeds:
             continue
         print(f"  {a['step']:>4}  {a['reward']:.3f}/{b['reward']:.3f}  {ev:>15}   "
               f"{b['logp_mismatch']:.1e}/{b['logp_mismatch_mean']:.1e}/{b['logp_mismatch_frac']:.3f}")
-    print(f"  mean reward torch {mean([r['reward'] for r in t if 'reward' in r]):.3f}, "
-          f"vllm {mean([r['reward'] for r in v if 'reward' in r]):.3f}; final eval torch "
-          f"{t[-1].get('eval_accuracy', float('nan')):.3f}, vllm {v[-1].get('eval_accuracy', float('nan')):.3f}; "
-          f"median step s torch {sorted(r['step_seconds'] for r in t if 'reward' in r)[len(t) // 2 - 1]:.1f}, "
-          f"vllm {sorted(r['step_seconds'] for r in v if 'reward' in r)[len(v) // 2 - 1]:.1f}")
+    for backend, rs in (("torch", t), ("vllm", v)):
+        mean_reward[backend, seed] = statistics.mean(r["reward"] for r in steps(rs))
+    evals = lambda rs: [r["eval_accuracy"] for r in rs if "eval_accuracy" in r]
+    print(f"  mean reward torch {mean_reward['torch', seed]:.3f}, vllm {mean_reward['vllm', seed]:.3f}; "
+          f"final eval torch {evals(t)[-1]:.3f}, vllm {evals(v)[-1]:.3f}; median step s torch "
+          f"{statistics.median(r['step_seconds'] for r in steps(t)):.1f}, "
+          f"vllm {statistics.median(r['step_seconds'] for r in steps(v)):.1f}; "
+          f"logp gap max over steps {max(r['logp_mismatch'] for r in steps(v)):.1e}")
+# noise yardstick: how far the same backend's mean reward moves between seeds
+for backend in ("torch", "vllm"):
+    values = [mean_reward[backend, seed] for seed in seeds]
+    print(f"{backend}: mean reward by seed {', '.join(f'{x:.3f}' for x in values)}; "
+          f"spread over seeds {max(values) - min(values):.3f}")
+print("vllm - torch mean reward by seed: "
+      + ", ".join(f"{mean_reward['vllm', s] - mean_reward['torch', s]:+.3f}" for s in seeds))
 PY
