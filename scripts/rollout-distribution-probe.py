@@ -10,6 +10,7 @@ logp-gap check cannot see a sampler that draws from a different distribution tha
 can, for the first few tokens. ~3 min on 2 CPU cores.
 """
 import collections, sys, torch
+from scipy.stats import chi2_contingency  # dev dependency
 from introllm.sampler import Engine, SamplingParams
 from introllm.sampler.models import default_checkpoint, load_model
 from introllm.training.config import DataConfig
@@ -48,8 +49,9 @@ for policy in ("fixed:1.0", "learned"):
         cells = [x for x in top if a[x] + b[x] >= 10]
         ra = [a[x] for x in cells] + [N - sum(a[x] for x in cells)]
         rb = [b[x] for x in cells] + [N - sum(b[x] for x in cells)]
-        chi = sum((u - v) ** 2 / (u + v) for u, v in zip(ra, rb) if u + v > 0)
-        print(f"{policy} first {k} tokens: distinct vllm {len(a)} torch {len(b)}; TV {tv:.3f}; chi2 {chi:.1f} on {len(ra) - 1} dof")
+        test = chi2_contingency([ra, rb], correction=False)
+        print(f"{policy} first {k} tokens: distinct vllm {len(a)} torch {len(b)}; TV {tv:.3f}; "
+              f"chi2 {test.statistic:.1f} on {test.dof} dof, p {test.pvalue:.3f}")
         if k == 1:
             ex = {x: float(p[x[0]]) for x in top[:6]}
             print("  top first tokens  vllm / torch / exact(tau1):", [(ck.tokenizer.decode([x[0]]), a[x], b[x], round(ex[x] * N)) for x in top[:6]])

@@ -56,8 +56,7 @@ class VLLMRollouts:
     memory (GPU: ``gpu_memory_utilization``; CPU: that share of the memory available now for the
     KV cache, at most 4 GiB). dtype: "float32" / "bfloat16", the training precision. eager: skip
     torch.compile / CUDA graphs (the weight sync is verified both ways on CPU, not under CUDA
-    graphs). max_batch:
-    vLLM's max_num_seqs. engine_args: further vLLM EngineArgs.
+    graphs). max_batch: vLLM's max_num_seqs. engine_args: further vLLM EngineArgs.
 
     Satisfies ``GenerationEngine`` (policy, new_batch, generate delegate to the vLLM engine).
     """
