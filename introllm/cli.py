@@ -244,6 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--rollout-backend", choices=["torch", "vllm"], default="torch",
                     help="vllm: time whole IntroLLM steps with colocated-vLLM rollouts (weights synced in place) against "
                          "torch-engine rollouts, side by side [torch: the learned-vs-fixed overhead above]")
+    tr.add_argument("--vllm-dtype", choices=["float32", "bfloat16", "auto"], default="float32",
+                    help="--rollout-backend vllm: precision of vLLM's rollout copy; the model trains in float32 either "
+                         "way (bfloat16: verl's default rollout precision, corrected by TIS) [float32]")
     bench.set_defaults(func=cmd_bench)
     return parser
 
@@ -652,17 +655,20 @@ def _bench_rollout_backends(args: argparse.Namespace, ck, prompts, console) -> i
 
     result = rollout_backend_comparison(
         ck.model, ck.head, ck.path, prompts, group_size=args.group_size, new_tokens=args.new_tokens, repeats=args.repeats,
-        eager=args.vllm_eager,
+        eager=args.vllm_eager, vllm_dtype=args.vllm_dtype,
         on_measure=lambda b, t, r, u, s: console.print(f"  {b:<6} step {t:6.2f} s  (rollout {r:5.2f} s, update {u:5.2f} s, sync {s:5.2f} s)", style="dim"),
     )
     m, tps = result["median_seconds"], result["rollout_tokens_per_s"]
+    console.print(f"vLLM rollouts in {result['vllm_dtype']}, training in {result['train_dtype']}")
     console.print(f"{'':<8}{'rollout tok/s':>14}{'rollout s':>11}{'update s':>10}{'sync s':>8}{'step s':>8}")
     for b in ("torch", "vllm"):
         console.print(f"{b:<8}{tps[b]:>14.1f}{m[b]['rollout']:>11.2f}{m[b]['update']:>10.2f}{m[b]['sync']:>8.2f}{m[b]['step']:>8.2f}")
     gap = result["vllm_logp_gap"]
     console.print(f"vLLM / torch (median of paired ratios): rollout {result['rollout_speedup']:.2f}x, whole step "
                   f"{result['step_speedup']:.2f}x; vLLM logp gap to the trainer: max {gap['mismatch_max']:.2e}, mean "
-                  f"{gap['mismatch_mean']:.2e}, tokens > 1e-3 {gap['mismatch_frac']:.1%}; torch threads "
+                  f"{gap['mismatch_mean']:.2e}, tokens > 1e-3 {gap['mismatch_frac']:.1%}; head's action log-prob gap: max "
+                  f"{gap['temp_mismatch_max']:.2e}, mean {gap['temp_mismatch_mean']:.2e}; TIS weight mean "
+                  f"{result['vllm_tis']['weight_mean']:.4f}, capped {result['vllm_tis']['capped_frac_max']:.2%}; torch threads "
                   f"{result['torch_threads']['before_vllm']} -> {result['torch_threads']['after_vllm']} after vLLM started")
     if args.json:
         with open(args.json, "w") as f:

@@ -20,7 +20,8 @@
 #             samples and the trainer's recompute must stay below 1e-3 on average (a skipped or
 #             stale weight sync shows as 1e-1 and more)
 #   rollbench introllm bench --train --rollout-backend vllm: rollout tok/s and whole-step time, vLLM
-#             vs the torch engine, side by side (GPU: 16 prompts x 8 samples x 128 tokens)
+#             vs the torch engine, side by side (GPU: 16 prompts x 8 samples x 128 tokens; training in
+#             float32, vLLM in ROLL_DTYPE, default bfloat16 as verl rolls out)
 #
 # Environment: PYTHON (default: .venv/bin/python if present, else python3), OUT (default gpu-check-<time>),
 # ONLY (space-separated step names to run, e.g. ONLY="install rollouts rollbench"; default all).
@@ -142,7 +143,7 @@ EOF
 
 rollbench() {
   "${INTROLLM[@]}" bench --train --rollout-backend vllm --prompts "$ROLL_PROMPTS" --group-size 8 --new-tokens "$NEW" \
-    --repeats 2 --device "$DEVICE" --json "$OUT/rollbench.json"
+    --repeats 2 --device "$DEVICE" --vllm-dtype "${ROLL_DTYPE:-bfloat16}" --json "$OUT/rollbench.json"
 }
 
 headline() {  # a one-line figure from a Table 3 JSON: learned and default tok/s and overhead per context

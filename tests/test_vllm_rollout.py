@@ -64,6 +64,7 @@ def test_vllm_rollouts_record_logprobs_close_to_the_trainers_and_entropy(state):
     # vLLM's own fp32 kernels vs the Hugging Face forward: equal up to float error
     assert stats.logp_mismatch < 1e-2 and stats.logp_mismatch_mean < 1e-3, stats
     assert 0 <= stats.logp_mismatch_frac <= 1 and stats.tis_weight_mean == pytest.approx(1.0, abs=1e-3)
+    assert stats.temp_logp_mismatch < 1e-2, stats  # the head's actions, scored on vLLM's vs the trainer's h
     assert all(math.isnan(e) for row in state["entropy_before_update"] for e in row)  # vLLM computes none ...
     assert all(len(s.trace.entropy) == len(s.token_ids) and all(math.isfinite(e) and e >= 0 for e in s.trace.entropy)
                for s in seqs)  # ... the trainer's recompute fills them in
@@ -155,3 +156,90 @@ def test_rollout_config_checks_its_fields():
         RolloutConfig(vllm_memory=1.5)
     with pytest.raises(ConfigError, match="tis_cap"):
         OptimConfig(tis_cap=-1)
+    with pytest.raises(ConfigError, match="vllm_dtype: must be one of same, auto, float32, bfloat16"):
+        RolloutConfig(vllm_dtype="fp16")
+
+
+def test_vllm_dtype_same_means_the_training_precision(monkeypatch):
+    """build_rollout_engine hands vLLM the training dtype for "same", the asked one otherwise."""
+    from types import SimpleNamespace
+
+    from introllm.training import vllm_rollout
+    from introllm.training.config import RolloutConfig
+
+    asked = []
+
+    def fake(checkpoint, model, head, *, dtype, **kwargs):
+        asked.append(dtype)
+        return SimpleNamespace(engine=SimpleNamespace(dtype=dtype), sync=lambda: 0.0)
+
+    monkeypatch.setattr(vllm_rollout, "VLLMRollouts", fake)
+    for vllm_dtype, train_dtype, expected in (("same", "float32", "float32"), ("same", "auto", "auto"),
+                                              ("bfloat16", "float32", "bfloat16")):
+        cfg = RolloutConfig(rollout_backend="vllm", vllm_dtype=vllm_dtype)
+        vllm_rollout.build_rollout_engine(cfg, checkpoint=default_checkpoint(), model=None, head=None, device=torch.device("cpu"),
+                                          dtype=train_dtype, model_trains=True, max_batch=8)
+        assert asked[-1] == expected
+
+
+def _logp_gap(model, seqs) -> float:
+    """Mean |vLLM's recorded log-prob - the trainer's recompute| over the tokens of ``seqs``."""
+    from introllm.sampler.scoring import collate, completion_hidden, completion_logprobs
+
+    b = collate(seqs)
+    with torch.no_grad():
+        logp = completion_logprobs(model, completion_hidden(model, b), b)[0]
+    return float(((logp - b.old_logp).abs() * b.mask).sum() / b.mask.sum())
+
+
+def test_bfloat16_rollouts_of_a_float32_trainer_sync_by_rounding_and_tis_corrects_the_gap():
+    """vllm_dtype = bfloat16 beside a float32 trainer (verl's default pairing): the sync casts
+    the trainer's float32 tensors into vLLM's bfloat16 ones. The gap to the trainer's recompute is
+    then bf16 rounding (small but not float error), far below the gap of stale weights, and TIS
+    weights stay near 1."""
+    ck = load_model(device="cpu", dtype="float32")
+    model, head, tok = ck.model, ck.head, ck.tokenizer
+    rollouts = VLLMRollouts(default_checkpoint(), model, head, memory=0.05, dtype="bfloat16", eager=True,
+                            max_batch=16, engine_args={"max_model_len": 512})
+    assert rollouts.engine.dtype == "bfloat16" and next(model.parameters()).dtype == torch.float32
+    ids = [tok(p)["input_ids"] for p in PROMPTS]
+    sample = lambda seed: [s for g in rollouts.generate(ids, SamplingParams(max_new_tokens=16, policy="learned", seed=seed), n=4) for s in g]  # noqa: E731
+    seqs = sample(3)
+    rounding = _logp_gap(model, seqs)
+    adv = group_advantages(torch.tensor([float(i % 2) for i in range(len(seqs))]), 4)
+    model.train()
+    opts = {"optimizer_model": torch.optim.AdamW(model.parameters(), lr=2e-3),
+            "optimizer_head": torch.optim.AdamW(head.parameters(), lr=5e-2)}
+    stats = update(PolicyScorer(model, head), model, head, build_policy("learned", head), seqs, adv,
+                   optimizers=opts, pad_id=tok.pad_token_id or 0, optim=OptimConfig(micro_batch_size=6))
+    model.eval()
+    assert stats.logp_mismatch_mean == pytest.approx(rounding, rel=1e-3)  # update() measures the same gap
+    assert 1e-4 < rounding < 0.1, rounding  # bf16 rounding: visible, yet small (0.04 in the benchmark)
+    assert abs(stats.tis_weight_mean - 1) < 0.05 and stats.tis_capped_frac < 0.05, stats
+    stale = _logp_gap(model, sample(4))  # vLLM still holds the weights from before the update
+    rollouts.sync()
+    synced = _logp_gap(model, sample(5))
+    assert stale > 10 * synced and synced < 0.1, (stale, synced, rounding)
+
+
+def test_bench_train_times_vllm_rollouts_in_bfloat16_against_torch_rollouts(tmp_path):
+    """``introllm bench --train --rollout-backend vllm --vllm-dtype bfloat16``, tiny: both backends
+    timed, vLLM in bfloat16 beside a float32 trainer, its gap and TIS figures in the JSON."""
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, "-m", "introllm", "bench", "--train", "--rollout-backend", "vllm", "--vllm-eager",
+           "--vllm-dtype", "bfloat16", "--prompts", "1", "--group-size", "2", "--new-tokens", "4", "--repeats", "1",
+           "--json", str(out)]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "vLLM rollouts in bfloat16, training in float32" in run.stderr
+    result = json.loads(out.read_text())
+    assert result["vllm_dtype"] == "bfloat16" and result["train_dtype"] == "float32"
+    assert all(result["rollout_tokens_per_s"][b] > 0 and result["median_seconds"][b]["step"] > 0 for b in ("torch", "vllm"))
+    assert result["median_seconds"]["vllm"]["sync"] > 0 and result["median_seconds"]["torch"]["sync"] == 0
+    gap = result["vllm_logp_gap"]
+    assert 0 < gap["mismatch_mean"] < 0.5 and gap["mismatch_max"] >= gap["mismatch_mean"]  # bf16 rounding, not float error
+    assert 0 < result["vllm_tis"]["weight_mean"] <= 2

@@ -90,7 +90,8 @@ def train_step_overhead(model, head, prompts: list[list[int]], *, group_size: in
 
 def rollout_backend_comparison(model, head, checkpoint, prompts: list[list[int]], *, group_size: int = 8,
                                new_tokens: int = 48, repeats: int = 3, micro_batch_size: int = 8,
-                               vllm_memory: float = 0.05, eager: bool = True, on_measure=None) -> dict:
+                               vllm_memory: float = 0.05, eager: bool = True, vllm_dtype: str = "float32",
+                               on_measure=None) -> dict:
     """Whole IntroLLM training steps with torch-engine rollouts against colocated-vLLM rollouts,
     on the same model, head, prompts and seeds, in ABBA order; median of the paired ratios.
 
@@ -103,12 +104,14 @@ def rollout_backend_comparison(model, head, checkpoint, prompts: list[list[int]]
     Returns rollout tokens/s, rollout / update / sync / step seconds per backend, the ratios
     (torch time / vLLM time: > 1 means vLLM is faster) and the logp gap of vLLM's rollouts.
     eager: vLLM without torch.compile (False: compiled, as the trainer's ``vllm_eager = false``).
+    vllm_dtype: vLLM's precision (the trainer's ``vllm_dtype``); the model trains in its own (float32
+    here), so with "bfloat16" the logp gap is the rounding's and TIS (cap 2) corrects it.
     """
     from .vllm_rollout import VLLMRollouts
 
     threads_before = torch.get_num_threads()
     engines = {"torch": Engine(model, head)}
-    vllm = VLLMRollouts(checkpoint, model, head, memory=vllm_memory, dtype="float32", eager=eager,
+    vllm = VLLMRollouts(checkpoint, model, head, memory=vllm_memory, dtype=vllm_dtype, eager=eager,
                         max_batch=len(prompts) * group_size, engine_args={"max_model_len": max(map(len, prompts)) + new_tokens + 8})
     engines["vllm"] = vllm
     threads_after = torch.get_num_threads()
@@ -116,7 +119,8 @@ def rollout_backend_comparison(model, head, checkpoint, prompts: list[list[int]]
            "optimizer_head": torch.optim.AdamW(head.parameters(), lr=5e-5)}
     n = len(prompts) * group_size
     adv = group_advantages(torch.tensor([float(i % 3 == 0) for i in range(n)]), group_size)
-    rec = {b: {"rollout": [], "update": [], "sync": [], "step": [], "mismatch_max": [], "mismatch_mean": [], "mismatch_frac": []}
+    rec = {b: {"rollout": [], "update": [], "sync": [], "step": [], "mismatch_max": [], "mismatch_mean": [], "mismatch_frac": [],
+                "tis_weight_mean": [], "tis_capped_frac": [], "temp_mismatch_max": [], "temp_mismatch_mean": []}
            for b in engines}
 
     def step(backend: str, seed: int) -> None:
@@ -137,6 +141,8 @@ def rollout_backend_comparison(model, head, checkpoint, prompts: list[list[int]]
         r["rollout"].append(t1 - t0), r["update"].append(t2 - t1), r["sync"].append(sync), r["step"].append(t3 - t0)
         r["mismatch_max"].append(stats.logp_mismatch), r["mismatch_mean"].append(stats.logp_mismatch_mean)
         r["mismatch_frac"].append(stats.logp_mismatch_frac)
+        r["tis_weight_mean"].append(stats.tis_weight_mean), r["tis_capped_frac"].append(stats.tis_capped_frac)
+        r["temp_mismatch_max"].append(stats.temp_logp_mismatch), r["temp_mismatch_mean"].append(stats.temp_logp_mismatch_mean)
         if on_measure:
             on_measure(backend, t3 - t0, t1 - t0, t2 - t1, sync)
 
@@ -151,12 +157,14 @@ def rollout_backend_comparison(model, head, checkpoint, prompts: list[list[int]]
     tokens = n * new_tokens
     return {
         "prompts": len(prompts), "group_size": group_size, "new_tokens": new_tokens, "repeats": repeats, "vllm_eager": eager,
+        "vllm_dtype": vllm.engine.dtype, "train_dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
         "torch_threads": {"before_vllm": threads_before, "after_vllm": threads_after},
         "rollout_tokens_per_s": {b: tokens / statistics.median(rec[b]["rollout"]) for b in rec},
         "median_seconds": {b: {k: statistics.median(rec[b][k]) for k in ("rollout", "update", "sync", "step")} for b in rec},
         "rollout_speedup": ratio(t["rollout"], v["rollout"]),  # torch time / vLLM time, paired
         "step_speedup": ratio(t["step"], v["step"]),
-        "vllm_logp_gap": {k: max(v[k]) for k in ("mismatch_max", "mismatch_mean", "mismatch_frac")},
+        "vllm_logp_gap": {k: max(v[k]) for k in ("mismatch_max", "mismatch_mean", "mismatch_frac", "temp_mismatch_max", "temp_mismatch_mean")},
+        "vllm_tis": {"weight_mean": statistics.mean(v["tis_weight_mean"]), "capped_frac_max": max(v["tis_capped_frac"])},
         "torch_logp_gap": {k: max(t[k]) for k in ("mismatch_max", "mismatch_mean", "mismatch_frac")},
         "raw": rec,
     }

@@ -87,6 +87,10 @@ class DataConfig:
             _check("{problem}" in self.prompt_template, "prompt_template", "must contain {problem}")
 
 
+VLLM_DTYPES = ("same", "auto", "float32", "bfloat16")
+"""Values of RolloutConfig.vllm_dtype; "same" = the training precision."""
+
+
 @dataclass
 class RolloutConfig:
     batch_size: int = 4
@@ -109,10 +113,18 @@ class RolloutConfig:
     """vllm: run vLLM without torch.compile / CUDA graphs (starts in seconds, decodes slower). The
     in-place weight sync is verified on CPU both ways (compiled and eager); under CUDA graphs it
     is not verified yet (no GPU run): the logged logp_mismatch shows a failed sync at once."""
+    vllm_dtype: str = "same"
+    """vllm: precision of vLLM's copy of the model: same (the training precision, run.dtype), auto
+    (as serving: on a CPU bfloat16 where it is native, else float32; on a GPU vLLM's choice, the
+    checkpoint's dtype), float32 or bfloat16. Rolling out in bfloat16 while training in float32
+    is verl's default (``rollout.dtype``): faster rollouts, at the price of a rollout/trainer gap
+    that logp_mismatch reports and truncated importance sampling (optim.tis_cap) corrects. The
+    sync rounds the trainer's weights to it."""
 
     def __post_init__(self) -> None:
         _check(self.rollout_backend in ("torch", "vllm", "auto"), "rollout_backend", f"must be torch, vllm or auto, got {self.rollout_backend!r}")
         _check(0 < self.vllm_memory < 1, "vllm_memory", f"must be in (0, 1), got {self.vllm_memory}")
+        _check(self.vllm_dtype in VLLM_DTYPES, "vllm_dtype", f"must be one of {', '.join(VLLM_DTYPES)}, got {self.vllm_dtype!r}")
         _check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         _check(self.group_size >= 2, "group_size", f"must be >= 2 (advantages compare samples of a group), got {self.group_size}")
         _check(self.max_new_tokens >= 1, "max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")

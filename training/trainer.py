@@ -277,13 +277,15 @@ def _check_replicas(accelerator, model, head) -> None:
 
 
 def _rollout_gap_over_processes(accelerator, stats) -> dict[str, float]:
-    """The sampler-vs-trainer log-prob gap and TIS figures of every process, not only this one's:
-    the max over processes for ``logp_mismatch``, the mean over processes for the means and
-    fractions (each process scores the same number of sequences)."""
-    keys = ("logp_mismatch", "logp_mismatch_mean", "logp_mismatch_frac", "tis_weight_mean", "tis_capped_frac")
+    """The sampler-vs-trainer log-prob gaps and TIS figures of every process, not only this one's:
+    the max over processes for the maxima (``logp_mismatch``, ``temp_logp_mismatch``), the mean
+    over processes for the means and fractions (each process scores the same number of sequences)."""
+    keys = ("logp_mismatch", "logp_mismatch_mean", "logp_mismatch_frac", "tis_weight_mean", "tis_capped_frac",
+            "temp_logp_mismatch", "temp_logp_mismatch_mean")
     rows = accelerator.gather(torch.tensor([[getattr(stats, k) for k in keys]], dtype=torch.float64,
                                            device=accelerator.device)).cpu()
-    return {k: float(rows[:, i].max() if k == "logp_mismatch" else rows[:, i].mean()) for i, k in enumerate(keys)}
+    return {k: float(rows[:, i].max() if k in ("logp_mismatch", "temp_logp_mismatch") else rows[:, i].mean())
+            for i, k in enumerate(keys)}
 
 
 def _tau_by_level(accelerator, ro: R.Rollout, G: int) -> dict[str, float]:

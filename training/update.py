@@ -92,6 +92,8 @@ class UpdateStats:
     logp_mismatch: float = 0.0  # max |sampler's log-prob - trainer's| over tokens (first epoch)
     logp_mismatch_mean: float = 0.0  # mean of that |diff| over the tokens
     logp_mismatch_frac: float = 0.0  # fraction of tokens where it exceeds 1e-3
+    temp_logp_mismatch: float = 0.0  # max |sampler's log pi_phi(c_t, z_t) - trainer's| over tokens (first epoch)
+    temp_logp_mismatch_mean: float = 0.0  # mean of that |diff| over the tokens
     tis_weight_mean: float = 1.0  # mean truncated importance-sampling weight over the tokens
     tis_capped_frac: float = 0.0  # fraction of tokens whose weight was cut to tis_cap
     skipped: bool = False  # nothing to learn from (every token masked): no optimizer step
@@ -136,6 +138,9 @@ def update(
     (theta_old, recorded tau) are compared with those the rollout engine reported
     (``Trace.logp``): max / mean |diff| and the fraction over ``MISMATCH_TOLERANCE`` go into the
     stats, and min(exp(diff), tis_cap) weights each token's loss terms (losses.truncated_is_weights).
+    The head's action log-probs (``Trace.temp_logp``) are compared the same way
+    (temp_logp_mismatch*), for the record: a rollout engine in another precision sees slightly
+    other hidden states; step B takes the token's TIS weight, not a ratio of its own.
     A sequence whose trace has NaN entropies (the vLLM engine does not compute them) gets the
     trainer's, under the recorded tau, written into its trace.
     """
@@ -168,7 +173,7 @@ def update(
             for b, _ in batches:
                 ref.append(completion_logprobs(ref_model, completion_hidden(ref_model, b), b)[0])
     clipped_tokens = clipped_temp_tokens = 0.0
-    diff_sum = diff_over = weight_sum = capped = compared = 0.0
+    diff_sum = diff_over = weight_sum = capped = compared = temp_diff_sum = temp_compared = 0.0
     likelihoods: list[Tensor] = []
     for epoch in range(optim.ppo_epochs):
         for k, (b, a) in enumerate(batches):
@@ -184,6 +189,11 @@ def update(
                     weights = None
                     if out.tau_loglik is not None:
                         likelihoods.append(out.tau_loglik.cpu())
+                    if temp_logp is not None:  # the head's actions: same comparison (no correction of its own)
+                        temp_diff = (temp_logp.detach() - b.old_temp_logp).abs() * b.mask
+                        stats.temp_logp_mismatch = max(stats.temp_logp_mismatch, float(temp_diff.max()))
+                        temp_diff_sum += float(temp_diff.sum())
+                        temp_compared += float(b.mask.sum())
                     if out.entropy is not None:
                         _record_entropy([sequences[i] for i in rows], out.entropy, need_entropy[rows[0] : rows[-1] + 1])
                     if logp is not None:
@@ -221,6 +231,8 @@ def update(
         stats.grad_norm_model = _step(optimizers.get("optimizer_model"), _trainable(model), optim.max_grad_norm)
         stats.grad_norm_head = _step(optimizers.get("optimizer_head"), _trainable(head), optim.max_grad_norm)
     stats.tau_loglik = torch.cat(likelihoods) if likelihoods else None
+    if temp_compared:
+        stats.temp_logp_mismatch_mean = temp_diff_sum / temp_compared
     if compared:
         stats.logp_mismatch_mean = diff_sum / compared
         stats.logp_mismatch_frac = diff_over / compared

@@ -54,7 +54,8 @@ class VLLMRollouts:
     tokenizer and initial weights there). model: the trainer's (unwrapped) Hugging Face model;
     head: the trainer's TemperatureHead (shared, not copied). memory: vLLM's share of the device
     memory (GPU: ``gpu_memory_utilization``; CPU: that share of the memory available now for the
-    KV cache, at most 4 GiB). dtype: "float32" / "bfloat16", the training precision. eager: skip
+    KV cache, at most 4 GiB). dtype: vLLM's precision ("auto", "float32", "bfloat16"); it may differ
+    from the trainer's (the sync casts each tensor as vLLM's weight loaders copy it). eager: skip
     torch.compile / CUDA graphs (the weight sync is verified both ways on CPU, not under CUDA
     graphs). max_batch: vLLM's max_num_seqs. engine_args: further vLLM EngineArgs.
 
@@ -115,7 +116,8 @@ def build_rollout_engine(cfg: RolloutConfig, *, checkpoint: Path, model: nn.Modu
                          world: int = 1) -> tuple[GenerationEngine, Callable[[], float], str]:
     """(engine, sync, backend): the rollout engine of a training process and what to call after
     each optimizer step (returns seconds spent; 0 when nothing needs copying: the torch engine
-    reads the trainer's own tensors, and a frozen base does not change).
+    reads the trainer's own tensors, and a frozen base does not change). ``dtype`` is the training
+    precision (run.dtype); vLLM's is ``cfg.vllm_dtype``, where "same" means ``dtype``.
 
     Under several processes (``world`` > 1, launched by ``accelerate launch`` / torchrun) each
     process gets its own engine through vLLM's ``external_launcher`` executor (data-parallel
@@ -128,6 +130,8 @@ def build_rollout_engine(cfg: RolloutConfig, *, checkpoint: Path, model: nn.Modu
     if backend == "torch":
         return Engine(model, head), (lambda: 0.0), backend
     engine_args = {"distributed_executor_backend": "external_launcher"} if world > 1 else None
-    rollouts = VLLMRollouts(checkpoint, model, head, memory=cfg.vllm_memory, dtype=dtype, eager=cfg.vllm_eager,
+    vllm_dtype = dtype if cfg.vllm_dtype == "same" else cfg.vllm_dtype
+    rollouts = VLLMRollouts(checkpoint, model, head, memory=cfg.vllm_memory, dtype=vllm_dtype, eager=cfg.vllm_eager,
                             max_batch=max_batch, engine_args=engine_args)
+    log.info("vLLM rollouts in %s (vllm_dtype %s), training in %s", rollouts.engine.dtype, cfg.vllm_dtype, dtype)
     return rollouts, (rollouts.sync if model_trains else (lambda: 0.0)), backend
