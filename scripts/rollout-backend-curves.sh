@@ -9,13 +9,14 @@
 # 2 CPU cores):
 #   EXTRA="--dataset experiments/data/arithmetic-train.jsonl --batch-size 4 --group-size 8 \
 #     --max-new-tokens 48 --eval-size 32 --model-lr 1e-5 --head-lr 5e-4" scripts/rollout-backend-curves.sh
-# On a GPU add --device cuda --dtype bfloat16.
+# On a GPU add --device cuda --dtype bfloat16. BACKENDS="vllm" runs only the vLLM side (e.g. with
+# EXTRA="... --vllm-dtype bfloat16"; link the torch runs of the same seeds into OUT_DIR first).
 set -euo pipefail
 out=${1:-runs}; shift || true
 seeds=${*:-0 1}
 introllm=${INTROLLM:-introllm}
 for seed in $seeds; do
-  for backend in torch vllm; do
+  for backend in ${BACKENDS:-torch vllm}; do
     start=$SECONDS
     # shellcheck disable=SC2086  # EXTRA is a list of flags
     $introllm train --rollout-backend "$backend" --seed "$seed" --steps 20 --eval-every 5 --save-every 0 \
