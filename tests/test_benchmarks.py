@@ -9,9 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-import servers  # noqa: E402
+from introllm.benchmarks import servers
 
 
 def test_table_ratios_to_best_peer_and_bandwidth_share():

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 from introllm.training.config import ConfigError
-from introllm.training.experiment import Runner, check_commands, flags, load_experiment, plan
+from introllm.experiment.runner import Runner, check_tables, flags, load_experiment, plan
 from introllm.training.meanshift import meanshift_policy, token_mean_tau
-from introllm.training.report import write_report
-from introllm.training.stats import bootstrap_interval, problem_scores, resample_indices
+from introllm.experiment.report import write_report
+from introllm.experiment.stats import bootstrap_interval, problem_scores, resample_indices
 
 REWARD = str(Path(__file__).parent / "data" / "parity_reward.py") + ":parity"
 
@@ -231,14 +231,18 @@ def test_plan_is_methods_x_seeds_x_benchmarks_in_seed_order(tmp_path):
     assert head[head.index("--instruction") + 1] == f"from {out / 'runs/head-only/seed0/final'}"
     fixed = by_id["eval.sums.fixed-0.6.s0"].argv
     assert fixed[fixed.index("--checkpoint") + 1] == "BASE" and fixed[fixed.index("--policy") + 1] == "fixed:0.6"
-    assert check_commands(jobs) == []
+    assert check_tables(load_experiment(write_config(tmp_path, CONFIG))) == []
 
 
-def test_check_commands_names_a_flag_the_cli_does_not_know(tmp_path):
+def test_check_tables_names_a_flag_the_cli_does_not_know(tmp_path):
     text = CONFIG.replace("steps = 2", "stepz = 2")
-    jobs = plan(load_experiment(write_config(tmp_path, text)))
-    problems = check_commands(jobs)
-    assert len(problems) == 4 and all("--stepz" in p for p in problems) and problems[0].startswith("train.introllm.s0:")
+    problems = check_tables(load_experiment(write_config(tmp_path, text)))
+    assert len(problems) == 2 and all("stepz" in p for p in problems) and problems[0].startswith("method introllm [train]:")
+
+
+def test_check_tables_names_a_value_out_of_range_before_anything_runs(tmp_path):
+    problems = check_tables(load_experiment(write_config(tmp_path, CONFIG.replace("k = 2", "k = 0"))))
+    assert problems and all("k: must be >= 1" in p for p in problems)
 
 
 @pytest.mark.parametrize("change, message", [
@@ -269,7 +273,7 @@ def test_cli_dry_run_prints_the_plan_and_errors_are_one_line(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     bad = write_config(tmp_path, CONFIG.replace("steps = 2", "stepz = 2"))
     assert main(["experiment", str(bad)]) == 2
-    assert "--stepz" in capsys.readouterr().err
+    assert "unknown train flag(s) stepz" in capsys.readouterr().err
 
 
 def test_runner_status_reads_markers_and_refuses_stale_ones(tmp_path):

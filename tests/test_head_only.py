@@ -120,7 +120,7 @@ def test_a_head_only_update_touches_only_the_head():
 
 def test_the_step_benchmark_times_head_only_against_joint_steps():
     from conftest import random_head, tiny_llama
-    from introllm.training.bench import train_step_overhead
+    from introllm.benchmarks.train_step import train_step_overhead
 
     model, head = tiny_llama(), random_head(48, scale=0.3)
     result = train_step_overhead(model, head, [[5, 6, 7], [8, 9]], group_size=2, new_tokens=4, repeats=2, micro_batch_size=2,

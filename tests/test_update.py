@@ -164,7 +164,7 @@ def test_tau_likelihoods_match_a_naive_loop(rollout):
 
 
 def test_step_overhead_benchmark_pairs_equal_work():
-    from introllm.training.bench import train_step_overhead
+    from introllm.benchmarks.train_step import train_step_overhead
 
     model, head = tiny_llama(), random_head(48, scale=0.3)
     result = train_step_overhead(model, head, [[5, 6, 7], [8, 9]], group_size=2, new_tokens=4, repeats=2, micro_batch_size=2)

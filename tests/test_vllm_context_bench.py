@@ -12,7 +12,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from introllm.sampler.context_bench import (
+from introllm.benchmarks.contexts import (
     decode_flops_per_token,
     head_flops_per_token,
     head_params,
@@ -21,7 +21,7 @@ from introllm.sampler.context_bench import (
     parse_contexts,
 )
 from introllm.sampler.head import HeadConfig, TemperatureHead
-from introllm.sampler.random_model import random_config
+from introllm.benchmarks.random_model import random_config
 
 
 def tiny(model_type: str, tied: bool):
@@ -89,7 +89,7 @@ def test_bench_contexts_runs_on_both_backends(tmp_path):
 def test_random_checkpoint_of_a_shape_loads_with_its_head(tmp_path, monkeypatch):
     """What --random-model builds (here a tiny Qwen3 shape): a checkpoint the torch loader takes,
     with a head of the model's width; built once, then reused."""
-    from introllm.sampler import random_model
+    from introllm.benchmarks import random_model
     from introllm.sampler.checkpoint import load_checkpoint
 
     tiny_shape = dict(random_model.SHAPES["qwen3-1.7b"], hidden_size=64, intermediate_size=96, num_hidden_layers=2,

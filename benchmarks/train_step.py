@@ -24,9 +24,9 @@ import torch
 
 from introllm.sampler import Engine, SamplingParams, build_policy
 
-from .config import OptimConfig
-from .losses import group_advantages
-from .update import PolicyScorer, update
+from introllm.training.config import OptimConfig
+from introllm.training.losses import group_advantages
+from introllm.training.update import PolicyScorer, update
 
 
 @dataclass
@@ -107,7 +107,7 @@ def rollout_backend_comparison(model, head, checkpoint, prompts: list[list[int]]
     vllm_dtype: vLLM's precision (the trainer's ``vllm_dtype``); the model trains in its own (float32
     here), so with "bfloat16" the logp gap is the rounding's and TIS (cap 2) corrects it.
     """
-    from .vllm_rollout import VLLMRollouts
+    from introllm.training.vllm_rollout import VLLMRollouts
 
     threads_before = torch.get_num_threads()
     engines = {"torch": Engine(model, head)}

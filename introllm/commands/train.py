@@ -1,15 +1,17 @@
-"""``introllm train``: flags generated from the config dataclasses, so every field is a flag whose
-help is the field's docstring and whose default is the field's default."""
+"""``introllm train``: flags generated from the config dataclasses (``introllm.training.config``), so
+every field is a flag whose help is the field's docstring; flags default to None so that a
+``--config`` file sits between the fields' defaults and the flags."""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
-from .config import SECTIONS, ConfigError, TrainConfig, field_docs, read_config_file
+from introllm.training.config import SECTIONS, ConfigError, TrainConfig, read_config_file
+
+from .common import add_config_flags, epilog_parser
 
 EXAMPLES = """\
 examples:
@@ -36,59 +38,30 @@ config file (TOML, or JSON with the same shape):
 """
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
 def add_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser(
-        "train",
+    p = epilog_parser(
+        sub, "train",
         help="RL fine-tuning (GRPO with a learned temperature head, or a baseline) producing checkpoints",
         description="Train model and temperature head with hierarchical GRPO and coordinate ascent "
         "(paper §4.3, Algorithm 1), or a baseline method. Defaults follow the paper's Table 5 where "
         "they fit a CPU run (batch size and length are smaller). Flags override the --config file.",
         epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", metavar="FILE", help="TOML or JSON file with [data], [rollout], [method], [optim], [run] tables")
     p.add_argument("--resume", metavar="DIR", help="continue a run: its directory (latest checkpoint) or one checkpoint-N")
     p.add_argument("--print-config", action="store_true", help="print the resolved configuration as JSON and exit")
     p.add_argument("--no-progress", action="store_true", help="one log line per step instead of a progress bar")
     for section, cls in SECTIONS.items():
-        group = p.add_argument_group(f"[{section}]")
-        docs = field_docs(cls)
-        for f in dataclasses.fields(cls):
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            help_text = f"{docs.get(f.name, '')} [{default!r}]".replace("%", "%%")
-            kwargs: dict[str, Any] = {"dest": f"{section}.{f.name}", "default": None, "help": help_text}
-            if isinstance(default, bool):
-                kwargs["action"] = argparse.BooleanOptionalAction
-            elif isinstance(default, tuple):
-                kwargs.update(nargs=len(default), type=type(default[0]), metavar="X")
-            elif isinstance(default, dict):
-                kwargs.update(type=_json_table, metavar="JSON")
-            else:
-                kwargs.update(type=type(default), metavar=type(default).__name__.upper())
-            group.add_argument(_flag(f.name), **kwargs)
+        add_config_flags(p.add_argument_group(f"[{section}]"), cls, layered=True, dest_prefix=f"{section}.")
     p.set_defaults(func=run)
     return p
-
-
-def _json_table(text: str) -> dict:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise argparse.ArgumentTypeError(f"not a JSON object: {e.msg}") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("must be a JSON object")
-    return value
 
 
 def resolve_config(args: argparse.Namespace) -> TrainConfig:
     """defaults < saved config of a resumed run < --config file < flags."""
     values: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
     if args.resume:
-        from .state import latest_checkpoint, read_trainer_state
+        from introllm.training.state import latest_checkpoint, read_trainer_state
 
         ckpt = latest_checkpoint(Path(args.resume))
         if ckpt is None:
@@ -115,8 +88,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
     from introllm.sampler.models import quiet_transformers
-
-    from .trainer import train
+    from introllm.training.trainer import train
 
     quiet_transformers()
     final = train(cfg, resume_from=args.resume, show_progress=False if args.no_progress else None)

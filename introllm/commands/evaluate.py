@@ -1,15 +1,59 @@
-"""``introllm eval``, ``introllm compare`` and ``introllm plot``."""
+"""``introllm eval``, ``introllm compare`` and ``introllm plot``.
+
+``eval``'s flags are generated from ``EvalConfig`` (how to sample and score), the fields of
+``DataConfig`` that describe a benchmark, and ``EvalFiles`` (where records go); the experiment
+runner validates its ``[eval]`` tables against the same three (``eval_configs``).
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from .cli import _json_table
+from introllm.training.config import ConfigError, DataConfig
+from introllm.training.evaluate import EvalConfig
+
+from .common import add_config_flags, config_from_args, epilog_parser
 
 log = logging.getLogger(__name__)
+
+DATA_FIELDS = ("dataset", "prompt_field", "answer_field", "answer_boxed", "reward", "template", "instruction", "num_problems", "rg_args")
+"""The DataConfig fields that are eval flags (the rest are training's)."""
+DATA_DEFAULTS: dict[str, Any] = {"dataset": None, "num_problems": 200, "rg_args": {}}
+"""Where eval's defaults differ from training's: a benchmark file, 200 problems of an rg: task, each
+task's own generator arguments."""
+
+
+@dataclass
+class EvalFiles:
+    """Where an evaluation's records go, and where a MeanShift tau comes from."""
+
+    output: str = field(default="", metadata={"metavar": "FILE"})
+    """records file (.jsonl) [eval/<dataset>-<policy>.jsonl]"""
+    meanshift_from: str = field(default="", metadata={"metavar": "FILE"})
+    """meanshift: records of a learned eval of the same checkpoint and benchmark [a first pass, kept as
+    OUTPUT.learned.jsonl]"""
+
+
+def eval_configs(values: dict[str, Any]) -> tuple[EvalConfig, DataConfig, EvalFiles]:
+    """The three configs of one ``introllm eval`` from a flat table of its flags' names (an
+    experiment's [eval] tables); unknown names are a ConfigError that lists the valid ones."""
+    import dataclasses
+
+    names = {c: {f.name for f in dataclasses.fields(c)} for c in (EvalConfig, EvalFiles)}
+    valid = names[EvalConfig] | names[EvalFiles] | set(DATA_FIELDS)
+    bad = sorted(set(values) - valid)
+    if bad:
+        raise ConfigError(f"unknown eval flag(s) {', '.join(bad)}; valid: {', '.join(sorted(valid))}")
+    data = {**DATA_DEFAULTS, "eval_size": 0, **{k: v for k, v in values.items() if k in DATA_FIELDS}}
+    if not data.get("dataset"):
+        data["dataset"] = "rg:basic_arithmetic"  # the dataset comes from --heldout's run (checked in run_eval)
+    return (EvalConfig(**{k: v for k, v in values.items() if k in names[EvalConfig]}), DataConfig(**data),
+            EvalFiles(**{k: v for k, v in values.items() if k in names[EvalFiles]}))
 
 EVAL_EXAMPLES = """\
 examples:
@@ -28,43 +72,13 @@ benchmark files: JSONL, one problem per line: {"problem": ..., "answer": ..., "l
 
 
 def add_parsers(sub) -> None:
-    from .config import DataConfig
-
-    ev = sub.add_parser("eval", help="Avg@k / Pass@k of a checkpoint on a benchmark, with per-token traces",
-                        description="Sample k completions per problem, check each answer, report Avg@k and Pass@k "
-                        "overall and per level / subject; every sample (text, correctness, trace) goes to a JSONL file.",
-                        epilog=EVAL_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ev.add_argument("--checkpoint", metavar="DIR", default="", help="checkpoint directory (default: the embedded model)")
-    from introllm.cli import add_head_arg
-
-    add_head_arg(ev)
-    ev.add_argument("--dataset", help="JSONL/JSON/CSV/Parquet benchmark file, or rg:<task>[,<task>...]")
-    ev.add_argument("--heldout", metavar="RUN", default="", help="instead of --dataset: the problems training run RUN held out, "
-                    "with its prompt and reward settings")
-    ev.add_argument("--k", type=int, default=8, help="k of Avg@k and Pass@k [8]")
-    ev.add_argument("--n", type=int, default=0, help="samples per problem, >= k; Pass@k is unbiased for n > k [k]")
-    ev.add_argument("--policy", default="learned", help="temperature policy: learned, fixed:T, greedy, ead, tampo, or meanshift "
-                    "(fixed at the learned policy's token-mean tau on this benchmark) [learned]")
-    ev.add_argument("--meanshift-from", default="", metavar="FILE", help="meanshift: records of a learned eval of the same checkpoint "
-                    "and benchmark [a first pass, kept as OUTPUT.learned.jsonl]")
-    ev.add_argument("--max-new-tokens", type=int, default=512, help="most tokens per sample [512]")
-    ev.add_argument("--limit", type=int, default=0, help="only the first N problems [all]")
-    ev.add_argument("--batch-prompts", type=int, default=8, help="problems decoded together [8]")
-    ev.add_argument("--seed", type=int, default=0, help="seed of the samples [0]")
-    ev.add_argument("--name", default="", help="row name for introllm compare [checkpoint (policy)]")
-    ev.add_argument("--output", default="", metavar="FILE", help="records file (.jsonl) [eval/<dataset>-<policy>.jsonl]")
-    d = DataConfig()
-    ev.add_argument("--prompt-field", default=d.prompt_field, help=f"field of the problem text ('problem' is tried too) [{d.prompt_field}]")
-    ev.add_argument("--answer-field", default=d.answer_field, help=f"field of the reference answer; a list (OlympiadBench's "
-                    f"final_answer) is joined with ', ' [{d.answer_field}]")
-    ev.add_argument("--answer-boxed", action="store_true", help="take the reference answer from the last \\boxed{} of "
-                    "--answer-field (Minerva Math: --answer-field solution --answer-boxed)")
-    ev.add_argument("--reward", default=d.reward, help="auto, math, rg, exact, module:function or file.py:function [auto]")
-    ev.add_argument("--template", default=d.template, choices=["chat", "plain"], help="prompt wrapping [chat]")
-    ev.add_argument("--instruction", default=d.instruction, help="answer-format instruction appended to each problem")
-    ev.add_argument("--num-problems", type=int, default=200, help="problems from each rg: generator [200]")
-    ev.add_argument("--rg-args", type=_json_table, default={}, metavar="JSON",
-                    help='reasoning-gym generator arguments, {"arg": value} or {"task": {"arg": value}} [{}: each task\'s own defaults]')
+    ev = epilog_parser(sub, "eval", help="Avg@k / Pass@k of a checkpoint on a benchmark, with per-token traces",
+                       description="Sample k completions per problem, check each answer, report Avg@k and Pass@k "
+                       "overall and per level / subject; every sample (text, correctness, trace) goes to a JSONL file.",
+                       epilog=EVAL_EXAMPLES)
+    add_config_flags(ev, EvalConfig, defaults={"head": None})
+    add_config_flags(ev, DataConfig, only=DATA_FIELDS, defaults=DATA_DEFAULTS)
+    add_config_flags(ev, EvalFiles)
     ev.set_defaults(func=cmd_eval)
 
     cmp_ = sub.add_parser("compare", help="Markdown table of evaluation results (the paper's Table 1 shape)",
@@ -83,32 +97,33 @@ def add_parsers(sub) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from .config import DataConfig
-    from .evaluate import EvalConfig, benchmark_name, evaluate
-
     from introllm.sampler.models import quiet_transformers
 
     quiet_transformers()
-    if bool(args.dataset) == bool(args.heldout):
+    cfg = config_from_args(EvalConfig, args)
+    files = config_from_args(EvalFiles, args)
+    if bool(args.dataset) == bool(cfg.heldout):
         raise ValueError("give --dataset or --heldout RUN (one of them)")
-    if args.heldout:
-        from .evaluate import heldout_problems
+    if cfg.heldout:
+        from introllm.training.evaluate import heldout_problems
 
-        data = heldout_problems(args.heldout)[0]
-        args.dataset = data.dataset
+        data = heldout_problems(cfg.heldout)[0]
     else:
-        if args.dataset.startswith("rg:"):
+        data = config_from_args(DataConfig, args, eval_size=0)
+        if data.dataset.startswith("rg:"):
             log.warning("%s: reasoning-gym problems are drawn with the generator seed `introllm train` uses, so a model "
                         "trained on %s is scored on problems it trained on; --heldout RUN evaluates on the problems that "
-                        "run held out instead", args.dataset, args.dataset)
-        data = DataConfig(dataset=args.dataset, prompt_field=args.prompt_field, answer_field=args.answer_field, reward=args.reward,
-                          template=args.template, instruction=args.instruction, num_problems=args.num_problems, eval_size=0,
-                          rg_args=args.rg_args, answer_boxed=args.answer_boxed)
-    cfg = EvalConfig(checkpoint=args.checkpoint, head=args.head or "", heldout=args.heldout, k=args.k, n=args.n, policy=args.policy, max_new_tokens=args.max_new_tokens,
-                     limit=args.limit, batch_prompts=args.batch_prompts, seed=args.seed, name=args.name)
-    output = args.output or f"eval/{benchmark_name(args.dataset)}-{args.policy.replace(':', '')}.jsonl"
+                        "run held out instead", data.dataset, data.dataset)
+    return run_eval(cfg, data, files)
+
+
+def run_eval(cfg: EvalConfig, data: DataConfig, files: EvalFiles) -> int:
+    """Evaluate, with a progress bar on a terminal (a log line per batch otherwise), and print the summary."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from introllm.training.evaluate import benchmark_name, evaluate
+
+    output = files.output or f"eval/{benchmark_name(data.dataset)}-{cfg.policy.replace(':', '')}.jsonl"
     tty = sys.stderr.isatty()
     with Progress(TextColumn("eval"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[acc]}"), TimeRemainingColumn(),
                   disable=not tty) as bar:
@@ -119,12 +134,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
             if not tty:  # a log file gets one line per batch instead of a bar
                 log.info("eval: %d/%d problems, running accuracy %.3f", done, total, acc)
 
-        if args.policy == "meanshift":
+        if cfg.policy == "meanshift":
             from dataclasses import replace
 
-            from .meanshift import resolve_for_eval
+            from introllm.training.meanshift import resolve_for_eval
 
-            spec, tau = resolve_for_eval(cfg, data, output, source=args.meanshift_from, on_progress=progress)
+            spec, tau = resolve_for_eval(cfg, data, output, source=files.meanshift_from, on_progress=progress)
             log.info("MeanShift: the learned policy's token-mean tau is %.4f; sampling at %s", tau, spec)
             cfg = replace(cfg, policy=spec, name=cfg.name or f"{Path(cfg.checkpoint).name if cfg.checkpoint else 'smollm2-135m-instruct'} (MeanShift {tau:.4f})")
         s = evaluate(cfg, data, output, on_progress=progress)
@@ -145,7 +160,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .evaluate import compare_table, load_summary
+    from introllm.training.evaluate import compare_table, load_summary
 
     table = compare_table([load_summary(p) for p in args.results])
     print(table, end="")
@@ -155,7 +170,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from .plots import make_plots
+    from introllm.training.plots import make_plots
 
     if not args.run and not args.eval:
         raise ValueError("plot needs --run DIR (training figures) and/or --eval FILE (evaluation figures)")

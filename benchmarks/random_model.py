@@ -53,9 +53,9 @@ def random_checkpoint(shape: str, dtype: str = "bfloat16", into: Path | None = N
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .checkpoint import HEAD_WEIGHTS, save_checkpoint
-    from .head import HeadConfig, TemperatureHead
-    from .models import _DTYPES, cache_dir, default_checkpoint
+    from introllm.sampler.checkpoint import HEAD_WEIGHTS, save_checkpoint
+    from introllm.sampler.head import HeadConfig, TemperatureHead
+    from introllm.sampler.models import _DTYPES, cache_dir, default_checkpoint
 
     if dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")

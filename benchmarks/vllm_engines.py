@@ -27,9 +27,9 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .bench import _prompt_ids
-from .checkpoint import HEAD_CONFIG, HEAD_WEIGHTS
-from .records import SamplingParams
+from .engine import _prompt_ids
+from introllm.sampler.checkpoint import HEAD_CONFIG, HEAD_WEIGHTS
+from introllm.sampler.records import SamplingParams
 
 
 def head_free_view(checkpoint: Path, into: Path) -> Path:
@@ -76,9 +76,9 @@ def _run_stock(llm, prompts: list[list[int]], new_tokens: int) -> None:
 
 def _serve_runs(kind: str, checkpoint: str, options: dict, conn) -> None:
     """A worker process: build one configuration, then time the batches the parent asks for."""
-    from .engine import Engine
-    from .models import load_model
-    from .vllm_engine import VLLMEngine
+    from introllm.sampler.engine import Engine
+    from introllm.sampler.models import load_model
+    from introllm.sampler.vllm_engine import VLLMEngine
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(checkpoint)

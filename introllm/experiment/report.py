@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .experiment import ExperimentConfig, Job, slug
+from .runner import ExperimentConfig, Job, slug
 from .stats import Interval, bootstrap_interval, problem_scores, resample_indices
 
 
@@ -43,7 +43,7 @@ def _read_jsonl(path: str | Path) -> list[dict[str, Any]]:
 
 def collect(cfg: ExperimentConfig, jobs: list[Job], done: set[str]) -> dict[str, dict[str, RowData]]:
     """{benchmark: {row: RowData}} from the finished evaluation jobs, rows in config order."""
-    from .evaluate import load_summary
+    from introllm.training.evaluate import load_summary
 
     out: dict[str, dict[str, RowData]] = {}
     for b in cfg.benchmarks:
@@ -198,7 +198,7 @@ def _training_section(cfg: ExperimentConfig, jobs: list[Job], done: set[str], ou
 
         lines.append(f"| {j.method} | {j.seed} | {last.get('step', '–')} | {acc} | {num('reward')} | {num('tau_mean')} | {num('update_rate')} |")
     lines.append("")
-    from .plots import FIGURES, make_plots
+    from introllm.training.plots import FIGURES, make_plots
 
     for m in cfg.methods:
         runs = [Path(j.run_dir) for j in trains if j.method == m.name]

