@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from introllm.sampler.records import SamplingParams
+from introllm.sampler.records import SamplingParams, prompt_rows
 
 POLICIES = {"default": "fixed:1.0", "learned": "learned"}
 
@@ -110,7 +110,7 @@ def decode_once(engine, prompt: list[int], policy: str, new_tokens: int, seed: i
     VLLMEngine: both give a batch with add / step / num_running)."""
     batch = engine.new_batch()
     start = time.perf_counter()  # the torch engine prefills inside add, vLLM in its first steps
-    [[seq]] = batch.add([prompt], SamplingParams(max_new_tokens=new_tokens, policy=policy, seed=seed, ignore_eos=True))
+    [[seq]] = batch.add(prompt_rows([prompt], SamplingParams(max_new_tokens=new_tokens, policy=policy, seed=seed, ignore_eos=True)))
     while not seq.token_ids:
         batch.step()
     first = time.perf_counter()

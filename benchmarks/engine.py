@@ -19,6 +19,7 @@ from typing import Callable
 import torch
 
 from introllm.sampler.engine import Engine, SamplingParams
+from introllm.sampler.records import prompt_rows
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ def step_overhead(engine: Engine, prompts: list[list[int]], policy: str, baselin
     batches = {}
     for spec in (policy, baseline):
         batch = engine.new_batch()
-        batch.add(prompts, SamplingParams(max_new_tokens=steps + 4, policy=spec, seed=0, ignore_eos=True))
+        batch.add(prompt_rows(prompts, SamplingParams(max_new_tokens=steps + 4, policy=spec, seed=0, ignore_eos=True)))
         batch.step()  # first step: packing, allocations
         batches[spec] = batch
     times: dict[str, list[float]] = {policy: [], baseline: []}

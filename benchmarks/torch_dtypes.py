@@ -27,6 +27,7 @@ import torch
 from introllm.benchmarks.servers import base_weight_numel, cpu_description, memory_bandwidth_gbs  # noqa: E402
 
 from introllm.sampler import Engine, SamplingParams  # noqa: E402
+from introllm.sampler.records import prompt_rows  # noqa: E402
 from introllm.benchmarks.engine import _prompt_ids, step_overhead  # noqa: E402
 from introllm.sampler.models import default_checkpoint, load_model, quiet_transformers  # noqa: E402
 
@@ -41,7 +42,7 @@ def paired_steps(engines: dict[str, Engine], prompts: list[list[int]], steps: in
     batches = {}
     for name, engine in engines.items():
         batch = engine.new_batch()
-        batch.add(prompts, SamplingParams(max_new_tokens=steps + 4, seed=0, ignore_eos=True))
+        batch.add(prompt_rows(prompts, SamplingParams(max_new_tokens=steps + 4, seed=0, ignore_eos=True)))
         batch.step()  # packing, allocations
         batches[name] = batch
     names = list(engines)
@@ -64,17 +65,17 @@ def policy_cost_ms(engine: Engine, batch_size: int, repeats: int = 50) -> dict[s
     d = engine.lm_head.weight.shape[1]
     h = torch.randn(batch_size, d).to(engine.lm_head.weight.dtype)
     step, tau = torch.zeros(batch_size, dtype=torch.long), torch.ones(batch_size)
-    u = uniforms(torch.zeros(batch_size, dtype=torch.long), step, torch.arange(batch_size))
+    rand = uniforms(torch.zeros(batch_size, dtype=torch.long), step, torch.arange(batch_size))
     which = torch.zeros(batch_size, dtype=torch.long)
     out = {}
     with torch.inference_mode():
         for spec in ("learned", "fixed:1.0"):
             policies = [engine.policy(spec)]
-            act_mixed(policies, which, h, step, tau, u)
+            act_mixed(policies, which, h, step, tau, rand)
             times = []
             for _ in range(repeats):
                 start = time.perf_counter()
-                act_mixed(policies, which, h, step, tau, u)
+                act_mixed(policies, which, h, step, tau, rand)
                 times.append(time.perf_counter() - start)
             out[spec] = 1000 * statistics.median(times)
     return out
@@ -85,7 +86,7 @@ def profile_step(engine: Engine, prompts: list[list[int]], steps: int = 8, rows:
     from torch.profiler import ProfilerActivity, profile
 
     batch = engine.new_batch()
-    batch.add(prompts, SamplingParams(max_new_tokens=steps + 4, seed=0, ignore_eos=True))
+    batch.add(prompt_rows(prompts, SamplingParams(max_new_tokens=steps + 4, seed=0, ignore_eos=True)))
     batch.step()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(steps):

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from typing import Callable, Hashable, Sequence as Seq
+from typing import Callable, Sequence as Seq
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +30,7 @@ from .cache import BatchKVCache
 from .head import TemperatureHead
 from .kernels import Projection, packed_linears
 from .policies import PolicyCache, TemperaturePolicy, act_mixed
-from .records import SamplingParams, Sequence
+from .records import PromptRow, SamplingParams, Sequence, prompt_rows
 from .rng import SLOT_TOKEN, uniforms
 from .sampling import sample_tokens
 
@@ -129,11 +129,7 @@ class Engine:
 
 def run_to_completion(batch, prompts, params, n, on_step=None) -> list[list[Sequence]]:
     """Decode every prompt n times in ``batch`` (a DecodeBatch or a VLLMBatch) until all finish."""
-    if isinstance(params, SamplingParams):
-        params = [params] * len(prompts)
-    if len(params) != len(prompts):
-        raise ValueError(f"got {len(params)} SamplingParams for {len(prompts)} prompts")
-    out = batch.add(prompts, params, n=n, first_streams=[i * n for i in range(len(prompts))])
+    out = batch.add(prompt_rows(prompts, params, n))
     while batch.num_running:
         stepped = batch.step()
         if on_step is not None:
@@ -141,32 +137,18 @@ def run_to_completion(batch, prompts, params, n, on_step=None) -> list[list[Sequ
     return out
 
 
-def plan_batch(prompts, params, n, request_ids, first_streams, vocab_size: int, max_context: int):
-    """The per-prompt lists ``add`` works from: (params, ns, request_ids, first_streams), each one
-    entry per prompt (a single SamplingParams or n applies to all; request ids default to the
-    prompt's index, first streams to the sample's index among all rows of the call).
-
-    Raises ValueError for a batch that cannot be decoded: an empty prompt, a token id outside the
-    vocabulary, a prompt that leaves no room in the model's context, n < 1, or list lengths that
-    do not match the number of prompts."""
-    count = len(prompts)
-    params = [params] * count if isinstance(params, SamplingParams) else list(params)
-    ns = [n] * count if isinstance(n, int) else list(n)
-    if len(params) != count or len(ns) != count:
-        raise ValueError(f"{count} prompts need as many params and n values, got {len(params)} and {len(ns)}")
-    for i, prompt in enumerate(prompts):
-        if ns[i] < 1:
-            raise ValueError(f"n must be >= 1, got {ns[i]}")
-        if len(prompt) == 0:
+def check_rows(rows: Seq[PromptRow], vocab_size: int, max_context: int) -> None:
+    """Raises ValueError for a batch that cannot be decoded: an empty prompt, a token id outside
+    the vocabulary, a prompt that leaves no room in the model's context, or n < 1."""
+    for i, row in enumerate(rows):
+        if row.n < 1:
+            raise ValueError(f"n must be >= 1, got {row.n}")
+        if len(row.prompt) == 0:
             raise ValueError(f"prompt {i} is empty")
-        if min(prompt) < 0 or max(prompt) >= vocab_size:
+        if min(row.prompt) < 0 or max(row.prompt) >= vocab_size:
             raise ValueError(f"prompt {i} has a token id outside the vocabulary [0, {vocab_size})")
-        if len(prompt) >= max_context:
-            raise ValueError(f"prompt {i} has {len(prompt)} tokens; the model's context is {max_context}")
-    request_ids = list(range(count)) if request_ids is None else list(request_ids)
-    if first_streams is None:
-        first_streams = [sum(ns[:i]) for i in range(count)]
-    return params, ns, request_ids, list(first_streams)
+        if len(row.prompt) >= max_context:
+            raise ValueError(f"prompt {i} has {len(row.prompt)} tokens; the model's context is {max_context}")
 
 
 def _eos_ids(model: nn.Module) -> frozenset[int]:
@@ -223,54 +205,46 @@ class DecodeBatch:
         return self.engine.fused is not None and self.engine.fused_decode
 
     @torch.inference_mode()
-    def add(
-        self,
-        prompts: Seq[Seq[int]],
-        params: SamplingParams | Seq[SamplingParams],
-        n: int | Seq[int] = 1,
-        request_ids: Seq[Hashable] | None = None,
-        first_streams: Seq[int] | None = None,
-    ) -> list[list[Sequence]]:
-        """Prefill ``prompts`` in one forward pass, expand prompt i to n[i] samples, join the batch.
+    def add(self, rows: Seq[PromptRow]) -> list[list[Sequence]]:
+        """Prefill the rows' prompts in one forward pass, expand each to its n samples, join the batch.
 
-        ``params`` and ``n`` are one value for all prompts or one per prompt, so requests with
-        different settings share a prefill. Sample j of prompt i draws its random numbers from
-        stream ``first_streams[i] + j`` of its seed (default: the sample's index among all rows of
-        this call, so no two samples of one call share numbers).
+        Rows may differ in settings (requests share a prefill). Sample j of a row draws its random
+        numbers from stream ``row.first_stream + j`` of its seed (``prompt_rows`` numbers them so
+        that no two samples of one call share numbers).
 
-        Returns, per prompt, its Sequence objects (filled in by later steps). Raises ValueError,
+        Returns, per row, its Sequence objects (filled in by later steps). Raises ValueError,
         before touching the batch, for an empty prompt, a token id outside the vocabulary, a
         prompt that leaves no room in the model's context, or an unknown policy.
         """
         engine = self.engine
-        count = len(prompts)
+        count = len(rows)
         if not count:
             return []
-        params, ns, request_ids, first_streams = plan_batch(
-            prompts, params, n, request_ids, first_streams, engine.vocab_size, engine.max_context
-        )
+        check_rows(rows, engine.vocab_size, engine.max_context)
+        params = [r.params for r in rows]
         policies = [engine.policy(p.policy) for p in params]
         device = engine.device
 
         # Prefill, left-padded to the longest prompt.
-        length = max(len(p) for p in prompts)
+        length = max(len(r.prompt) for r in rows)
         ids = torch.zeros(count, length, dtype=torch.long, device=device)
         mask = torch.zeros_like(ids)
-        for i, prompt in enumerate(prompts):
-            ids[i, length - len(prompt) :] = torch.as_tensor(prompt, dtype=torch.long)
-            mask[i, length - len(prompt) :] = 1
+        for i, r in enumerate(rows):
+            ids[i, length - len(r.prompt) :] = torch.as_tensor(r.prompt, dtype=torch.long)
+            mask[i, length - len(r.prompt) :] = 1
         positions = (mask.cumsum(-1) - 1).clamp_min(0)
         cache = BatchKVCache(engine.num_layers)
         h = self._forward(ids, mask, positions, cache)
 
         # One row per sample.
+        ns = [r.n for r in rows]
         repeats = torch.tensor(ns, device=device)
         cache.repeat(repeats)
         mask, h = mask.repeat_interleave(repeats, 0), h.repeat_interleave(repeats, 0)
         seeds = [p.seed if p.seed is not None else secrets.randbits(63) for p in params]
         seqs = [
-            [Sequence(rid, j, list(map(int, prompt)), seed, policy.spec) for j in range(k)]
-            for rid, prompt, seed, policy, k in zip(request_ids, prompts, seeds, policies, ns)
+            [Sequence(r.request_id, j, list(r.prompt), seed, policy.spec) for j in range(r.n)]
+            for r, seed, policy in zip(rows, seeds, policies)
         ]
         flat = [s for group in seqs for s in group]
 
@@ -279,7 +253,7 @@ class DecodeBatch:
 
         new_state = {
             "seed": per_row([sd - (1 << 64) if sd >= 1 << 63 else sd for sd in seeds]),
-            "stream": per_row(first_streams) + torch.cat([torch.arange(k, device=device) for k in ns]),
+            "stream": per_row([r.first_stream for r in rows]) + torch.cat([torch.arange(k, device=device) for k in ns]),
             "step": torch.zeros(len(flat), dtype=torch.long, device=device),
             "tau_prev": per_row([pol.initial_tau for pol in policies], torch.float32),
             "position": mask.sum(-1),
@@ -347,14 +321,14 @@ class DecodeBatch:
             return []
         engine, s = self.engine, self.state
         logits = engine.logits(self.h)  # [B, V] float32
-        u = uniforms(s["seed"], s["step"], s["stream"])  # [B, NUM_UNIFORMS]
-        tau, updated, z, temp_logp = self._act(u)
+        rand = uniforms(s["seed"], s["step"], s["stream"])  # [B, NUM_UNIFORMS]
+        tau, updated, z, temp_logp = self._act(rand)
         filtering = bool((s["top_k"] > 0).any() or (s["top_p"] < 1).any())
         num_top = int(s["logprobs"].max())
         draw = sample_tokens(
             logits,
             tau,
-            u[:, SLOT_TOKEN],
+            rand[:, SLOT_TOKEN],
             s["top_k"] if filtering else None,
             s["top_p"] if filtering else None,
             num_top=num_top,
@@ -370,11 +344,7 @@ class DecodeBatch:
         keep = []
         for i, (seq, (tok, t, c, zz, tl, lp, ent)) in enumerate(zip(self.rows, columns)):
             seq.token_ids.append(tok)
-            tr = seq.trace
-            tr.tau.append(t), tr.updated.append(c), tr.z.append(zz)
-            tr.temp_logp.append(tl), tr.logp.append(lp), tr.entropy.append(ent)
-            if num_top and wanted[i]:
-                tr.top_logprobs.append(tops[i][: wanted[i]])
+            seq.trace.append(t, c, zz, tl, lp, ent, tops[i][: wanted[i]] if num_top and wanted[i] else None)
             if tok in self._stops[i]:
                 seq.finish_reason = "stop"
             elif at_limit[i]:
@@ -389,10 +359,10 @@ class DecodeBatch:
             self._advance(next_ids)
         return stepped
 
-    def _act(self, u: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def _act(self, rand: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Run each policy on its rows; returns tau, updated, z, temp_logp, each [B]."""
         s = self.state
-        a = act_mixed(self._policies, s["policy"], self.h, s["step"], s["tau_prev"], u)
+        a = act_mixed(self._policies, s["policy"], self.h, s["step"], s["tau_prev"], rand)
         return a.tau, a.updated, a.z, a.logp
 
     def _advance(self, tokens: Tensor) -> None:

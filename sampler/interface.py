@@ -5,10 +5,10 @@ and the server's scheduler (``server.scheduler``) use of an engine. ``engine.Eng
 
 from __future__ import annotations
 
-from typing import Callable, Hashable, Protocol, Sequence as Seq, runtime_checkable
+from typing import Callable, Protocol, Sequence as Seq, runtime_checkable
 
 from .policies import TemperaturePolicy
-from .records import SamplingParams, Sequence
+from .records import PromptRow, SamplingParams, Sequence
 
 
 @runtime_checkable
@@ -21,15 +21,8 @@ class GenerationBatch(Protocol):
     @property
     def num_running(self) -> int: ...
 
-    def add(
-        self,
-        prompts: Seq[Seq[int]],
-        params: SamplingParams | Seq[SamplingParams],
-        n: int | Seq[int] = 1,
-        request_ids: Seq[Hashable] | None = None,
-        first_streams: Seq[int] | None = None,
-    ) -> list[list[Sequence]]:
-        """Queue prompts, n[i] samples each; per prompt its new sequences. ValueError for bad input."""
+    def add(self, rows: Seq[PromptRow]) -> list[list[Sequence]]:
+        """Queue prompts (one PromptRow each, its n samples); per row its new sequences. ValueError for bad input."""
         ...
 
     def cancel(self, sequences: Seq[Sequence]) -> None:

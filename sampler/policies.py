@@ -49,7 +49,7 @@ class TemperaturePolicy:
     """Interface. ``act`` is called once per decoding step on the rows that use this policy.
 
     h: [B, d] final hidden states; step: int64 [B] index of the token being generated (0 = first);
-    tau_prev: float32 [B] the previous step's tau (``initial_tau`` at step 0); u: float32
+    tau_prev: float32 [B] the previous step's tau (``initial_tau`` at step 0); rand: float32
     [B, NUM_UNIFORMS] this step's uniforms (see rng).
     """
 
@@ -58,7 +58,7 @@ class TemperaturePolicy:
     """True when tau depends on the temperature head, whose decisions the trainer scores."""
     initial_tau: float = 1.0
 
-    def act(self, h: Tensor, step: Tensor, tau_prev: Tensor, u: Tensor) -> TempAction:
+    def act(self, h: Tensor, step: Tensor, tau_prev: Tensor, rand: Tensor) -> TempAction:
         raise NotImplementedError
 
     @property
@@ -122,24 +122,24 @@ def build_policy(spec: str, head: "H.TemperatureHead | None" = None) -> Temperat
         raise ValueError(f"bad arguments for policy {name!r}: {e}") from None
 
 
-def act_mixed(policies: list[TemperaturePolicy], which: Tensor, h: Tensor, step: Tensor, tau_prev: Tensor, u: Tensor) -> TempAction:
+def act_mixed(policies: list[TemperaturePolicy], which: Tensor, h: Tensor, step: Tensor, tau_prev: Tensor, rand: Tensor) -> TempAction:
     """One step for a batch whose rows use different policies: row i acts under
     ``policies[which[i]]`` (which: int64 [B]). Each policy runs once, on its own rows. The result's
     tau, z and logp are float32."""
     kinds = which.unique()
     if kinds.numel() == 1:
-        a = policies[int(kinds[0])].act(h, step, tau_prev, u)
+        a = policies[int(kinds[0])].act(h, step, tau_prev, rand)
         return TempAction(tau=a.tau.float(), updated=a.updated, z=a.z.float(), logp=a.logp.float())
     rows = which.shape[0]
     out = TempAction(
-        tau=torch.zeros(rows, device=u.device),
-        updated=torch.zeros(rows, dtype=torch.bool, device=u.device),
-        z=torch.zeros(rows, device=u.device),
-        logp=torch.zeros(rows, device=u.device),
+        tau=torch.zeros(rows, device=rand.device),
+        updated=torch.zeros(rows, dtype=torch.bool, device=rand.device),
+        z=torch.zeros(rows, device=rand.device),
+        logp=torch.zeros(rows, device=rand.device),
     )
     for kind in kinds.tolist():
         idx = (which == kind).nonzero().squeeze(-1)
-        a = policies[kind].act(h[idx], step[idx], tau_prev[idx], u[idx])
+        a = policies[kind].act(h[idx], step[idx], tau_prev[idx], rand[idx])
         out.tau[idx], out.updated[idx], out.z[idx], out.logp[idx] = a.tau.float(), a.updated, a.z.float(), a.logp.float()
     return out
 
@@ -176,37 +176,37 @@ class _HeadPolicy(TemperaturePolicy):
         self.tau_min, self.tau_max = head.config.tau_min, head.config.tau_max
         self.initial_tau = head.config.tau_init
 
-    def draws_z(self, u_head: Tensor, step: Tensor, u: Tensor) -> Tensor:
+    def draws_z(self, u: Tensor, step: Tensor, rand: Tensor) -> Tensor:
         """bool [B]: where this step draws a new z (c_t)."""
         raise NotImplementedError
 
-    def act(self, h, step, tau_prev, u):
-        u_head = self.head(h)  # [B, 3] float32
-        updated = self.draws_z(u_head, step, u)
-        alpha, beta = H.concentrations(u_head)
-        z = H.clamp_z(beta_sample(alpha, beta, u))
+    def act(self, h, step, tau_prev, rand):
+        u = self.head(h)  # [B, 3] float32
+        updated = self.draws_z(u, step, rand)
+        alpha, beta = H.concentrations(u)
+        z = H.clamp_z(beta_sample(alpha, beta, rand))
         z = torch.where(updated, z, torch.zeros_like(z))
         tau = torch.where(updated, H.z_to_tau(z, self.tau_min, self.tau_max), tau_prev)
-        return TempAction(tau=tau, updated=updated, z=z, logp=self.log_prob(u_head, updated, z))
+        return TempAction(tau=tau, updated=updated, z=z, logp=self.log_prob(u, updated, z))
 
-    def log_prob(self, u_head: Tensor, updated: Tensor, z: Tensor) -> Tensor:
-        """Score recorded actions under the head outputs u_head [..., 3] (what the trainer calls)."""
-        return H.action_log_prob(u_head, updated, z, with_gate=self.gated)
+    def log_prob(self, u: Tensor, updated: Tensor, z: Tensor) -> Tensor:
+        """Score recorded actions under the head outputs u [..., 3] (what the trainer calls)."""
+        return H.action_log_prob(u, updated, z, with_gate=self.gated)
 
 
 @register("learned")
 class LearnedPolicy(_HeadPolicy):
     gated = True
 
-    def draws_z(self, u_head, step, u):
-        return u[:, SLOT_GATE] < H.update_prob(u_head)
+    def draws_z(self, u, step, rand):
+        return rand[:, SLOT_GATE] < H.update_prob(u)
 
 
 @register("always-update")
 class AlwaysUpdatePolicy(_HeadPolicy):
     gated = False
 
-    def draws_z(self, u_head, step, u):
+    def draws_z(self, u, step, rand):
         return torch.ones_like(step, dtype=torch.bool)
 
 
@@ -217,7 +217,7 @@ class PromptLevelPolicy(_HeadPolicy):
 
     gated = False
 
-    def draws_z(self, u_head, step, u):
+    def draws_z(self, u, step, rand):
         return step == 0
 
 
@@ -239,7 +239,7 @@ class FixedPolicy(TemperaturePolicy):
         self.tau = float(tau)
         self.initial_tau = self.tau
 
-    def act(self, h, step, tau_prev, u):
+    def act(self, h, step, tau_prev, rand):
         return _no_update(torch.full(step.shape, self.tau, device=step.device))
 
     @property
@@ -253,7 +253,7 @@ class _SchedulePolicy(TemperaturePolicy):
     def schedule(self, step: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def act(self, h, step, tau_prev, u):
+    def act(self, h, step, tau_prev, rand):
         tau = self.schedule(step).float()
         action = _no_update(tau)
         action.updated = (tau != tau_prev) & (step > 0)
@@ -349,11 +349,11 @@ class TampoPolicy(TemperaturePolicy):
         p = torch.where(keep, self.probs, 0.0)
         return p / p.sum()
 
-    def act(self, h, step, tau_prev, u):
-        p = self.nucleus().to(u.device)
+    def act(self, h, step, tau_prev, rand):
+        p = self.nucleus().to(rand.device)
         cdf = torch.cumsum(p, 0)
-        idx = torch.searchsorted(cdf, (u[:, SLOT_CHOICE] * cdf[-1]).contiguous()).clamp_max(len(p) - 1)
+        idx = torch.searchsorted(cdf, (rand[:, SLOT_CHOICE] * cdf[-1]).contiguous()).clamp_max(len(p) - 1)
         first = step == 0
-        tau = torch.where(first, self.temperatures.to(u.device)[idx], tau_prev)
+        tau = torch.where(first, self.temperatures.to(rand.device)[idx], tau_prev)
         logp = torch.where(first, torch.log(p[idx]), 0.0)
         return TempAction(tau=tau, updated=first, z=torch.zeros_like(tau), logp=logp)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Hashable
 
@@ -41,6 +42,35 @@ class SamplingParams:
         object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in self.stop_token_ids))
 
 
+@dataclass(frozen=True)
+class PromptRow:
+    """One prompt to decode n times: what ``GenerationBatch.add`` takes, one per prompt of a request.
+
+    Sample j draws its random numbers from stream ``first_stream + j`` of ``params.seed``, so a
+    request that numbers its samples as if it were alone reproduces whatever shares its batch."""
+
+    prompt: tuple[int, ...]
+    params: SamplingParams = SamplingParams()
+    n: int = 1
+    """Samples of this prompt."""
+    request_id: Hashable = 0
+    """Whose sequences these are (``Sequence.request_id``)."""
+    first_stream: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "prompt", tuple(int(t) for t in self.prompt))
+
+
+def prompt_rows(prompts, params: "SamplingParams | list[SamplingParams]" = SamplingParams(), n: int = 1) -> list[PromptRow]:
+    """One PromptRow per prompt (request id = its index), with one SamplingParams for all or one
+    each, n samples each; sample j of prompt i on stream i * n + j, so no two samples share
+    numbers. Raises ValueError when a list of params does not match the prompts."""
+    params = [params] * len(prompts) if isinstance(params, SamplingParams) else list(params)
+    if len(params) != len(prompts):
+        raise ValueError(f"got {len(params)} SamplingParams for {len(prompts)} prompts")
+    return [PromptRow(p, sp, n, i, i * n) for i, (p, sp) in enumerate(zip(prompts, params))]
+
+
 @dataclass
 class Trace:
     """Per generated token, in order: what the temperature policy did and what the sampler saw."""
@@ -52,6 +82,30 @@ class Trace:
     logp: list[float] = field(default_factory=list)  # log-prob of the token under its sampling distribution
     entropy: list[float] = field(default_factory=list)  # entropy of that distribution (nats)
     top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)  # only if SamplingParams.logprobs
+
+    def __len__(self) -> int:
+        return len(self.tau)
+
+    def append(self, tau: float, updated: bool, z: float, temp_logp: float, logp: float = math.nan,
+               entropy: float = math.nan, top: list[tuple[int, float]] | None = None) -> None:
+        """One token's row (every backend records through here). logp / entropy: NaN where a
+        backend does not compute them; top: that token's most likely alternatives, if asked."""
+        self.tau.append(tau)
+        self.updated.append(updated)
+        self.z.append(z)
+        self.temp_logp.append(temp_logp)
+        self.logp.append(logp)
+        self.entropy.append(entropy)
+        if top is not None:
+            self.top_logprobs.append(top)
+
+    def decision(self, step: int) -> tuple[float, bool, float, float]:
+        """The temperature policy's action at ``step``: (tau, updated, z, temp_logp)."""
+        return self.tau[step], self.updated[step], self.z[step], self.temp_logp[step]
+
+    def set_decision(self, step: int, tau: float, updated: bool, z: float, temp_logp: float) -> None:
+        """Overwrite the policy's action of an existing row (vLLM may decide a step twice)."""
+        self.tau[step], self.updated[step], self.z[step], self.temp_logp[step] = tau, updated, z, temp_logp
 
 
 @dataclass

@@ -93,18 +93,18 @@ def uniforms(seed: Tensor, step: Tensor, stream: Tensor, num: int = NUM_UNIFORMS
     return ((bits[:, :num] >> 9).float() + 0.5) * (1.0 / (1 << 23))
 
 
-def normals(u: Tensor) -> Tensor:
+def normals(rand: Tensor) -> Tensor:
     """Standard normals from uniforms by Box-Muller: [B, 2m] uniforms -> [B, 2m] normals."""
-    u1, u2 = u.chunk(2, dim=-1)
+    u1, u2 = rand.chunk(2, dim=-1)
     radius = torch.sqrt(-2.0 * torch.log(u1))
     angle = (2.0 * math.pi) * u2
     return torch.cat((radius * torch.cos(angle), radius * torch.sin(angle)), dim=-1)
 
 
-def gamma_log(alpha: Tensor, u: Tensor) -> Tensor:
+def gamma_log(alpha: Tensor, rand: Tensor) -> Tensor:
     """log of a Gamma(alpha, 1) draw, from ``2 * GAMMA_TRIES + 1`` uniforms per row.
 
-    alpha: float32 [B] > 0; u: float32 [B, 2 * GAMMA_TRIES + 1]. Returns float32 [B].
+    alpha: float32 [B] > 0; rand: float32 [B, 2 * GAMMA_TRIES + 1]. Returns float32 [B].
 
     Marsaglia & Tsang (2000) for shape >= 1, with a fixed number of candidates so the whole batch
     is sampled without a data-dependent loop; the first accepted candidate is kept. Shapes below 1
@@ -115,25 +115,25 @@ def gamma_log(alpha: Tensor, u: Tensor) -> Tensor:
     shape = torch.where(boost, alpha + 1.0, alpha)
     d = shape - 1.0 / 3.0
     c = torch.rsqrt(9.0 * d)
-    x = normals(u[:, :GAMMA_TRIES])  # [B, K]
-    u_accept = u[:, GAMMA_TRIES : 2 * GAMMA_TRIES]  # [B, K]
+    x = normals(rand[:, :GAMMA_TRIES])  # [B, K]
+    rand_accept = rand[:, GAMMA_TRIES : 2 * GAMMA_TRIES]  # [B, K]
     v = (1.0 + c[:, None] * x) ** 3
     log_v = torch.log(v.clamp_min(1e-30))
-    accept = (v > 0) & (torch.log(u_accept) < 0.5 * x * x + d[:, None] * (1.0 - v + log_v))
+    accept = (v > 0) & (torch.log(rand_accept) < 0.5 * x * x + d[:, None] * (1.0 - v + log_v))
     first = accept.to(torch.int8).argmax(dim=-1, keepdim=True)  # first accepted, 0 if none
     chosen_log_v = torch.where(accept.any(dim=-1), log_v.gather(-1, first).squeeze(-1), 0.0)
     log_g = torch.log(d) + chosen_log_v
-    return torch.where(boost, log_g + torch.log(u[:, 2 * GAMMA_TRIES]) / alpha, log_g)
+    return torch.where(boost, log_g + torch.log(rand[:, 2 * GAMMA_TRIES]) / alpha, log_g)
 
 
-def beta_sample(alpha: Tensor, beta: Tensor, u: Tensor) -> Tensor:
-    """A Beta(alpha, beta) draw per row from ``u[:, SLOT_BETA_A:]``: z = Ga / (Ga + Gb).
+def beta_sample(alpha: Tensor, beta: Tensor, rand: Tensor) -> Tensor:
+    """A Beta(alpha, beta) draw per row from ``rand[:, SLOT_BETA_A:]``: z = Ga / (Ga + Gb).
 
     Computed as sigmoid(log Ga - log Gb), which stays finite (0 or 1 at worst) when one of the
     gamma draws underflows. Callers clamp z away from {0, 1} before using or scoring it.
     """
     rows = alpha.shape[0]
-    u_a = u[:, SLOT_BETA_A : SLOT_BETA_A + _GAMMA_SLOTS]
-    u_b = u[:, SLOT_BETA_B : SLOT_BETA_B + _GAMMA_SLOTS]
+    u_a = rand[:, SLOT_BETA_A : SLOT_BETA_A + _GAMMA_SLOTS]
+    u_b = rand[:, SLOT_BETA_B : SLOT_BETA_B + _GAMMA_SLOTS]
     log_g = gamma_log(torch.cat((alpha, beta)), torch.cat((u_a, u_b)))  # both sides in one pass
     return torch.sigmoid(log_g[:rows] - log_g[rows:])

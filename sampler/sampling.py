@@ -16,6 +16,18 @@ class Draw(NamedTuple):
     top_logp: Tensor | None  # float32 [B, k] their log-probs
 
 
+def tempered(logits: Tensor, tau: Tensor) -> Tensor:
+    """logits / tau, the temperature rule of sampling and of the trainer's scoring alike (the
+    trainer = sampler log-prob invariant rests on this one function): float32 [..., V] from logits
+    [..., V] and tau [...]; tau <= 0 (greedy) divides by 1, so a greedy token is reported and
+    scored under the unscaled distribution.
+
+    >>> tempered(torch.tensor([[2.0, 4.0]]), torch.tensor([0.5])).tolist(), tempered(torch.tensor([[2.0]]), torch.tensor([0.0])).tolist()
+    ([[4.0, 8.0]], [[2.0]])
+    """
+    return logits.float() / torch.where(tau <= 0, 1.0, tau.float())[..., None]
+
+
 def sample_tokens(
     logits: Tensor,
     tau: Tensor,
@@ -32,7 +44,7 @@ def sample_tokens(
     alternatives) under the unscaled distribution, tau = 1.
     """
     greedy = tau <= 0
-    x = logits / torch.where(greedy, 1.0, tau)[:, None]
+    x = tempered(logits, tau)
     filtering = top_k is not None or top_p is not None
     if filtering:
         x = filter_logits(x, top_k, top_p)

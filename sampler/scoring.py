@@ -24,6 +24,7 @@ import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from .records import Sequence
+from .sampling import tempered
 
 
 @dataclass
@@ -83,14 +84,13 @@ def token_logprobs(logits: Tensor, targets: Tensor, tau: Tensor) -> Tensor:
     >>> token_logprobs(torch.tensor([[0.0, 0.0]]), torch.tensor([1]), torch.tensor([1.0])).exp()
     tensor([0.5000])
     """
-    x = logits.float() / torch.where(tau <= 0, 1.0, tau.float())[..., None]
+    x = tempered(logits, tau)
     return x.gather(-1, targets[..., None]).squeeze(-1) - torch.logsumexp(x, dim=-1)
 
 
 def token_entropy(logits: Tensor, tau: Tensor) -> Tensor:
     """Entropy of softmax(logits / tau) in nats, float32 [...]; tau = 0 counts as tau = 1."""
-    x = logits.float() / torch.where(tau <= 0, 1.0, tau.float())[..., None]
-    logp = F.log_softmax(x, dim=-1)
+    logp = F.log_softmax(tempered(logits, tau), dim=-1)
     return -(logp.exp() * logp).sum(-1)
 
 

@@ -19,14 +19,14 @@ import os
 import secrets
 import time
 from pathlib import Path
-from typing import Any, Callable, Hashable, Sequence as Seq
+from typing import Any, Callable, Sequence as Seq
 
 from .backends import VLLM_INSTALL
 from .checkpoint import HEAD_CONFIG, HEAD_WEIGHTS, CheckpointError, load_head
-from .engine import plan_batch, run_to_completion
+from .engine import check_rows, run_to_completion
 from .models import resolve_dtype
 from .policies import FixedPolicy, PolicyCache, TemperaturePolicy
-from .records import SamplingParams, Sequence
+from .records import PromptRow, SamplingParams, Sequence
 from .vllm_hooks import EXTRA_ARGS_KEY, HiddenStateTap, RequestState, tapped_model_class, temperature_processor_class
 from .vllm_hooks_v2 import temperature_processor_v2_class
 
@@ -240,34 +240,26 @@ class VLLMBatch:
     def num_running(self) -> int:
         return len(self.rows)
 
-    def add(
-        self,
-        prompts: Seq[Seq[int]],
-        params: SamplingParams | Seq[SamplingParams],
-        n: int | Seq[int] = 1,
-        request_ids: Seq[Hashable] | None = None,
-        first_streams: Seq[int] | None = None,
-    ) -> list[list[Sequence]]:
-        """Queue ``prompts`` in vLLM, n[i] samples each (see ``DecodeBatch.add``; same seeds and
-        streams, so the temperature decisions use the same random numbers). Raises ValueError,
-        before queueing anything, for a bad prompt or an unknown policy."""
+    def add(self, rows: Seq[PromptRow]) -> list[list[Sequence]]:
+        """Queue the rows in vLLM, n samples each (see ``DecodeBatch.add``; same seeds and streams,
+        so the temperature decisions use the same random numbers). Raises ValueError, before
+        queueing anything, for a bad prompt or an unknown policy."""
         from vllm import SamplingParams as VParams
         from vllm.inputs import TokensPrompt
         from vllm.sampling_params import RequestOutputKind
 
         engine = self.engine
-        params, ns, request_ids, first_streams = plan_batch(
-            prompts, params, n, request_ids, first_streams, engine.vocab_size, engine.max_context
-        )
-        policies = [engine.policy(p.policy) for p in params]
+        check_rows(rows, engine.vocab_size, engine.max_context)
+        policies = [engine.policy(r.params.policy) for r in rows]
 
         groups, added = [], []
         try:
-            for prompt, p, policy, k, rid, first in zip(prompts, params, policies, ns, request_ids, first_streams):
+            for row, policy in zip(rows, policies):
+                p, first = row.params, row.first_stream
                 seed = p.seed if p.seed is not None else secrets.randbits(63)
                 group = []
-                for j in range(k):
-                    seq = Sequence(rid, j, list(map(int, prompt)), seed, policy.spec)
+                for j in range(row.n):
+                    seq = Sequence(row.request_id, j, list(row.prompt), seed, policy.spec)
                     vid = f"introllm-{next(_request_ids)}"
                     fixed = isinstance(policy, FixedPolicy)
                     state = None if fixed else RequestState(policy, seed - (1 << 64) if seed >= 1 << 63 else seed, first + j)
@@ -338,18 +330,14 @@ class VLLMBatch:
             for k, token in enumerate(completion.token_ids):
                 t = len(seq.token_ids)
                 seq.token_ids.append(int(token))
-                tr = seq.trace
-                if state is None:
-                    tr.tau.append(fixed_tau), tr.updated.append(False), tr.z.append(0.0), tr.temp_logp.append(0.0)
-                else:
-                    tr.tau.append(state.tau[t]), tr.updated.append(state.updated[t])
-                    tr.z.append(state.z[t]), tr.temp_logp.append(state.temp_logp[t])
+                decision = (fixed_tau, False, 0.0, 0.0) if state is None else state.decisions.decision(t)
                 logprobs = completion.logprobs[k] if completion.logprobs else None
-                tr.logp.append(logprobs[token].logprob if logprobs else math.nan)
-                tr.entropy.append(math.nan)  # vLLM does not compute it
+                top = None
                 if num_top and logprobs:
                     ranked = sorted(logprobs.items(), key=lambda kv: kv[1].rank)
-                    tr.top_logprobs.append([(int(i), lp.logprob) for i, lp in ranked if lp.rank <= num_top][:num_top])
+                    top = [(int(i), lp.logprob) for i, lp in ranked if lp.rank <= num_top][:num_top]
+                # vLLM does not compute the entropy: NaN
+                seq.trace.append(*decision, logprobs[token].logprob if logprobs else math.nan, math.nan, top)
             if out.finished:
                 seq.finish_reason = _FINISH.get(completion.finish_reason, completion.finish_reason or "stop")
                 finished.append(out.request_id)

@@ -4,7 +4,7 @@ temperature policies. No vLLM source is patched; both use public extension point
 Per decoding step, for every request that uses an IntroLLM policy (DESIGN.md, data flow):
 
     model forward (vLLM) -> compute_logits(h)  [tap: keeps h, the rows about to be sampled]
-    -> TemperatureProcessor.apply(logits)       [policy.act(h, step, tau_prev, u) -> tau, c, z;
+    -> TemperatureProcessor.apply(logits)       [policy.act(h, step, tau_prev, rand) -> tau, c, z;
                                                   logits /= tau; the decision is recorded]
     -> vLLM samples from softmax(logits) with its own temperature set to 1
 
@@ -46,6 +46,7 @@ import torch
 from torch import Tensor
 
 from .policies import TemperaturePolicy, act_mixed
+from .records import Trace
 from .rng import uniforms
 
 EXTRA_ARGS_KEY = "introllm"
@@ -63,23 +64,28 @@ class RequestState:
     policy: TemperaturePolicy
     seed: int  # as a signed int64, the way the rng takes it
     stream: int
-    tau: list[float] = field(default_factory=list)
-    updated: list[bool] = field(default_factory=list)
-    z: list[float] = field(default_factory=list)
-    temp_logp: list[float] = field(default_factory=list)
-    u_start: int = -(1 << 62)  # the step u_chunk starts at
-    u_chunk: Tensor | None = None  # [UNIFORM_CHUNK, NUM_UNIFORMS] uniforms of steps u_start, ...
+    decisions: Trace = field(default_factory=Trace)  # the policy's columns (tau, updated, z, temp_logp) by step
+    rand_start: int = -(1 << 62)  # the step rand_chunk starts at
+    rand_chunk: Tensor | None = None  # [UNIFORM_CHUNK, NUM_UNIFORMS] uniforms of steps rand_start, ...
+
+    @property
+    def tau(self) -> list[float]:
+        return self.decisions.tau
+
+    @property
+    def updated(self) -> list[bool]:
+        return self.decisions.updated
 
     def tau_before(self, step: int) -> float:
         return self.tau[step - 1] if step > 0 else self.policy.initial_tau
 
     def record(self, step: int, tau: float, updated: bool, z: float, temp_logp: float) -> None:
-        if step < len(self.tau):  # recomputed (a discarded prompt chunk decided this step before)
-            self.tau[step], self.updated[step], self.z[step], self.temp_logp[step] = tau, updated, z, temp_logp
-        elif step == len(self.tau):
-            self.tau.append(tau), self.updated.append(updated), self.z.append(z), self.temp_logp.append(temp_logp)
+        if step < len(self.decisions):  # recomputed (a discarded prompt chunk decided this step before)
+            self.decisions.set_decision(step, tau, updated, z, temp_logp)
+        elif step == len(self.decisions):
+            self.decisions.append(tau, updated, z, temp_logp)
         else:
-            raise RuntimeError(f"temperature decision for step {step} before step {len(self.tau)}")
+            raise RuntimeError(f"temperature decision for step {step} before step {len(self.decisions)}")
 
 
 class HiddenStateTap:
@@ -179,14 +185,14 @@ def apply_policies(logits: Tensor, h: Tensor | None, rows: list[int], states: li
     idx = None if every_row else torch.tensor(rows, device=dev)
     step = torch.tensor(steps, device=dev)
     tau_prev = torch.tensor([s.tau_before(t) for s, t in zip(states, steps)], device=dev)
-    u = _step_uniforms(states, steps, dev)
+    rand = _step_uniforms(states, steps, dev)
     h_rows = h if every_row else h[idx]
     policies = list({id(s.policy): s.policy for s in states}.values())
     if len(policies) == 1:  # the usual case: act_mixed's per-policy split (and its sync) is not needed
-        a = policies[0].act(h_rows, step, tau_prev, u)
+        a = policies[0].act(h_rows, step, tau_prev, rand)
     else:
         which = torch.tensor([next(k for k, p in enumerate(policies) if p is s.policy) for s in states], device=dev)
-        a = act_mixed(policies, which, h_rows, step, tau_prev, u)
+        a = act_mixed(policies, which, h_rows, step, tau_prev, rand)
     tau = a.tau.float()
     if every_row:  # every row on an IntroLLM policy (the usual case)
         logits.div_(tau[:, None].to(logits.dtype))
@@ -208,7 +214,7 @@ stream) only, so drawing them ahead changes nothing but the cost: one Philox cal
 
 def _step_uniforms(states: list[RequestState], steps: list[int], device) -> Tensor:
     """This step's uniforms for each row, float32 [B, NUM_UNIFORMS], from the requests' chunks."""
-    stale = [k for k, (s, t) in enumerate(zip(states, steps)) if not (s.u_start <= t < s.u_start + UNIFORM_CHUNK)]
+    stale = [k for k, (s, t) in enumerate(zip(states, steps)) if not (s.rand_start <= t < s.rand_start + UNIFORM_CHUNK)]
     if stale:
         num = len(stale)
         seed = torch.tensor([states[k].seed for k in stale], device=device).repeat_interleave(UNIFORM_CHUNK)
@@ -217,5 +223,5 @@ def _step_uniforms(states: list[RequestState], steps: list[int], device) -> Tens
         offset = torch.arange(UNIFORM_CHUNK, device=device).repeat(num)
         chunks = uniforms(seed, first + offset, stream).view(num, UNIFORM_CHUNK, -1)
         for j, k in enumerate(stale):
-            states[k].u_chunk, states[k].u_start = chunks[j], steps[k]
-    return torch.stack([s.u_chunk[t - s.u_start] for s, t in zip(states, steps)])
+            states[k].rand_chunk, states[k].rand_start = chunks[j], steps[k]
+    return torch.stack([s.rand_chunk[t - s.rand_start] for s, t in zip(states, steps)])

@@ -90,7 +90,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
 async def generate(request: Request, s: ServerState, plan: Plan):
     """Submit ``plan`` and answer with the whole response, or with a stream of chunks."""
     rid = request.scope["state"]["request_id"]
-    gen = GenRequest(request_id=rid, prompts=plan.prompts, params=plan.params, n=plan.n, stop=plan.stop)
+    gen = GenRequest(request_id=rid, plan=plan)
     try:
         s.scheduler.submit(gen)
     except QueueFull:

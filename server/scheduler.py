@@ -23,10 +23,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from introllm.sampler import GenerationEngine, SamplingParams, Sequence
+from introllm.sampler import GenerationEngine, Sequence
+from introllm.sampler.records import PromptRow
 from introllm.sampler.text import Detokenizer
 
 from .metrics import Metrics
+from .prepare import Plan
 from .records import Done, Failed, Token, TokenLogprob
 from .tokens import TokenBytes
 
@@ -51,14 +53,11 @@ class QueueFull(Exception):
 
 @dataclass
 class Request:
-    """What a handler submits (already validated: see prepare). ``events`` receives lists of
+    """What a handler submits: its validated plan (see prepare). ``events`` receives lists of
     Token records (one list per decode step), then Done or Failed."""
 
     request_id: str
-    prompts: list[list[int]]
-    params: SamplingParams
-    n: int = 1
-    stop: list[str] = field(default_factory=list)
+    plan: Plan
     arrival: float = field(default_factory=time.monotonic)
     loop: asyncio.AbstractEventLoop | None = None
     events: asyncio.Queue | None = None
@@ -69,7 +68,13 @@ class Request:
 
     @property
     def num_rows(self) -> int:
-        return len(self.prompts) * self.n
+        return len(self.plan.prompts) * self.plan.n
+
+    def rows(self) -> list[PromptRow]:
+        """One PromptRow per prompt, its samples numbered as if the request were alone, so that a
+        seeded request reproduces whatever shares its batch."""
+        n = self.plan.n
+        return [PromptRow(p, self.plan.params, n, self.request_id, i * n) for i, p in enumerate(self.plan.prompts)]
 
 
 class _Text:
@@ -165,27 +170,25 @@ class Scheduler:
             return
         try:
             self._add(joining)
-        except Exception as e:  # prefill failed (e.g. out of memory): these requests fail, the batch is intact
-            log.exception("prefill failed for %d requests", len(joining))
+        except Exception:  # prefill failed: find the request(s) that caused it; the others go on
+            if len(joining) > 1:
+                log.warning("prefill of %d requests failed; admitting them one by one", len(joining))
             for request in joining:
-                self._send(request, Failed(f"internal error while reading the prompt: {type(e).__name__}"))
+                try:
+                    self._add([request])
+                except Exception as e:  # this request only; the batch is intact (add validates before joining)
+                    log.exception("prefill failed for request %s", request.request_id)
+                    self._send(request, Failed(f"internal error while reading the prompt: {type(e).__name__}"))
 
     def _add(self, requests: list[Request]) -> None:
-        prompts, params, ns, ids, streams = [], [], [], [], []
+        groups = self.batch.add([row for request in requests for row in request.rows()])
         for request in requests:
-            for i, prompt in enumerate(request.prompts):
-                prompts.append(prompt)
-                params.append(request.params)
-                ns.append(request.n)
-                ids.append(request.request_id)
-                streams.append(i * request.n)  # as if the request were alone: seeds reproduce
-        groups = self.batch.add(prompts, params, n=ns, request_ids=ids, first_streams=streams)
-        for request in requests:
-            request.seqs = [s for g in groups[: len(request.prompts)] for s in g]
-            groups = groups[len(request.prompts) :]
+            count = len(request.plan.prompts)
+            request.seqs = [s for g in groups[:count] for s in g]
+            groups = groups[count:]
             request.open_choices = len(request.seqs)
             for index, seq in enumerate(request.seqs):
-                self._running[id(seq)] = (request, _Text(self.tokenizer, request.stop), index)
+                self._running[id(seq)] = (request, _Text(self.tokenizer, request.plan.stop), index)
 
     def _drop_cancelled(self) -> None:
         gone = [seq for seq in self.batch.rows if self._running[id(seq)][0].cancelled]
@@ -265,7 +268,7 @@ class Scheduler:
                 self._send(
                     request,
                     Done(
-                        prompt_tokens=sum(len(p) for p in request.prompts),
+                        prompt_tokens=request.plan.prompt_tokens,
                         completion_tokens=sum(len(s.token_ids) for s in request.seqs),
                     ),
                 )

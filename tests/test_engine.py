@@ -3,6 +3,7 @@ import torch
 
 from conftest import EOS, VOCAB, random_head, tiny_llama
 from introllm.sampler import Engine, SamplingParams, sample_tokens
+from introllm.sampler.records import PromptRow, prompt_rows
 from introllm.sampler.sampling import filter_logits
 
 PROMPTS = [[5, 6, 7], [8, 9, 10, 11, 12, 13, 14], [20], [30, 31, 32, 33, 34]]
@@ -56,12 +57,12 @@ def test_sampling_is_batch_invariant(model):
     for policy in ("learned", "fixed:1.0"):
         p = SamplingParams(**{**params.__dict__, "policy": policy})
         batch = e.new_batch()
-        together = batch.add(PROMPTS, p, n=2)
+        together = batch.add(prompt_rows(PROMPTS, p, n=2))
         while batch.num_running:
             batch.step()
         for i, prompt in enumerate(PROMPTS):
             b = e.new_batch()
-            (alone,) = b.add([prompt], p, n=2, first_streams=[2 * i])
+            (alone,) = b.add([PromptRow(prompt, p, 2, 0, 2 * i)])
             while b.num_running:
                 b.step()
             assert [s.token_ids for s in alone] == [s.token_ids for s in together[i]], policy
@@ -77,12 +78,12 @@ def test_continuous_batching_join_and_cancel(llama):
     reference = e.generate(PROMPTS, params)
 
     batch = e.new_batch()
-    (first,) = batch.add(PROMPTS[:1], params, first_streams=[0])
+    (first,) = batch.add([PromptRow(PROMPTS[0], params, 1, 0, 0)])
     for _ in range(4):
         batch.step()
-    later = batch.add(PROMPTS[1:3], params, first_streams=[1, 2])  # joins a running batch, longer prompt
+    later = batch.add([PromptRow(PROMPTS[i], params, 1, i, i) for i in (1, 2)])  # joins a running batch, longer prompt
     batch.step()
-    (victim,) = batch.add(PROMPTS[3:], params, first_streams=[3])[0]
+    (victim,) = batch.add([PromptRow(PROMPTS[3], params, 1, 3, 3)])[0]
     batch.step()
     batch.cancel([victim])
     assert victim.finish_reason == "cancelled"
@@ -128,13 +129,13 @@ def test_context_limit_and_bad_prompts():
     assert len(seq.token_ids) == 4 and seq.finish_reason == "length"
     batch = e.new_batch()
     with pytest.raises(ValueError, match="context is 16"):
-        batch.add([[1] * 16], SamplingParams())
+        batch.add(prompt_rows([[1] * 16]))
     with pytest.raises(ValueError, match="prompt 1 is empty"):
-        batch.add([[1], []], SamplingParams())
+        batch.add([PromptRow([1]), PromptRow([])])
     with pytest.raises(ValueError, match="outside the vocabulary"):
-        batch.add([[VOCAB]], SamplingParams())
+        batch.add(prompt_rows([[VOCAB]]))
     with pytest.raises(ValueError, match="unknown temperature policy"):
-        batch.add([[1]], SamplingParams(policy="hot"))
+        batch.add(prompt_rows([[1]], SamplingParams(policy="hot")))
     assert batch.num_running == 0
     with pytest.raises(ValueError, match="max_new_tokens"):
         SamplingParams(max_new_tokens=0)
@@ -145,9 +146,9 @@ def test_context_limit_and_bad_prompts():
 def test_mixed_policies_in_one_batch(llama):
     e = _engine(llama)
     batch = e.new_batch()
-    (greedy,) = batch.add(PROMPTS[:1], SamplingParams(max_new_tokens=10, policy="greedy", ignore_eos=True))[0]
-    (learned,) = batch.add(PROMPTS[1:2], SamplingParams(max_new_tokens=10, seed=2, ignore_eos=True))[0]
-    (fixed,) = batch.add(PROMPTS[2:3], SamplingParams(max_new_tokens=10, policy="fixed:0.9", seed=2, ignore_eos=True))[0]
+    (greedy,) = batch.add(prompt_rows(PROMPTS[:1], SamplingParams(max_new_tokens=10, policy="greedy", ignore_eos=True)))[0]
+    (learned,) = batch.add(prompt_rows(PROMPTS[1:2], SamplingParams(max_new_tokens=10, seed=2, ignore_eos=True)))[0]
+    (fixed,) = batch.add(prompt_rows(PROMPTS[2:3], SamplingParams(max_new_tokens=10, policy="fixed:0.9", seed=2, ignore_eos=True)))[0]
     while batch.num_running:
         batch.step()
     alone = e.generate(PROMPTS[:1], SamplingParams(max_new_tokens=10, policy="greedy", ignore_eos=True))[0][0]
@@ -176,8 +177,8 @@ def test_top_k_top_p():
     assert kept[0].tolist() == [True, True, False, False, False]
     assert kept[1].tolist() == [True, False, False, False, False]  # p(top) = 0.64 >= 0.5
     assert kept[2].all()
-    u = torch.rand(3)
-    tok, logp, ent, _, _ = sample_tokens(logits, torch.ones(3), u, torch.tensor([1, 1, 1]), None)
+    rand = torch.rand(3)
+    tok, logp, ent, _, _ = sample_tokens(logits, torch.ones(3), rand, torch.tensor([1, 1, 1]), None)
     assert tok.tolist() == [0, 0, 0] and torch.allclose(logp, torch.zeros(3)) and torch.allclose(ent, torch.zeros(3), atol=1e-6)
 
 
@@ -189,8 +190,8 @@ def test_inverse_cdf_sampling_matches_softmax():
     n = 40000
     logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -3.0, -20.0]).expand(n, -1)
     tau = torch.full((n,), 0.8)
-    u = uniforms(torch.full((n,), 9), torch.arange(n), torch.zeros(n, dtype=torch.long))[:, 0]
-    tok, logp, _, _, _ = sample_tokens(logits, tau, u)
+    rand = uniforms(torch.full((n,), 9), torch.arange(n), torch.zeros(n, dtype=torch.long))[:, 0]
+    tok, logp, _, _, _ = sample_tokens(logits, tau, rand)
     probs = torch.softmax(logits[0] / 0.8, -1)
     counts = torch.bincount(tok, minlength=6).double()
     expected = probs.double() * n
@@ -238,7 +239,7 @@ def test_add_with_per_prompt_params_and_n(llama):
     a = SamplingParams(max_new_tokens=6, seed=1, policy="fixed:0.8", ignore_eos=True)
     b = SamplingParams(max_new_tokens=9, seed=2, ignore_eos=True, top_k=5)
     batch = e.new_batch()
-    together = batch.add(PROMPTS[:2], [a, b], n=[2, 1], first_streams=[0, 0])
+    together = batch.add([PromptRow(PROMPTS[0], a, 2, "a", 0), PromptRow(PROMPTS[1], b, 1, "b", 0)])
     while batch.num_running:
         batch.step()
     assert [len(g) for g in together] == [2, 1]
@@ -247,5 +248,6 @@ def test_add_with_per_prompt_params_and_n(llama):
     assert [s.token_ids for s in together[0]] == [s.token_ids for s in alone_a]
     assert [s.token_ids for s in together[1]] == [s.token_ids for s in alone_b]
     assert [len(s.token_ids) for s in together[0] + together[1]] == [6, 6, 9]
-    with pytest.raises(ValueError, match="need as many params"):
-        batch.add(PROMPTS[:2], [a], n=1)
+    assert [s.request_id for s in together[0] + together[1]] == ["a", "a", "b"]
+    with pytest.raises(ValueError, match="got 1 SamplingParams for 2 prompts"):
+        prompt_rows(PROMPTS[:2], [a])

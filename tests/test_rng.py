@@ -27,19 +27,19 @@ def test_philox_known_answers(counter, key, expected):
 
 
 def test_uniforms_open_interval_and_uniform():
-    u = _u(20000)
-    assert u.shape == (20000, rng.NUM_UNIFORMS)
-    assert (u > 0).all() and (u < 1).all()
+    rand = _u(20000)
+    assert rand.shape == (20000, rng.NUM_UNIFORMS)
+    assert (rand > 0).all() and (rand < 1).all()
     for col in (0, 1, rng.NUM_UNIFORMS - 1):
-        assert stats.kstest(u[:, col].numpy(), "uniform").pvalue > 1e-3
+        assert stats.kstest(rand[:, col].numpy(), "uniform").pvalue > 1e-3
 
 
 def test_uniforms_depend_only_on_seed_step_stream():
     seed, step, stream = torch.tensor([7, 7, 8]), torch.tensor([3, 3, 3]), torch.tensor([0, 1, 0])
-    u = rng.uniforms(seed, step, stream)
+    rand = rng.uniforms(seed, step, stream)
     alone = rng.uniforms(seed[1:2], step[1:2], stream[1:2])
-    assert torch.equal(u[1], alone[0])  # batch-invariant
-    assert not torch.equal(u[0], u[1]) and not torch.equal(u[0], u[2])  # streams and seeds differ
+    assert torch.equal(rand[1], alone[0])  # batch-invariant
+    assert not torch.equal(rand[0], rand[1]) and not torch.equal(rand[0], rand[2])  # streams and seeds differ
 
 
 def test_full_64_bit_seeds():
@@ -57,8 +57,8 @@ def test_normals():
 @pytest.mark.parametrize("alpha", [1e-6, 1e-3, 0.05, 0.5, 1.0, 3.0, 100.0, 1000.0])
 def test_gamma_log_distribution(alpha):
     n = 20000
-    u = _u(n, seed=99)[:, rng.SLOT_BETA_A : rng.SLOT_BETA_A + 2 * rng.GAMMA_TRIES + 1]
-    log_g = rng.gamma_log(torch.full((n,), alpha), u).double().numpy()
+    rand = _u(n, seed=99)[:, rng.SLOT_BETA_A : rng.SLOT_BETA_A + 2 * rng.GAMMA_TRIES + 1]
+    log_g = rng.gamma_log(torch.full((n,), alpha), rand).double().numpy()
     assert np.isfinite(log_g).all()
 
     def cdf(x):  # P(log G <= x); the leading term of the series where exp(x) underflows
@@ -82,7 +82,7 @@ def test_beta_sample_distribution(a, b):
 
 def test_beta_sample_extreme_concentrations_finite():
     n = 1000
-    u = _u(n)
+    rand = _u(n)
     for a, b in [(1e-6, 1e-6), (1e-6, 1e3), (1e3, 1e-6), (1e3, 1e3)]:
-        z = rng.beta_sample(torch.full((n,), a), torch.full((n,), b), u)
+        z = rng.beta_sample(torch.full((n,), a), torch.full((n,), b), rand)
         assert torch.isfinite(z).all() and (z >= 0).all() and (z <= 1).all()

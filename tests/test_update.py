@@ -201,14 +201,15 @@ def test_rollout_logp_gap_is_measured_and_corrects_the_loss(rollout):
     assert stats.logp_mismatch_frac == 1.0
 
 
-def test_nan_entropies_of_a_trace_are_filled_from_the_trainers_recompute(rollout):
+def test_nan_entropies_of_a_trace_come_from_the_trainers_recompute_without_touching_the_trace(rollout):
     import copy
+    import math
 
     model, head, seqs, adv = rollout
     blank = copy.deepcopy(seqs)
     for s in blank:
         s.trace.entropy = [float("nan")] * len(s.token_ids)
-    run_update(model, head, blank, adv, micro_batch_size=4)
-    for a, b in zip(seqs, blank):  # the torch engine's own entropies, under the same tau
-        assert len(b.trace.entropy) == len(a.token_ids)
-        assert b.trace.entropy == pytest.approx(a.trace.entropy, abs=1e-4)
+    stats = run_update(model, head, blank, adv, micro_batch_size=4)[0]
+    # the torch engine's own entropies, under the same tau, summed per sequence
+    assert stats.entropy_sum.tolist() == pytest.approx([sum(s.trace.entropy) for s in seqs], abs=1e-3)
+    assert all(math.isnan(e) for s in blank for e in s.trace.entropy)  # nothing written back

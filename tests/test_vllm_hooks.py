@@ -37,8 +37,8 @@ def _add(requests, key, state, index, outputs):
 
 @torch.no_grad()
 def _expected(state, step, h):
-    u = uniforms(torch.tensor([state.seed]), torch.tensor([step]), torch.tensor([state.stream]))
-    a = state.policy.act(h[None], torch.tensor([step]), torch.tensor([state.tau_before(step)]), u)
+    rand = uniforms(torch.tensor([state.seed]), torch.tensor([step]), torch.tensor([state.stream]))
+    a = state.policy.act(h[None], torch.tensor([step]), torch.tensor([state.tau_before(step)]), rand)
     return float(a.tau), bool(a.updated)
 
 

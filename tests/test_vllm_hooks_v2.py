@@ -114,8 +114,8 @@ def params_for(requests: dict, key: str, state: RequestState | None) -> VParams:
 def torch_engine_decision(state: RequestState, step: int, h: torch.Tensor, tau_prev: float):
     """The torch engine's decision for one sequence (``DecodeBatch._act``: ``act_mixed`` on the
     row's hidden state with the uniforms of (seed, step, stream))."""
-    u = uniforms(torch.tensor([state.seed]), torch.tensor([step]), torch.tensor([state.stream]))
-    a = act_mixed([state.policy], torch.zeros(1, dtype=torch.long), h[None], torch.tensor([step]), torch.tensor([tau_prev]), u)
+    rand = uniforms(torch.tensor([state.seed]), torch.tensor([step]), torch.tensor([state.stream]))
+    a = act_mixed([state.policy], torch.zeros(1, dtype=torch.long), h[None], torch.tensor([step]), torch.tensor([tau_prev]), rand)
     return float(a.tau), bool(a.updated)
 
 

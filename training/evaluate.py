@@ -190,10 +190,8 @@ def evaluate(cfg: EvalConfig, data: DataConfig, output: str | Path, *, on_progre
 
     from introllm.sampler import Engine, SamplingParams
     from introllm.sampler.models import load_model
-    from introllm.sampler.text import token_pieces
-
     from .data import encode_prompt, read_problems
-    from .rewards import RewardWorker, extract_answer, load_scorer, resolve_reward
+    from .rewards import RewardWorker, load_scorer, resolve_reward
 
     reward_name = resolve_reward(data.reward, data.dataset)
     load_scorer(reward_name)
@@ -217,13 +215,7 @@ def evaluate(cfg: EvalConfig, data: DataConfig, output: str | Path, *, on_progre
                 texts = [ck.tokenizer.decode(s.token_ids, skip_special_tokens=True) for s in group]
                 result = worker.score(reward_name, texts, [problem.answer] * len(texts), [problem.metadata] * len(texts))
                 for j, (s, text, reward) in enumerate(zip(group, texts, result.rewards)):
-                    rec = {
-                        "problem_id": problem.id, "sample": j, "level": problem.level, "subject": problem.subject,
-                        "answer": problem.answer, "extracted": extract_answer(text), "correct": reward >= 1.0, "reward": reward,
-                        "text": text, "finish_reason": s.finish_reason, "num_tokens": len(s.token_ids),
-                        "tokens": token_pieces(ck.tokenizer, s.token_ids, skip_special_tokens=False),
-                        "tau": [round(t, 4) for t in s.trace.tau], "updated": s.trace.updated,
-                    }
+                    rec = eval_record(problem, j, s, text, reward, ck.tokenizer)
                     correct_so_far += rec["correct"]
                     records.append(rec)
                     f.write(json.dumps(rec) + "\n")
@@ -235,6 +227,27 @@ def evaluate(cfg: EvalConfig, data: DataConfig, output: str | Path, *, on_progre
                         head=cfg.head)
     summary_path(output).write_text(json.dumps(asdict(summary), indent=2) + "\n")
     return summary
+
+
+def eval_record(problem, sample: int, seq, text: str, reward: float, tokenizer) -> dict[str, Any]:
+    """One evaluation sample as a JSON record, the same for ``introllm eval`` and the trainer's
+    held-out evaluations (what ``compare``, ``plot --eval`` and the experiment report read):
+    the problem's identity and answer, the extracted answer, correctness, the text, and per token
+    its piece, tau, update flag and the entropy of the distribution it was drawn from.
+
+    problem: data.Problem; seq: sampler.Sequence (its trace); reward: the checker's score."""
+    from introllm.sampler.text import token_pieces
+
+    from .answers import extract_answer
+
+    return {
+        "problem_id": problem.id, "sample": sample, "level": problem.level, "subject": problem.subject,
+        "answer": problem.answer, "extracted": extract_answer(text), "correct": reward >= 1.0, "reward": reward,
+        "text": text, "finish_reason": seq.finish_reason, "num_tokens": len(seq.token_ids),
+        "tokens": token_pieces(tokenizer, seq.token_ids, skip_special_tokens=False),
+        "tau": [round(t, 4) for t in seq.trace.tau], "updated": seq.trace.updated,
+        "entropy": [round(e, 3) if e == e else None for e in seq.trace.entropy],
+    }
 
 
 def summary_path(records_path: str | Path) -> Path:

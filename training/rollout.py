@@ -105,13 +105,16 @@ class SequenceStats:
         return [f.name for f in dataclasses.fields(cls)]
 
     @classmethod
-    def of(cls, rollout: Rollout) -> "SequenceStats":
+    def of(cls, rollout: Rollout, entropy_sum: Tensor | None = None) -> "SequenceStats":
+        """From a rollout; ``entropy_sum`` [N] (the update's, ``UpdateStats.entropy_sum``) replaces the
+        traces' entropies, which a backend that computes none leaves NaN."""
         rows = []
-        for s, r, a in zip(rollout.sequences, rollout.rewards.tolist(), rollout.adv.tolist()):
+        entropies = entropy_sum.tolist() if entropy_sum is not None else [sum(s.trace.entropy) for s in rollout.sequences]
+        for s, r, a, ent in zip(rollout.sequences, rollout.rewards.tolist(), rollout.adv.tolist(), entropies):
             tau = s.trace.tau or [float("nan")]
             rows.append([
                 r, float(r >= 1.0), len(s.token_ids), float(s.finish_reason == "length"),
-                sum(s.trace.tau), min(tau), max(tau), sum(s.trace.updated), sum(s.trace.entropy), a,
+                sum(s.trace.tau), min(tau), max(tau), sum(s.trace.updated), ent, a,
             ])
         return cls.unstack(torch.tensor(rows, dtype=torch.float64).view(-1, len(cls.fields())))
 

@@ -206,13 +206,13 @@ def train(cfg: TrainConfig, *, resume_from: str | None = None, show_progress: bo
             # the new weights into the rollout engine (vLLM's copy; nothing to do for the torch engine)
             sync_seconds = 0.0 if stats.skipped else sync_weights()
             # 5. method hook (EAD's length average, TAMPO's meta-policy) on the whole batch
-            gathered = R.SequenceStats.unstack(accelerator.gather(R.SequenceStats.of(ro).stack().to(device)).cpu())
+            gathered = R.SequenceStats.unstack(accelerator.gather(R.SequenceStats.of(ro, stats.entropy_sum).stack().to(device)).cpu())
             loglik = accelerator.gather(stats.tau_loglik.to(device)).cpu() if stats.tau_loglik is not None else None
             method_metrics = method.observe(step, adv=gathered.adv.float(), lengths=gathered.length, tau_loglik=loglik)
             # 6. log
             errs = accelerator.reduce(torch.tensor([ro.num_reward_errors, ro.num_reward_timeouts], device=device), "sum").tolist()
             metrics: dict[str, Any] = {"step": step + 1, **R.summarize(gathered, int(errs[0]), int(errs[1]))}
-            metrics.update({k: v for k, v in stats.__dict__.items() if k != "tau_loglik"})
+            metrics.update({k: v for k, v in stats.__dict__.items() if k not in ("tau_loglik", "entropy_sum")})
             if world > 1:
                 metrics.update(_rollout_gap_over_processes(accelerator, stats))
             metrics.update(method_metrics)
@@ -244,18 +244,10 @@ def _write_eval_records(run_dir: Path, step: int, ro: R.Rollout, tokenizer, k: i
     """The held-out evaluation's samples as ``introllm eval`` records (eval/step-N[.rankR].jsonl,
     with per-token traces) plus, on one process, its summary (per subject: Avg@k with its
     interval, mean tau, update rate): what ``compare`` and ``plot --eval`` read."""
-    from .evaluate import summarize, summary_path
+    from .evaluate import eval_record, summarize, summary_path
 
-    records = []
-    for i, problem in enumerate(ro.problems):
-        for j in range(k):
-            s, text, reward = ro.sequences[i * k + j], ro.texts[i * k + j], float(ro.rewards[i * k + j])
-            records.append({
-                "problem_id": problem.id, "sample": j, "level": problem.level, "subject": problem.subject, "answer": problem.answer,
-                "correct": reward >= 1.0, "reward": reward, "text": text, "finish_reason": s.finish_reason,
-                "num_tokens": len(s.token_ids), "tokens": token_pieces(tokenizer, s.token_ids, skip_special_tokens=False),
-                "tau": [round(t, 4) for t in s.trace.tau], "updated": s.trace.updated,
-            })
+    records = [eval_record(problem, j, ro.sequences[i * k + j], ro.texts[i * k + j], float(ro.rewards[i * k + j]), tokenizer)
+               for i, problem in enumerate(ro.problems) for j in range(k)]
     out = run_dir / "eval" / (f"step-{step:06d}.jsonl" if rank == 0 else f"step-{step:06d}.rank{rank}.jsonl")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("".join(json.dumps(r) + "\n" for r in records))

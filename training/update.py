@@ -81,6 +81,10 @@ def tau_likelihoods(model: nn.Module, h: Tensor, batch: SequenceBatch, temperatu
     return total / batch.mask.sum(1, keepdim=True).clamp_min(1)
 
 
+MISMATCH_TOLERANCE = 1e-3
+"""|sampler log-prob - trainer log-prob| above which a token counts in ``logp_mismatch_frac``."""
+
+
 @dataclass
 class UpdateStats:
     loss_token: float = 0.0
@@ -98,14 +102,68 @@ class UpdateStats:
     tis_capped_frac: float = 0.0  # fraction of tokens whose weight was cut to tis_cap
     skipped: bool = False  # nothing to learn from (every token masked): no optimizer step
     tau_loglik: Tensor | None = None  # [N, K] with_tau_loglik: likelihoods under theta_old (TAMPO)
+    entropy_sum: Tensor | None = None  # float64 [N] per-sequence sum of token entropies under the recorded tau
+
+
+@dataclass
+class RolloutGap:
+    """How far the rollout engine's recorded log-probs are from the trainer's recompute (theta_old,
+    recorded tau), as sums over the tokens of some micro-batches; ``+`` adds two, ``metrics`` turns
+    them into UpdateStats' figures. The token log-probs (step A) and the head's action log-probs
+    (step B) are compared alike; TIS weights are those of the token log-probs."""
+
+    logp_max: float = 0.0  # max |diff| of token log-probs
+    logp_sum: float = 0.0  # sum of |diff|
+    logp_over: float = 0.0  # tokens with |diff| > MISMATCH_TOLERANCE
+    tokens: float = 0.0  # tokens compared
+    weight_sum: float = 0.0  # sum of TIS weights
+    capped: float = 0.0  # tokens whose weight was cut to tis_cap
+    temp_max: float = 0.0  # max |diff| of the head's action log-probs
+    temp_sum: float = 0.0
+    temp_tokens: float = 0.0
+
+    def __add__(self, other: "RolloutGap") -> "RolloutGap":
+        return RolloutGap(max(self.logp_max, other.logp_max), self.logp_sum + other.logp_sum, self.logp_over + other.logp_over,
+                          self.tokens + other.tokens, self.weight_sum + other.weight_sum, self.capped + other.capped,
+                          max(self.temp_max, other.temp_max), self.temp_sum + other.temp_sum, self.temp_tokens + other.temp_tokens)
+
+    def metrics(self, tis_cap: float) -> dict[str, float]:
+        """The UpdateStats fields: logp_mismatch (max), _mean, _frac, tis_weight_mean, tis_capped_frac,
+        temp_logp_mismatch (max), _mean. Means of nothing compared keep UpdateStats' defaults."""
+        out = {"logp_mismatch": self.logp_max, "temp_logp_mismatch": self.temp_max}
+        if self.temp_tokens:
+            out["temp_logp_mismatch_mean"] = self.temp_sum / self.temp_tokens
+        if self.tokens:
+            out.update(logp_mismatch_mean=self.logp_sum / self.tokens, logp_mismatch_frac=self.logp_over / self.tokens)
+            if tis_cap > 0:
+                out.update(tis_weight_mean=self.weight_sum / self.tokens, tis_capped_frac=self.capped / self.tokens)
+        return out
+
+
+def rollout_gap(logp: Tensor | None, old_logp: Tensor, temp_logp: Tensor | None, old_temp_logp: Tensor, mask: Tensor,
+                weights: Tensor | None, *, tis_cap: float) -> RolloutGap:
+    """The gap of one micro-batch (all [n, T]; logp / temp_logp None where not computed): a pure
+    function of the trainer's and the sampler's log-probs. Raises ValueError when token log-probs
+    are to be compared but the rollout engine recorded none (NaN)."""
+    gap = RolloutGap()
+    if temp_logp is not None:
+        diff = (temp_logp - old_temp_logp).abs() * mask
+        gap.temp_max, gap.temp_sum, gap.temp_tokens = float(diff.max()), float(diff.sum()), float(mask.sum())
+    if logp is not None:
+        if bool(torch.isnan(old_logp).any()):
+            raise ValueError("the rollout engine recorded no token log-probs (NaN in Trace.logp): "
+                             "the trainer cannot compare or correct them (vLLM: record_logprobs=True)")
+        diff = (logp - old_logp).abs() * mask
+        gap.logp_max, gap.logp_sum, gap.tokens = float(diff.max()), float(diff.sum()), float(mask.sum())
+        gap.logp_over = float(((diff > MISMATCH_TOLERANCE).float() * mask).sum())
+        if weights is not None:
+            gap.weight_sum = float((weights * mask).sum())
+            gap.capped = float(((weights >= tis_cap).float() * mask).sum())
+    return gap
 
 
 def _trainable(module: nn.Module | None) -> list[nn.Parameter]:
     return [] if module is None else [p for p in module.parameters() if p.requires_grad]
-
-
-MISMATCH_TOLERANCE = 1e-3
-"""|sampler log-prob - trainer log-prob| above which a token counts in ``logp_mismatch_frac``."""
 
 
 def update(
@@ -140,9 +198,10 @@ def update(
     stats, and min(exp(diff), tis_cap) weights each token's loss terms (losses.truncated_is_weights).
     The head's action log-probs (``Trace.temp_logp``) are compared the same way
     (temp_logp_mismatch*), for the record: a rollout engine in another precision sees slightly
-    other hidden states; step B takes the token's TIS weight, not a ratio of its own.
-    A sequence whose trace has NaN entropies (the vLLM engine does not compute them) gets the
-    trainer's, under the recorded tau, written into its trace.
+    other hidden states; step B takes the token's TIS weight, not a ratio of its own
+    (``RolloutGap``, ``rollout_gap``). ``stats.entropy_sum`` holds each sequence's entropy: its
+    trace's, or where the trace has NaN (the vLLM engine computes none) the trainer's recompute under
+    the recorded tau. Nothing is written back into the sequences.
     """
     device = next(model.parameters()).device
     num_sequences = num_sequences or len(sequences)
@@ -173,7 +232,8 @@ def update(
             for b, _ in batches:
                 ref.append(completion_logprobs(ref_model, completion_hidden(ref_model, b), b)[0])
     clipped_tokens = clipped_temp_tokens = 0.0
-    diff_sum = diff_over = weight_sum = capped = compared = temp_diff_sum = temp_compared = 0.0
+    gap = RolloutGap()
+    entropy_sum = torch.tensor([sum(s.trace.entropy) for s in sequences], dtype=torch.float64)
     likelihoods: list[Tensor] = []
     for epoch in range(optim.ppo_epochs):
         for k, (b, a) in enumerate(batches):
@@ -186,30 +246,18 @@ def update(
                 logp, u = out.logp, out.u
                 temp_logp = temp_policy.log_prob(u, b.updated, b.z) if u is not None else None
                 if first:  # theta_old = theta, phi_old = phi: ratios exactly 1 on this pass
-                    weights = None
                     if out.tau_loglik is not None:
                         likelihoods.append(out.tau_loglik.cpu())
-                    if temp_logp is not None:  # the head's actions: same comparison (no correction of its own)
-                        temp_diff = (temp_logp.detach() - b.old_temp_logp).abs() * b.mask
-                        stats.temp_logp_mismatch = max(stats.temp_logp_mismatch, float(temp_diff.max()))
-                        temp_diff_sum += float(temp_diff.sum())
-                        temp_compared += float(b.mask.sum())
                     if out.entropy is not None:
-                        _record_entropy([sequences[i] for i in rows], out.entropy, need_entropy[rows[0] : rows[-1] + 1])
-                    if logp is not None:
-                        if bool(torch.isnan(b.old_logp).any()):
-                            raise ValueError("the rollout engine recorded no token log-probs (NaN in Trace.logp): "
-                                             "the trainer cannot compare or correct them (vLLM: record_logprobs=True)")
-                        diff = (logp.detach() - b.old_logp).abs() * b.mask
-                        stats.logp_mismatch = max(stats.logp_mismatch, float(diff.max()))
-                        diff_sum += float(diff.sum())
-                        diff_over += float(((diff > MISMATCH_TOLERANCE).float() * b.mask).sum())
-                        compared += float(b.mask.sum())
-                        if optim.tis_cap > 0:
-                            weights = truncated_is_weights(logp.detach(), b.old_logp, optim.tis_cap)
-                            weight_sum += float((weights * b.mask).sum())
-                            capped += float(((weights >= optim.tis_cap).float() * b.mask).sum())
-                    old.append((None if logp is None else logp.detach(), None if temp_logp is None else temp_logp.detach(), weights))
+                        sums = (out.entropy * b.mask).sum(1).double().cpu()
+                        for j, i in enumerate(rows):
+                            if need_entropy[i]:
+                                entropy_sum[i] = sums[j]
+                    logp_d = None if logp is None else logp.detach()
+                    weights = truncated_is_weights(logp_d, b.old_logp, optim.tis_cap) if logp_d is not None and optim.tis_cap > 0 else None
+                    temp_d = None if temp_logp is None else temp_logp.detach()
+                    gap = gap + rollout_gap(logp_d, b.old_logp, temp_d, b.old_temp_logp, b.mask, weights, tis_cap=optim.tis_cap)
+                    old.append((logp_d, temp_d, weights))
                 old_logp, old_temp, weights = old[k]
                 loss = torch.zeros((), device=device)
                 if logp is not None:  # step A (skipped in head-only training: the base is frozen)
@@ -231,24 +279,13 @@ def update(
         stats.grad_norm_model = _step(optimizers.get("optimizer_model"), _trainable(model), optim.max_grad_norm)
         stats.grad_norm_head = _step(optimizers.get("optimizer_head"), _trainable(head), optim.max_grad_norm)
     stats.tau_loglik = torch.cat(likelihoods) if likelihoods else None
-    if temp_compared:
-        stats.temp_logp_mismatch_mean = temp_diff_sum / temp_compared
-    if compared:
-        stats.logp_mismatch_mean = diff_sum / compared
-        stats.logp_mismatch_frac = diff_over / compared
-        if optim.tis_cap > 0:
-            stats.tis_weight_mean, stats.tis_capped_frac = weight_sum / compared, capped / compared
+    stats.entropy_sum = entropy_sum
+    for name, value in gap.metrics(optim.tis_cap).items():
+        setattr(stats, name, value)
     local_tokens = sum(float(b.mask.sum()) for b, _ in batches) * optim.ppo_epochs
     stats.clip_frac = clipped_tokens / max(local_tokens, 1)
     stats.clip_frac_temp = clipped_temp_tokens / max(local_tokens, 1)
     return stats
-
-
-def _record_entropy(sequences: list[Sequence], entropy: Tensor, missing: list[bool]) -> None:
-    """Write the trainer's per-token entropies [n, T] into the traces that lack them (NaN)."""
-    for s, row, miss in zip(sequences, entropy.tolist(), missing):
-        if miss:
-            s.trace.entropy = row[: len(s.token_ids)]
 
 
 def _step(optimizer: torch.optim.Optimizer | None, params: list[nn.Parameter], max_grad_norm: float) -> float:
