@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PORT ?= 8000
 
-.PHONY: install install-vllm browser run test bench docker-test default-head clean
+.PHONY: install install-vllm browser run test lint bench docker-test default-head clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -42,8 +42,13 @@ browser:
 run: install
 	$(VENV)/bin/introllm serve --port $(PORT)
 
-test: install-vllm browser
+test: install-vllm browser lint
 	$(PY) -m pytest
+
+# Style (ruff, configured in pyproject.toml): lint and formatting, checked, nothing rewritten.
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 # The images built and run with podman, as this project's machines allow (see docs/deployment.md).
 docker-test: install

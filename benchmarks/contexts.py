@@ -25,9 +25,10 @@ from __future__ import annotations
 import contextlib
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from introllm.sampler.records import SamplingParams, prompt_rows
 
@@ -35,7 +36,7 @@ POLICIES = {"default": "fixed:1.0", "learned": "learned"}
 
 
 def parse_contexts(text: str) -> list[int]:
-    """"1k,2k,4k" -> [1024, 2048, 4096]; plain numbers are tokens. ValueError on anything else."""
+    """ "1k,2k,4k" -> [1024, 2048, 4096]; plain numbers are tokens. ValueError on anything else."""
     out = []
     for part in filter(None, (p.strip().lower() for p in text.split(","))):
         try:
@@ -57,8 +58,15 @@ def _dims(cfg) -> dict[str, int]:
     d = cfg.hidden_size
     heads = cfg.num_attention_heads
     head_dim = getattr(cfg, "head_dim", None) or d // heads
-    return dict(d=d, layers=cfg.num_hidden_layers, heads=heads, kv_heads=getattr(cfg, "num_key_value_heads", None) or heads,
-                head_dim=head_dim, inter=cfg.intermediate_size, vocab=cfg.vocab_size)
+    return dict(
+        d=d,
+        layers=cfg.num_hidden_layers,
+        heads=heads,
+        kv_heads=getattr(cfg, "num_key_value_heads", None) or heads,
+        head_dim=head_dim,
+        inter=cfg.intermediate_size,
+        vocab=cfg.vocab_size,
+    )
 
 
 def matmul_params(cfg) -> dict[str, int]:
@@ -97,7 +105,9 @@ def model_params(cfg) -> int:
     norms = k["layers"] * 2 * k["d"] + k["d"]
     if getattr(cfg, "model_type", "") == "qwen3":
         norms += k["layers"] * 2 * k["head_dim"]
-    biases = k["layers"] * k["head_dim"] * (k["heads"] + 2 * k["kv_heads"]) if getattr(cfg, "attention_bias", False) else 0
+    biases = (
+        k["layers"] * k["head_dim"] * (k["heads"] + 2 * k["kv_heads"]) if getattr(cfg, "attention_bias", False) else 0
+    )
     tied = getattr(cfg, "tie_word_embeddings", False)
     return w["layers"] + w["embedding"] + (0 if tied else w["lm_head"]) + norms + biases
 
@@ -110,7 +120,9 @@ def decode_once(engine, prompt: list[int], policy: str, new_tokens: int, seed: i
     VLLMEngine: both give a batch with add / step / num_running)."""
     batch = engine.new_batch()
     start = time.perf_counter()  # the torch engine prefills inside add, vLLM in its first steps
-    [[seq]] = batch.add(prompt_rows([prompt], SamplingParams(max_new_tokens=new_tokens, policy=policy, seed=seed, ignore_eos=True)))
+    [[seq]] = batch.add(
+        prompt_rows([prompt], SamplingParams(max_new_tokens=new_tokens, policy=policy, seed=seed, ignore_eos=True))
+    )
     while not seq.token_ids:
         batch.step()
     first = time.perf_counter()
@@ -156,21 +168,36 @@ def _build(backend: str, checkpoint: str, options: dict):
         return Engine(ck.model, ck.head), ck.model.config, ck.head, str(ck.model.dtype).removeprefix("torch.")
     from introllm.sampler.vllm_engine import VLLMEngine
 
-    engine = VLLMEngine(checkpoint, dtype=options.get("dtype", "auto"), max_batch=1, eager=options.get("eager", False),
-                        kv_cache_gib=options.get("kv_cache_gib"), engine_args=options.get("engine_args"))
+    engine = VLLMEngine(
+        checkpoint,
+        dtype=options.get("dtype", "auto"),
+        max_batch=1,
+        eager=options.get("eager", False),
+        kv_cache_gib=options.get("kv_cache_gib"),
+        engine_args=options.get("engine_args"),
+    )
     cfg = engine.llm.vllm_config.model_config.hf_config
     return engine, cfg, engine.head, engine.dtype
 
 
-def run_backend(backend: str, checkpoint: str, contexts: list[int], new_tokens: int, repeats: int, options: dict,
-                on_measure: Callable[[str], None] | None = None) -> dict[str, Any]:
+def run_backend(
+    backend: str,
+    checkpoint: str,
+    contexts: list[int],
+    new_tokens: int,
+    repeats: int,
+    options: dict,
+    on_measure: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """Table 3 on one backend, in this process: a dict with the rows (ContextResult as dicts),
     the head's size and share, FLOPs per token, dtype and, for vLLM, the model runner."""
     import torch
 
     engine, cfg, head, dtype = _build(backend, checkpoint, options)
     if head is None:
-        raise ValueError(f"{checkpoint} has no temperature head: Table 3 compares the learned head with default sampling")
+        raise ValueError(
+            f"{checkpoint} has no temperature head: Table 3 compares the learned head with default sampling"
+        )
     limit = getattr(engine, "max_context", None) or getattr(cfg, "max_position_embeddings", None)
     g = torch.Generator().manual_seed(0)
     vocab = min(cfg.vocab_size, 32000)  # ids every tokenizer of these models knows
@@ -183,7 +210,9 @@ def run_backend(backend: str, checkpoint: str, contexts: list[int], new_tokens: 
             say(f"{backend}: {context} tokens exceed the model's context ({limit}); skipped")
             continue
         prompt = torch.randint(vocab, (context - new_tokens,), generator=g).tolist()
-        row = ContextResult(backend, context, len(prompt), new_tokens, {k: [] for k in POLICIES}, {k: [] for k in POLICIES})
+        row = ContextResult(
+            backend, context, len(prompt), new_tokens, {k: [] for k in POLICIES}, {k: [] for k in POLICIES}
+        )
         for r in range(repeats):
             for name in list(POLICIES) if r % 2 == 0 else list(POLICIES)[::-1]:
                 prefill, rate = decode_once(engine, prompt, POLICIES[name], new_tokens, seed=r)
@@ -207,15 +236,34 @@ def run_backend(backend: str, checkpoint: str, contexts: list[int], new_tokens: 
 
 def _worker(backend, checkpoint, contexts, new_tokens, repeats, options, conn) -> None:
     try:
-        conn.send(("ok", run_backend(backend, checkpoint, contexts, new_tokens, repeats, options,
-                                     on_measure=lambda line: conn.send(("line", line)))))
+        conn.send(
+            (
+                "ok",
+                run_backend(
+                    backend,
+                    checkpoint,
+                    contexts,
+                    new_tokens,
+                    repeats,
+                    options,
+                    on_measure=lambda line: conn.send(("line", line)),
+                ),
+            )
+        )
     except Exception as e:  # reported by the parent, which exits with a one-line error
         conn.send(("error", f"{backend}: {type(e).__name__}: {e}"))
 
 
-def run_context_bench(checkpoint: str | Path, backends: list[str], contexts: list[int], *, new_tokens: int = 32,
-                      repeats: int = 2, options: dict | None = None,
-                      on_measure: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+def run_context_bench(
+    checkpoint: str | Path,
+    backends: list[str],
+    contexts: list[int],
+    *,
+    new_tokens: int = 32,
+    repeats: int = 2,
+    options: dict | None = None,
+    on_measure: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
     """``run_backend`` for each backend, each in a fresh spawned process, in turn."""
     import multiprocessing as mp
 
@@ -223,8 +271,11 @@ def run_context_bench(checkpoint: str | Path, backends: list[str], contexts: lis
     out = []
     for backend in backends:
         parent, child = ctx.Pipe()
-        proc = ctx.Process(target=_worker, args=(backend, str(checkpoint), contexts, new_tokens, repeats, options or {}, child),
-                           daemon=True)
+        proc = ctx.Process(
+            target=_worker,
+            args=(backend, str(checkpoint), contexts, new_tokens, repeats, options or {}, child),
+            daemon=True,
+        )
         proc.start()
         try:
             while True:
@@ -260,9 +311,17 @@ def table_rows(results: list[dict[str, Any]]) -> list[list[str]]:
         rows.append([f"FLOPs/token ({res['backend']})", "default", "–", *[f"{flops[str(c)]:.3e}" for c in contexts]])
         rows.append(["", "learned", share, *[f"{flops[str(c)] + res['head_flops_per_token']:.3e}" for c in contexts]])
         for name, delta in (("default", "–"), ("learned", share)):
-            rows.append([f"tokens/s ({res['backend']})" if name == "default" else "", name, delta,
-                         *[f"{statistics.median(r['tokens_per_s'][name]):.2f}" for r in res["rows"]]])
-        overhead = [statistics.median(d / l for d, l in zip(r["tokens_per_s"]["default"], r["tokens_per_s"]["learned"])) - 1
-                    for r in res["rows"]]
+            rows.append(
+                [
+                    f"tokens/s ({res['backend']})" if name == "default" else "",
+                    name,
+                    delta,
+                    *[f"{statistics.median(r['tokens_per_s'][name]):.2f}" for r in res["rows"]],
+                ]
+            )
+        overhead = [
+            statistics.median(d / l for d, l in zip(r["tokens_per_s"]["default"], r["tokens_per_s"]["learned"])) - 1
+            for r in res["rows"]
+        ]
         rows.append(["", "overhead", "", *[f"{o * 100:+.1f} %" for o in overhead]])
     return rows

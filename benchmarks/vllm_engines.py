@@ -24,12 +24,13 @@ import contextlib
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-from .engine import _prompt_ids
 from introllm.sampler.checkpoint import HEAD_CONFIG, HEAD_WEIGHTS
 from introllm.sampler.records import SamplingParams
+
+from .engine import _prompt_ids
 
 
 def head_free_view(checkpoint: Path, into: Path) -> Path:
@@ -53,8 +54,15 @@ def _stock_engine(path: Path, *, dtype: str, max_batch: int, eager: bool, kv_cac
     from vllm import EngineArgs
     from vllm.v1.engine.llm_engine import LLMEngine
 
-    args = EngineArgs(model=str(path), dtype=dtype, max_num_seqs=max_batch, enforce_eager=eager, async_scheduling=False,
-                      kv_cache_memory_bytes=int(kv_cache_gib * (1 << 30)), disable_log_stats=True)
+    args = EngineArgs(
+        model=str(path),
+        dtype=dtype,
+        max_num_seqs=max_batch,
+        enforce_eager=eager,
+        async_scheduling=False,
+        kv_cache_memory_bytes=int(kv_cache_gib * (1 << 30)),
+        disable_log_stats=True,
+    )
     return LLMEngine.from_engine_args(args)
 
 
@@ -64,8 +72,9 @@ def _run_stock(llm, prompts: list[list[int]], new_tokens: int) -> None:
     from vllm.sampling_params import RequestOutputKind
 
     # Token by token (DELTA), as a streaming server consumes them; the learned run does the same.
-    params = VParams(max_tokens=new_tokens, temperature=1.0, ignore_eos=True, detokenize=False,
-                     output_kind=RequestOutputKind.DELTA)
+    params = VParams(
+        max_tokens=new_tokens, temperature=1.0, ignore_eos=True, detokenize=False, output_kind=RequestOutputKind.DELTA
+    )
     for i, ids in enumerate(prompts):
         llm.add_request(f"bench-{time.monotonic_ns()}-{i}", TokensPrompt(prompt_token_ids=ids), params)
     received = 0
@@ -155,15 +164,18 @@ def run_vllm_bench(
                         hook_share.append(hooked / (seconds - hooked))
                     if on_measure:
                         on_measure(name, b, tps[name][-1])
-            results.append({
-                "batch_size": b,
-                "new_tokens": new_tokens,
-                "tokens_per_s": tps,
-                "median": {name: statistics.median(v) for name, v in tps.items()},
-                "overhead": statistics.median(d / l for d, l in zip(tps["vllm default"], tps["vllm learned"])) - 1.0,
-                "hook_overhead": statistics.median(hook_share),
-                "dtype": dtypes,
-            })
+            results.append(
+                {
+                    "batch_size": b,
+                    "new_tokens": new_tokens,
+                    "tokens_per_s": tps,
+                    "median": {name: statistics.median(v) for name, v in tps.items()},
+                    "overhead": statistics.median(d / l for d, l in zip(tps["vllm default"], tps["vllm learned"]))
+                    - 1.0,
+                    "hook_overhead": statistics.median(hook_share),
+                    "dtype": dtypes,
+                }
+            )
         return results
     finally:
         for proc, conn in workers.values():

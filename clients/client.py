@@ -15,8 +15,9 @@ this project.
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Iterator
+from typing import Any
 
 import httpx
 
@@ -26,7 +27,14 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 class IntroLLMError(Exception):
     """An error the server reported (or no server to report it)."""
 
-    def __init__(self, message: str, status: int | None = None, type: str | None = None, code: str | None = None, param: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        status: int | None = None,
+        type: str | None = None,
+        code: str | None = None,
+        param: str | None = None,
+    ):
         super().__init__(message)
         self.message, self.status, self.type, self.code, self.param = message, status, type, code, param
 
@@ -55,7 +63,13 @@ class ConnectionFailed(IntroLLMError):
     """No server answered at the URL."""
 
 
-_BY_STATUS = {400: BadRequestError, 401: AuthenticationError, 404: NotFoundError, 422: BadRequestError, 429: RateLimitError}
+_BY_STATUS = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    404: NotFoundError,
+    422: BadRequestError,
+    429: RateLimitError,
+}
 
 
 def _raise_for(response: httpx.Response) -> None:
@@ -116,7 +130,15 @@ class Piece:
 def _choice(c: dict[str, Any]) -> Choice:
     t = c.get("temperature_trace") or {}
     text = c["message"]["content"] if "message" in c else c.get("text", "")
-    return Choice(c["index"], text or "", c.get("finish_reason"), t.get("token_ids", []), t.get("tokens", []), t.get("temperatures", []), t.get("updated", []))
+    return Choice(
+        c["index"],
+        text or "",
+        c.get("finish_reason"),
+        t.get("token_ids", []),
+        t.get("tokens", []),
+        t.get("temperatures", []),
+        t.get("updated", []),
+    )
 
 
 def _pieces(chunk: dict[str, Any]) -> list[Piece]:
@@ -127,14 +149,26 @@ def _pieces(chunk: dict[str, Any]) -> list[Piece]:
     for c in chunk.get("choices", []):
         t = c.get("temperature_trace") or {}
         text = (c.get("delta") or {}).get("content") if "delta" in c else c.get("text")
-        out.append(Piece(c["index"], text or "", t.get("token_ids", []), t.get("tokens", []), t.get("temperatures", []), t.get("updated", []), c.get("finish_reason")))
+        out.append(
+            Piece(
+                c["index"],
+                text or "",
+                t.get("token_ids", []),
+                t.get("tokens", []),
+                t.get("temperatures", []),
+                t.get("updated", []),
+                c.get("finish_reason"),
+            )
+        )
     if chunk.get("usage"):
         out.append(Piece(-1, "", [], [], [], [], None, usage=chunk["usage"]))
     return out
 
 
 class _Base:
-    def __init__(self, base_url: str = DEFAULT_URL, api_key: str | None = None, model: str | None = None, timeout: float = 600.0):
+    def __init__(
+        self, base_url: str = DEFAULT_URL, api_key: str | None = None, model: str | None = None, timeout: float = 600.0
+    ):
         self.base_url = base_url.rstrip("/")
         if self.base_url.endswith("/v1"):
             self.base_url = self.base_url[:-3]
@@ -142,12 +176,16 @@ class _Base:
         self.model = model
         self.timeout = timeout
 
-    def _request(self, prompt: str, model: str, *, chat: bool, stream: bool, system: str | None = None, **options) -> tuple[str, dict]:
+    def _request(
+        self, prompt: str, model: str, *, chat: bool, stream: bool, system: str | None = None, **options
+    ) -> tuple[str, dict]:
         body: dict[str, Any] = {"model": model, "stream": stream}
         if stream:  # the usage arrives as a last, choice-less piece only when asked for
             body["stream_options"] = {"include_usage": True}
         if chat:
-            body["messages"] = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+            body["messages"] = ([{"role": "system", "content": system}] if system else []) + [
+                {"role": "user", "content": prompt}
+            ]
         else:
             body["prompt"] = prompt
         body.update({k: v for k, v in options.items() if v is not None})
@@ -176,7 +214,9 @@ class Client(_Base):
             with self._http() as http:
                 response = http.request(method, path, **kw)
         except httpx.TransportError as e:
-            raise ConnectionFailed(f"cannot reach the server at {self.base_url} ({e}); is `introllm serve` running?") from None
+            raise ConnectionFailed(
+                f"cannot reach the server at {self.base_url} ({e}); is `introllm serve` running?"
+            ) from None
         _raise_for(response)
         return response
 
@@ -208,7 +248,9 @@ class Client(_Base):
                     if data is not None:
                         yield from _pieces(data)
         except httpx.TransportError as e:
-            raise ConnectionFailed(f"cannot reach the server at {self.base_url} ({e}); is `introllm serve` running?") from None
+            raise ConnectionFailed(
+                f"cannot reach the server at {self.base_url} ({e}); is `introllm serve` running?"
+            ) from None
 
 
 class AsyncClient(_Base):
@@ -222,7 +264,9 @@ class AsyncClient(_Base):
             async with self._http() as http:
                 response = await http.request(method, path, **kw)
         except httpx.TransportError as e:
-            raise ConnectionFailed(f"cannot reach the server at {self.base_url} ({e}); is `introllm serve` running?") from None
+            raise ConnectionFailed(
+                f"cannot reach the server at {self.base_url} ({e}); is `introllm serve` running?"
+            ) from None
         _raise_for(response)
         return response
 
@@ -254,4 +298,6 @@ class AsyncClient(_Base):
                         for piece in _pieces(data):
                             yield piece
         except httpx.TransportError as e:
-            raise ConnectionFailed(f"cannot reach the server at {self.base_url} ({e}); is `introllm serve` running?") from None
+            raise ConnectionFailed(
+                f"cannot reach the server at {self.base_url} ({e}); is `introllm serve` running?"
+            ) from None

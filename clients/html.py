@@ -4,7 +4,7 @@ its temperature (hover for the numbers), and tau by position as an inline SVG ch
 from __future__ import annotations
 
 import html
-from typing import Sequence
+from collections.abc import Sequence
 
 from .render import tau_colour
 
@@ -12,7 +12,10 @@ from .render import tau_colour
 def _chart(temperatures: Sequence[float], updated: Sequence[bool], tau_min: float, tau_max: float) -> str:
     w, h, pad = 800, 160, 30
     n = max(len(temperatures), 2)
-    lo, hi = min(tau_min, *temperatures, 0.0) if temperatures else 0.0, max(tau_max, *temperatures) if temperatures else tau_max
+    lo, hi = (
+        min(tau_min, *temperatures, 0.0) if temperatures else 0.0,
+        max(tau_max, *temperatures) if temperatures else tau_max,
+    )
     x = lambda i: pad + (w - 2 * pad) * i / (n - 1)  # noqa: E731
     y = lambda t: h - pad - (h - 2 * pad) * (t - lo) / ((hi - lo) or 1)  # noqa: E731
     points = " ".join(f"{x(i):.1f},{y(t):.1f}" for i, t in enumerate(temperatures))
@@ -50,7 +53,8 @@ def trace_page(
     )
     mean = sum(temperatures) / len(temperatures) if temperatures else 0.0
     legend = "".join(
-        f'<span style="background:{tau_colour(tau_min + (tau_max - tau_min) * k / 8, tau_min, tau_max)}">&nbsp;&nbsp;&nbsp;</span>' for k in range(9)
+        f'<span style="background:{tau_colour(tau_min + (tau_max - tau_min) * k / 8, tau_min, tau_max)}">&nbsp;&nbsp;&nbsp;</span>'
+        for k in range(9)
     )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>

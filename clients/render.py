@@ -3,8 +3,8 @@ at, a compact per-token table, and a one-line summary. Depends only on ``rich``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from rich.columns import Columns
 from rich.console import Group

@@ -21,8 +21,18 @@ from pathlib import Path
 import reasoning_gym
 
 OUT = Path(__file__).parent / "data"
-ARITH_ARGS = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}  # the training default of introllm train
-GCD_ARGS = {"min_numbers": 2, "max_numbers": 2, "min_value": 2, "max_value": 30}  # small numbers, so a 135M model scores at all
+ARITH_ARGS = {
+    "min_terms": 2,
+    "max_terms": 2,
+    "min_digits": 1,
+    "max_digits": 1,
+}  # the training default of introllm train
+GCD_ARGS = {
+    "min_numbers": 2,
+    "max_numbers": 2,
+    "min_value": 2,
+    "max_value": 30,
+}  # small numbers, so a 135M model scores at all
 HELDOUT = 128
 
 
@@ -33,8 +43,15 @@ def rows(task: str, args: dict, size: int, seed: int) -> list[dict]:
             continue
         seen.add(entry["question"])
         meta = entry.get("metadata") or {}
-        out.append({"question": entry["question"], "answer": str(entry["answer"]), "level": task,
-                    "id": f"{task}-{len(out)}", "_key": meta.get("expression", entry["question"])})
+        out.append(
+            {
+                "question": entry["question"],
+                "answer": str(entry["answer"]),
+                "level": task,
+                "id": f"{task}-{len(out)}",
+                "_key": meta.get("expression", entry["question"]),
+            }
+        )
     return out
 
 

@@ -57,8 +57,11 @@ def main(argv: list[str] | None = None) -> int:
             r = rescore_file(path, worker)
             report[str(path)] = r
             ex = "; ".join(f"{text} x{n}" for text, n in r["examples"])
-            print(f"{str(path.relative_to(path.parents[3])):<62}{100 * r['recorded']:>8.1f}%{100 * r['rechecked']:>6.1f}%"
-                  f"{r['lost']:>6}{r['gained']:>7}  {ex}", flush=True)
+            print(
+                f"{str(path.relative_to(path.parents[3])):<62}{100 * r['recorded']:>8.1f}%{100 * r['rechecked']:>6.1f}%"
+                f"{r['lost']:>6}{r['gained']:>7}  {ex}",
+                flush=True,
+            )
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     return 0

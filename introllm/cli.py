@@ -56,7 +56,11 @@ def main(argv: list[str] | None = None) -> int:
     if sys.stderr.isatty():
         from rich.logging import RichHandler
 
-        logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(show_path=False, show_time=args.command == "serve")])
+        logging.basicConfig(
+            level=level,
+            format="%(message)s",
+            handlers=[RichHandler(show_path=False, show_time=args.command == "serve")],
+        )
     else:  # logs to a file or a container: one plain line each
         logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per HTTP call is noise here

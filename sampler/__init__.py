@@ -2,11 +2,11 @@
 and the checkpoint format. Training rollouts and the server run this very code."""
 
 from .engine import DecodeBatch, Engine
+from .head import HeadConfig, TemperatureHead, action_log_prob
 from .interface import GenerationBatch, GenerationEngine
+from .policies import TempAction, TemperaturePolicy, build_policy, policy_names
 from .records import SamplingParams, Sequence, Trace
 from .sampling import sample_tokens
-from .head import HeadConfig, TemperatureHead, action_log_prob
-from .policies import TempAction, TemperaturePolicy, build_policy, policy_names
 
 __all__ = [
     "DecodeBatch",

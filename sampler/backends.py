@@ -51,4 +51,6 @@ def choose_backend(requested: str, *, cuda: bool | None = None) -> tuple[str, st
         return "vllm", "--backend auto: a CUDA device is present and vLLM is installed"
     if cuda:
         return "torch", f"--backend auto: a CUDA device is present but vLLM is not installed ({VLLM_INSTALL})"
-    return "torch", "--backend auto: no CUDA device" + (" (vLLM is installed; --backend vllm uses it on this CPU)" if vllm else "")
+    return "torch", "--backend auto: no CUDA device" + (
+        " (vLLM is installed; --backend vllm uses it on this CPU)" if vllm else ""
+    )

@@ -79,14 +79,14 @@ class BatchKVCache(Cache):
             v[:, :, :keep] = layer.v_buf[rows, :, drop_left : layer.length]
             layer._set(k, v, keep)
 
-    def repeat(self, n: "int | Tensor") -> None:
+    def repeat(self, n: int | Tensor) -> None:
         """Row i becomes n (or n[i]) consecutive rows (one prefill shared by several samples)."""
         if isinstance(n, int) and n == 1:
             return
         for layer in self.layers:
             layer._set(layer.k_buf.repeat_interleave(n, 0), layer.v_buf.repeat_interleave(n, 0), layer.length)
 
-    def append(self, other: "BatchKVCache") -> None:
+    def append(self, other: BatchKVCache) -> None:
         """Add other's rows after ours; the shorter side gets left padding (its mask must match)."""
         length = max(self.length, other.length)
         for mine, theirs in zip(self.layers, other.layers):

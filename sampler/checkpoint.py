@@ -25,9 +25,10 @@ import logging
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -119,7 +120,9 @@ def atomic_directory(final: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-def write_head(directory: Path, head: TemperatureHead, model_config, model: nn.Module | None = None, extra: dict | None = None) -> None:
+def write_head(
+    directory: Path, head: TemperatureHead, model_config, model: nn.Module | None = None, extra: dict | None = None
+) -> None:
     """Write the head's two files into an existing directory (use inside ``atomic_directory``).
 
     With ``model``, the base model's ``weights_digest`` is recorded too (``base_weights_sha256``);
@@ -133,7 +136,9 @@ def write_head(directory: Path, head: TemperatureHead, model_config, model: nn.M
     (directory / HEAD_CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
 
 
-def save_checkpoint(directory: str | os.PathLike, model: nn.Module, head: TemperatureHead | None, tokenizer=None) -> Path:
+def save_checkpoint(
+    directory: str | os.PathLike, model: nn.Module, head: TemperatureHead | None, tokenizer=None
+) -> Path:
     """Save base model (+ tokenizer) and head as one checkpoint directory, atomically."""
     directory = Path(directory)
     with atomic_directory(directory) as tmp:
@@ -145,7 +150,9 @@ def save_checkpoint(directory: str | os.PathLike, model: nn.Module, head: Temper
     return directory
 
 
-def save_head(directory: str | os.PathLike, head: TemperatureHead, model_config, model: nn.Module | None = None) -> Path:
+def save_head(
+    directory: str | os.PathLike, head: TemperatureHead, model_config, model: nn.Module | None = None
+) -> Path:
     """Save only the head (a few hundred KB), e.g. to plug it onto another copy of the base model."""
     with atomic_directory(directory) as tmp:
         write_head(tmp, head, model_config, model)
@@ -182,7 +189,14 @@ def read_head_config(directory: str | os.PathLike) -> tuple[HeadConfig, dict]:
     return config, meta.get("base_model", {})
 
 
-def load_head(directory: str | os.PathLike, model_config=None, device="cpu", *, strict: bool = False, model: nn.Module | None = None) -> TemperatureHead:
+def load_head(
+    directory: str | os.PathLike,
+    model_config=None,
+    device="cpu",
+    *,
+    strict: bool = False,
+    model: nn.Module | None = None,
+) -> TemperatureHead:
     """Load a head; when ``model_config`` is given, check the head fits that model.
 
     Raises CheckpointError when the hidden sizes differ, naming both. A different base-model
@@ -200,14 +214,21 @@ def load_head(directory: str | os.PathLike, model_config=None, device="cpu", *, 
             )
         if fingerprint and fingerprint != target:
             if strict:
-                raise CheckpointError(f"the temperature head in {directory} was trained on base model {_describe(fingerprint)}, "
-                                      f"but this model is {_describe(target)}")
+                raise CheckpointError(
+                    f"the temperature head in {directory} was trained on base model {_describe(fingerprint)}, "
+                    f"but this model is {_describe(target)}"
+                )
             log.warning("head in %s was trained on %s; loading it onto %s", directory, fingerprint, target)
     if model is not None:
         recorded = read_head_meta(directory).get("base_weights_sha256")
         if recorded and recorded != weights_digest(model):
-            log.warning("head in %s was trained on other weights of this architecture (weights digest %s..., this model %s...); "
-                        "plugging it on as is", directory, recorded[:12], weights_digest(model)[:12])
+            log.warning(
+                "head in %s was trained on other weights of this architecture (weights digest %s..., this model %s...); "
+                "plugging it on as is",
+                directory,
+                recorded[:12],
+                weights_digest(model)[:12],
+            )
     head = TemperatureHead(config)
     path = Path(directory) / HEAD_WEIGHTS
     if not path.exists():
@@ -221,7 +242,9 @@ def load_head(directory: str | os.PathLike, model_config=None, device="cpu", *, 
 
 
 def _describe(fingerprint: dict) -> str:
-    return ", ".join(f"{k}={fingerprint.get(k)}" for k in ("model_type", "hidden_size", "num_hidden_layers", "vocab_size"))
+    return ", ".join(
+        f"{k}={fingerprint.get(k)}" for k in ("model_type", "hidden_size", "num_hidden_layers", "vocab_size")
+    )
 
 
 def load_checkpoint(
@@ -238,8 +261,10 @@ def load_checkpoint(
     directory = Path(directory)
     if not (directory / "config.json").is_file():
         if (directory / HEAD_CONFIG).is_file():
-            raise CheckpointError(f"{directory} holds only a temperature head (head-only training); plug it onto its base model "
-                                  f"with --head {directory}")
+            raise CheckpointError(
+                f"{directory} holds only a temperature head (head-only training); plug it onto its base model "
+                f"with --head {directory}"
+            )
         raise CheckpointError(f"{directory} is not a checkpoint directory (no config.json)")
     model = AutoModelForCausalLM.from_pretrained(
         directory, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import logging
 import secrets
-from typing import Callable, Sequence as Seq
+from collections.abc import Callable
+from collections.abc import Sequence as Seq
 
 import torch
 import torch.nn.functional as F
@@ -108,7 +109,7 @@ class Engine:
         """The policy object for ``spec``, shared by the requests that name it."""
         return self._policies.get(spec, self.head)
 
-    def new_batch(self) -> "DecodeBatch":
+    def new_batch(self) -> DecodeBatch:
         return DecodeBatch(self)
 
     def generate(
@@ -193,7 +194,11 @@ class DecodeBatch:
             # With the fused path, decode steps never come here: no packed copies for prefill.
             with packed_linears(model, engine.fast_cpu_kernels and not self._use_fused):
                 out = engine.decoder(
-                    input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True
+                    input_ids=input_ids,
+                    attention_mask=mask,
+                    position_ids=positions,
+                    past_key_values=cache,
+                    use_cache=True,
                 )
         finally:
             if was_training:
@@ -263,9 +268,7 @@ class DecodeBatch:
             "logprobs": per_row([p.logprobs for p in params]),
             "policy": per_row([self._policy_index(pol) for pol in policies]),
         }
-        stops = [
-            frozenset(p.stop_token_ids) | (frozenset() if p.ignore_eos else engine.eos_token_ids) for p in params
-        ]
+        stops = [frozenset(p.stop_token_ids) | (frozenset() if p.ignore_eos else engine.eos_token_ids) for p in params]
         self._join(flat, new_state, [stop for stop, k in zip(stops, ns) for _ in range(k)], cache, mask, h)
         return seqs
 

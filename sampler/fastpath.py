@@ -94,13 +94,17 @@ class FusedDecoder:
                 )
             )
         self._packed = packed
-        self._sources = [t for layer in self._layers for p in layer.values() if isinstance(p, Projection) for t in p.sources]
+        self._sources = [
+            t for layer in self._layers for p in layer.values() if isinstance(p, Projection) for t in p.sources
+        ]
         self._stamp = stamp(self._sources)
 
     def _stale(self, packed: bool) -> bool:
         return not self._layers or packed != self._packed or stamp(self._sources) != self._stamp
 
-    def __call__(self, input_ids: Tensor, mask: Tensor, positions: Tensor, cache: BatchKVCache, packed: bool = True) -> Tensor:
+    def __call__(
+        self, input_ids: Tensor, mask: Tensor, positions: Tensor, cache: BatchKVCache, packed: bool = True
+    ) -> Tensor:
         """``packed``: use oneDNN-packed weights when the model is on CPU in float32."""
         if self._stale(packed):
             self._build(packed)

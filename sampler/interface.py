@@ -5,7 +5,9 @@ and the server's scheduler (``server.scheduler``) use of an engine. ``engine.Eng
 
 from __future__ import annotations
 
-from typing import Callable, Protocol, Sequence as Seq, runtime_checkable
+from collections.abc import Callable
+from collections.abc import Sequence as Seq
+from typing import Protocol, runtime_checkable
 
 from .policies import TemperaturePolicy
 from .records import PromptRow, SamplingParams, Sequence

@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -79,9 +79,16 @@ class Projection:
         biases = [lin.bias for lin in self.linears]
         self.bias = None
         if any(b is not None for b in biases):
-            self.bias = torch.cat([b.detach() if b is not None else weight.new_zeros(lin.out_features) for b, lin in zip(biases, self.linears)])
+            self.bias = torch.cat(
+                [
+                    b.detach() if b is not None else weight.new_zeros(lin.out_features)
+                    for b, lin in zip(biases, self.linears)
+                ]
+            )
         self.packed = packed and packing_supported(self.linears[0])
-        self.weight = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), _PACK_HINT) if self.packed else weight
+        self.weight = (
+            torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), _PACK_HINT) if self.packed else weight
+        )
 
     def stale(self) -> bool:
         """True when the layers' weights changed since this copy was made. (A layer given a new

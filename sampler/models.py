@@ -156,8 +156,13 @@ def describe_head(checkpoint: str | os.PathLike | None, head: str | None) -> str
     return "the untrained initial head (no trained default head is installed)"
 
 
-def load_model(checkpoint: str | os.PathLike | None = None, device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False,
-               head: str | None = None):
+def load_model(
+    checkpoint: str | os.PathLike | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    trust_remote_code: bool = False,
+    head: str | None = None,
+):
     """Load a checkpoint for inference, with its temperature head chosen by ``head``:
 
         None    the checkpoint's own head; for the embedded model (no checkpoint) the trained
@@ -176,7 +181,13 @@ def load_model(checkpoint: str | os.PathLike | None = None, device: str = "auto"
     if head and head != "init" and not Path(head).exists():
         raise FileNotFoundError(f"--head {head}: no such directory (give a head directory or 'init')")
     log.info("loading %s with %s", checkpoint or f"the embedded {DEFAULT_MODEL}", describe_head(checkpoint, head))
-    ck = load_checkpoint(path, device=dev, dtype=resolve_dtype(dtype, dev), trust_remote_code=trust_remote_code, require_head=head is None)
+    ck = load_checkpoint(
+        path,
+        device=dev,
+        dtype=resolve_dtype(dtype, dev),
+        trust_remote_code=trust_remote_code,
+        require_head=head is None,
+    )
     hidden = ck.model.config.get_text_config(decoder=True).hidden_size
     if head == "init":
         ck.head = initial_head(hidden).to(dev)

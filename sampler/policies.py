@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import collections
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -97,7 +98,7 @@ def _parse_args(arg: str) -> tuple[list[float], dict[str, float]]:
     return positional, named
 
 
-def build_policy(spec: str, head: "H.TemperatureHead | None" = None) -> TemperaturePolicy:
+def build_policy(spec: str, head: H.TemperatureHead | None = None) -> TemperaturePolicy:
     """Build a policy from its spec, e.g. ``"learned"``, ``"fixed:0.7"``, ``"ead:gamma=0.99"``.
 
     Raises ValueError naming the valid policies when the name is unknown, and when a policy that
@@ -122,7 +123,9 @@ def build_policy(spec: str, head: "H.TemperatureHead | None" = None) -> Temperat
         raise ValueError(f"bad arguments for policy {name!r}: {e}") from None
 
 
-def act_mixed(policies: list[TemperaturePolicy], which: Tensor, h: Tensor, step: Tensor, tau_prev: Tensor, rand: Tensor) -> TempAction:
+def act_mixed(
+    policies: list[TemperaturePolicy], which: Tensor, h: Tensor, step: Tensor, tau_prev: Tensor, rand: Tensor
+) -> TempAction:
     """One step for a batch whose rows use different policies: row i acts under
     ``policies[which[i]]`` (which: int64 [B]). Each policy runs once, on its own rows. The result's
     tau, z and logp are float32."""
@@ -140,7 +143,12 @@ def act_mixed(policies: list[TemperaturePolicy], which: Tensor, h: Tensor, step:
     for kind in kinds.tolist():
         idx = (which == kind).nonzero().squeeze(-1)
         a = policies[kind].act(h[idx], step[idx], tau_prev[idx], rand[idx])
-        out.tau[idx], out.updated[idx], out.z[idx], out.logp[idx] = a.tau.float(), a.updated, a.z.float(), a.logp.float()
+        out.tau[idx], out.updated[idx], out.z[idx], out.logp[idx] = (
+            a.tau.float(),
+            a.updated,
+            a.z.float(),
+            a.logp.float(),
+        )
     return out
 
 
@@ -152,7 +160,7 @@ class PolicyCache:
         self.size = size
         self._items: collections.OrderedDict[str, TemperaturePolicy] = collections.OrderedDict()
 
-    def get(self, spec: str, head: "H.TemperatureHead | None") -> TemperaturePolicy:
+    def get(self, spec: str, head: H.TemperatureHead | None) -> TemperaturePolicy:
         """The policy for ``spec`` (built with ``head`` the first time); ValueError as build_policy."""
         if spec in self._items:
             self._items.move_to_end(spec)
@@ -270,12 +278,19 @@ class EADPolicy(_SchedulePolicy):
     a 512-token average response.
     """
 
-    def __init__(self, tau_start: float = 1.2, tau_min: float = 0.1, gamma: float = math.exp(-25 / 512), warmup: float = 10):
+    def __init__(
+        self, tau_start: float = 1.2, tau_min: float = 0.1, gamma: float = math.exp(-25 / 512), warmup: float = 10
+    ):
         if not 0 < tau_min <= tau_start:
             raise ValueError(f"ead needs 0 < tau_min <= tau_start, got tau_min={tau_min}, tau_start={tau_start}")
         if not 0 < gamma <= 1:
             raise ValueError(f"ead needs 0 < gamma <= 1, got {gamma}")
-        self.tau_start, self.tau_min, self.gamma, self.warmup = float(tau_start), float(tau_min), float(gamma), int(warmup)
+        self.tau_start, self.tau_min, self.gamma, self.warmup = (
+            float(tau_start),
+            float(tau_min),
+            float(gamma),
+            int(warmup),
+        )
         self.initial_tau = self.tau_start
 
     def schedule(self, step):
@@ -326,12 +341,14 @@ class TampoPolicy(TemperaturePolicy):
     gives each sequence an independent draw from the same distribution.
     """
 
-    def __init__(self, top_p: float = 0.9, probs: "list[float] | Tensor | None" = None):
+    def __init__(self, top_p: float = 0.9, probs: list[float] | Tensor | None = None):
         if not 0 < top_p <= 1:
             raise ValueError(f"tampo top_p must be in (0, 1], got {top_p}")
         self.top_p = float(top_p)
         self.temperatures = torch.tensor(TAMPO_TEMPERATURES, dtype=torch.float32)
-        self.set_probs(torch.full((len(TAMPO_TEMPERATURES),), 1.0 / len(TAMPO_TEMPERATURES)) if probs is None else probs)
+        self.set_probs(
+            torch.full((len(TAMPO_TEMPERATURES),), 1.0 / len(TAMPO_TEMPERATURES)) if probs is None else probs
+        )
         self.initial_tau = 1.0
 
     def set_probs(self, probs) -> None:

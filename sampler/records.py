@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Hashable
 from dataclasses import dataclass, field
-from typing import Hashable
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,9 @@ class PromptRow:
         object.__setattr__(self, "prompt", tuple(int(t) for t in self.prompt))
 
 
-def prompt_rows(prompts, params: "SamplingParams | list[SamplingParams]" = SamplingParams(), n: int = 1) -> list[PromptRow]:
+def prompt_rows(
+    prompts, params: SamplingParams | list[SamplingParams] = SamplingParams(), n: int = 1
+) -> list[PromptRow]:
     """One PromptRow per prompt (request id = its index), with one SamplingParams for all or one
     each, n samples each; sample j of prompt i on stream i * n + j, so no two samples share
     numbers. Raises ValueError when a list of params does not match the prompts."""
@@ -86,8 +88,16 @@ class Trace:
     def __len__(self) -> int:
         return len(self.tau)
 
-    def append(self, tau: float, updated: bool, z: float, temp_logp: float, logp: float = math.nan,
-               entropy: float = math.nan, top: list[tuple[int, float]] | None = None) -> None:
+    def append(
+        self,
+        tau: float,
+        updated: bool,
+        z: float,
+        temp_logp: float,
+        logp: float = math.nan,
+        entropy: float = math.nan,
+        top: list[tuple[int, float]] | None = None,
+    ) -> None:
         """One token's row (every backend records through here). logp / entropy: NaN where a
         backend does not compute them; top: that token's most likely alternatives, if asked."""
         self.tau.append(tau)

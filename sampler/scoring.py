@@ -15,8 +15,8 @@ the hidden state at column P - 1 + t:
 
 from __future__ import annotations
 
+from collections.abc import Sequence as Seq
 from dataclasses import dataclass
-from typing import Sequence as Seq
 
 import torch
 import torch.nn.functional as F
@@ -43,7 +43,7 @@ class SequenceBatch:
     old_logp: Tensor  # float32 [N, T] token log-probs the sampler recorded
     old_temp_logp: Tensor  # float32 [N, T] temperature-action log-probs the sampler recorded
 
-    def to(self, device) -> "SequenceBatch":
+    def to(self, device) -> SequenceBatch:
         return SequenceBatch(**{k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in self.__dict__.items()})
 
 
@@ -57,7 +57,14 @@ def collate(seqs: Seq[Sequence], pad_id: int = 0) -> SequenceBatch:
     ids = torch.full((N, P + T), pad_id, dtype=torch.long)
     attn = torch.zeros(N, P + T, dtype=torch.long)
     f32 = lambda: torch.zeros(N, T, dtype=torch.float32)  # noqa: E731
-    targets, mask, tau, z, old_logp, old_temp = torch.full((N, T), pad_id, dtype=torch.long), f32(), f32(), f32(), f32(), f32()
+    targets, mask, tau, z, old_logp, old_temp = (
+        torch.full((N, T), pad_id, dtype=torch.long),
+        f32(),
+        f32(),
+        f32(),
+        f32(),
+        f32(),
+    )
     updated = torch.zeros(N, T, dtype=torch.bool)
     for i, s in enumerate(seqs):
         p, t = len(s.prompt_ids), len(s.token_ids)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def prompt_ids(tokenizer, prompt: str, *, chat: bool, system: str | None = None) -> list[int]:
@@ -29,7 +29,9 @@ def chat_ids(tokenizer, messages: Sequence[dict]) -> list[int]:
     """
     messages = list(messages)
     controls = _control_tokens(tokenizer)
-    if not controls or not any(isinstance(m.get("content"), str) and controls.pattern.search(m["content"]) for m in messages):
+    if not controls or not any(
+        isinstance(m.get("content"), str) and controls.pattern.search(m["content"]) for m in messages
+    ):
         encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
         return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
     return _plain_text_chat_ids(tokenizer, messages, controls)
@@ -40,7 +42,9 @@ class _Controls:
     finding them leftmost-longest, as the tokenizer's own added-token matcher does."""
 
     def __init__(self, tokenizer):
-        added = {int(i): t for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items() if t.special and t.content}
+        added = {
+            int(i): t for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items() if t.special and t.content
+        }
         self.ids = {t.content: i for i, t in added.items()}
         self.tokens = {t.content: t for t in added.values()}
         names = sorted(self.ids, key=len, reverse=True)
@@ -74,7 +78,9 @@ def _plain_text_chat_ids(tokenizer, messages: list[dict], controls: _Controls) -
     marks = _placeholders(controls, contents)
     back = {v: k for k, v in marks.items()}
     neutral = [
-        {**m, "content": controls.pattern.sub(lambda x: marks[x.group(0)], m["content"])} if isinstance(m.get("content"), str) else m
+        {**m, "content": controls.pattern.sub(lambda x: marks[x.group(0)], m["content"])}
+        if isinstance(m.get("content"), str)
+        else m
         for m in messages
     ]
     text = tokenizer.apply_chat_template(neutral, add_generation_prompt=True, tokenize=False)

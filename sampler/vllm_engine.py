@@ -18,8 +18,10 @@ import math
 import os
 import secrets
 import time
+from collections.abc import Callable
+from collections.abc import Sequence as Seq
 from pathlib import Path
-from typing import Any, Callable, Sequence as Seq
+from typing import Any
 
 from .backends import VLLM_INSTALL
 from .checkpoint import HEAD_CONFIG, HEAD_WEIGHTS, CheckpointError, load_head
@@ -162,8 +164,12 @@ class VLLMEngine:
         make = temperature_processor_v2_class if self.runner == "v2" else temperature_processor_class
         model = vllm_config.model_config
         model.logits_processors = [*(model.logits_processors or []), make(self.requests, self.tap)]
-        log.info("vLLM runs model runner %s (%s): using the %s temperature processor", self.runner.upper(), why,
-                 self.runner.upper())
+        log.info(
+            "vLLM runs model runner %s (%s): using the %s temperature processor",
+            self.runner.upper(),
+            why,
+            self.runner.upper(),
+        )
         self.llm = LLMEngine.from_vllm_config(vllm_config, disable_log_stats=True)
 
         self.record_logprobs = record_logprobs
@@ -195,8 +201,10 @@ class VLLMEngine:
         import torch
 
         with torch.no_grad():
-            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": ((n, w.detach()) for n, w in weights),
-                                                               "is_checkpoint_format": True})
+            self.llm.collective_rpc(
+                "reload_weights",
+                kwargs={"weights_iterator": ((n, w.detach()) for n, w in weights), "is_checkpoint_format": True},
+            )
             self.llm.apply_model(_reprocess_embeddings)
         self.llm.reset_prefix_cache()
         return time.perf_counter() - start
@@ -214,7 +222,7 @@ class VLLMEngine:
     def policy(self, spec: str) -> TemperaturePolicy:
         return self._policies.get(spec, self.head)
 
-    def new_batch(self) -> "VLLMBatch":
+    def new_batch(self) -> VLLMBatch:
         """The engine's batch; there is one at a time (a new one aborts what the old one ran)."""
         if self._batch is not None and self._batch.rows:
             self._batch.cancel(list(self._batch.rows))
@@ -233,7 +241,9 @@ class VLLMBatch:
     def __init__(self, engine: VLLMEngine):
         self.engine = engine
         self.rows: list[Sequence] = []
-        self._live: dict[str, tuple[Sequence, RequestState | None, float, int]] = {}  # vLLM id -> seq, state, fixed tau, logprobs
+        self._live: dict[
+            str, tuple[Sequence, RequestState | None, float, int]
+        ] = {}  # vLLM id -> seq, state, fixed tau, logprobs
         self._ids: dict[int, str] = {}  # id(seq) -> vLLM id
 
     @property
@@ -262,7 +272,11 @@ class VLLMBatch:
                     seq = Sequence(row.request_id, j, list(row.prompt), seed, policy.spec)
                     vid = f"introllm-{next(_request_ids)}"
                     fixed = isinstance(policy, FixedPolicy)
-                    state = None if fixed else RequestState(policy, seed - (1 << 64) if seed >= 1 << 63 else seed, first + j)
+                    state = (
+                        None
+                        if fixed
+                        else RequestState(policy, seed - (1 << 64) if seed >= 1 << 63 else seed, first + j)
+                    )
                     if state is not None:
                         engine.requests[vid] = state
                     vparams = VParams(
@@ -356,7 +370,9 @@ CPU_KV_CACHE_FRACTION = 0.5
 """Largest share of the memory available at start-up that the default CPU KV cache takes."""
 
 
-def default_cpu_kv_cache_bytes(available_bytes: int, *, share: float = CPU_KV_CACHE_FRACTION, processes: int = 1) -> int:
+def default_cpu_kv_cache_bytes(
+    available_bytes: int, *, share: float = CPU_KV_CACHE_FRACTION, processes: int = 1
+) -> int:
     """The vLLM KV cache on a CPU when the user sets none: min(4 GiB, ``share`` of the memory
     available now / ``processes``), in bytes, rounded down to whole MiB. The server takes half
     of what is free; a trainer's colocated rollouts take its ``vllm_memory`` share, split among
@@ -378,13 +394,22 @@ def default_cpu_kv_cache_bytes(available_bytes: int, *, share: float = CPU_KV_CA
     """
     size = min(int(CPU_KV_CACHE_CAP_GIB * (1 << 30)), int(available_bytes * share / max(1, processes))) >> 20 << 20
     if size < 64 << 20:
-        raise ValueError(f"only {available_bytes / (1 << 20):.0f} MiB of memory is available, too little for a KV cache; "
-                         "free memory or set the KV cache size (--kv-cache-gib, or vllm_memory in training)")
+        raise ValueError(
+            f"only {available_bytes / (1 << 20):.0f} MiB of memory is available, too little for a KV cache; "
+            "free memory or set the KV cache size (--kv-cache-gib, or vllm_memory in training)"
+        )
     return size
 
 
-def kv_cache_bytes(kv_cache_gib: float | None, device_type: str, engine_args: dict[str, Any], available=None, *,
-                   share: float = CPU_KV_CACHE_FRACTION, processes: int = 1) -> int | None:
+def kv_cache_bytes(
+    kv_cache_gib: float | None,
+    device_type: str,
+    engine_args: dict[str, Any],
+    available=None,
+    *,
+    share: float = CPU_KV_CACHE_FRACTION,
+    processes: int = 1,
+) -> int | None:
     """vLLM's ``kv_cache_memory_bytes`` for this backend, or None to leave vLLM's own sizing:
     ``kv_cache_gib`` when given; else on a CPU ``default_cpu_kv_cache_bytes`` of the memory
     available now (``available()``, default psutil's) with ``share`` and ``processes``, unless
@@ -395,8 +420,13 @@ def kv_cache_bytes(kv_cache_gib: float | None, device_type: str, engine_args: di
     if device_type != "cpu" or {"kv_cache_memory_bytes", "gpu_memory_utilization"} & set(engine_args):
         return None
     size = default_cpu_kv_cache_bytes((available or _available_memory)(), share=share, processes=processes)
-    log.info("vLLM on a CPU: KV cache %.2f GiB, min(%g GiB, %g of the memory available now%s)", size / (1 << 30),
-             CPU_KV_CACHE_CAP_GIB, share, f" / {processes} processes" if processes > 1 else "")
+    log.info(
+        "vLLM on a CPU: KV cache %.2f GiB, min(%g GiB, %g of the memory available now%s)",
+        size / (1 << 30),
+        CPU_KV_CACHE_CAP_GIB,
+        share,
+        f" / {processes} processes" if processes > 1 else "",
+    )
     return size
 
 

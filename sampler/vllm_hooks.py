@@ -39,8 +39,8 @@ docs/vllm.md for the limits that follow (tensor parallelism, speculative decodin
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 import torch
 from torch import Tensor
@@ -164,7 +164,9 @@ def temperature_processor_class(requests: dict[str, RequestState], tap: HiddenSt
 
 
 @torch.inference_mode()
-def apply_policies(logits: Tensor, h: Tensor | None, rows: list[int], states: list[RequestState], steps: list[int]) -> Tensor:
+def apply_policies(
+    logits: Tensor, h: Tensor | None, rows: list[int], states: list[RequestState], steps: list[int]
+) -> Tensor:
     """The temperature step shared by both runners' processors: for each logits row ``rows[k]``
     (request ``states[k]`` at generated-token index ``steps[k]``), the policy's decision from that
     row's hidden state, the row divided by its tau in place, and the decision recorded.

@@ -62,8 +62,11 @@ def pit_values(model, head, seqs, gen: torch.Generator, chunk: int = 16) -> dict
         out["gate"].append(torch.where(b.updated, p_keep + v * (1 - p_keep), v * p_keep)[m])
         alpha, beta = H.concentrations(u)
         sel = m & b.updated
-        out["z"].append(torch.from_numpy(stats.beta.cdf(b.z[sel].double().numpy(), alpha[sel].double().numpy(),
-                                                        beta[sel].double().numpy())))
+        out["z"].append(
+            torch.from_numpy(
+                stats.beta.cdf(b.z[sel].double().numpy(), alpha[sel].double().numpy(), beta[sel].double().numpy())
+            )
+        )
     return {k: torch.cat(v).double().numpy() for k, v in out.items()}
 
 
@@ -77,11 +80,25 @@ def main() -> None:
     data = DataConfig(dataset="experiments/data/arithmetic-train.jsonl")
     problems, _ = load_problems(data)
     prompts = [encode_prompt(p, data, ck.tokenizer) for p in problems[:8]]
-    vllm = VLLMRollouts(args.checkpoint or default_checkpoint(), ck.model, ck.head, memory=0.05, dtype="float32", eager=True,
-                        max_batch=args.samples, engine_args={"max_model_len": max(map(len, prompts)) + args.tokens + 8})
+    vllm = VLLMRollouts(
+        args.checkpoint or default_checkpoint(),
+        ck.model,
+        ck.head,
+        memory=0.05,
+        dtype="float32",
+        eager=True,
+        max_batch=args.samples,
+        engine_args={"max_model_len": max(map(len, prompts)) + args.tokens + 8},
+    )
     torch_engine = Engine(ck.model, ck.head)
-    runs = {"vllm": (vllm, 1.0), "torch": (torch_engine, 1.0), "torch, top_p 0.98 (control: must fail)": (torch_engine, 0.98)}
-    print(f"{ck.path}: 8 prompts x {args.samples} completions x <= {args.tokens} tokens per engine, learned policy, float32")
+    runs = {
+        "vllm": (vllm, 1.0),
+        "torch": (torch_engine, 1.0),
+        "torch, top_p 0.98 (control: must fail)": (torch_engine, 0.98),
+    }
+    print(
+        f"{ck.path}: 8 prompts x {args.samples} completions x <= {args.tokens} tokens per engine, learned policy, float32"
+    )
     for name, (engine, top_p) in runs.items():
         seqs = []
         for i, prompt in enumerate(prompts):
@@ -89,14 +106,18 @@ def main() -> None:
             seqs += engine.generate([prompt], params, n=args.samples)[0]
         u = pit_values(ck.model, ck.head, seqs, torch.Generator().manual_seed(0))
         tau = np.mean([t for s in seqs for t in s.trace.tau])
-        print(f"{name}: {len(seqs)} completions, {len(u['token'])} tokens, mean length "
-              f"{np.mean([len(s.token_ids) for s in seqs]):.1f}, mean tau {tau:.3f}")
+        print(
+            f"{name}: {len(seqs)} completions, {len(u['token'])} tokens, mean length "
+            f"{np.mean([len(s.token_ids) for s in seqs]):.1f}, mean tau {tau:.3f}"
+        )
         for kind, values in u.items():
             ks = stats.kstest(values, "uniform")
             deciles = np.histogram(values, bins=10, range=(0, 1))[0] / max(len(values), 1)
             top = stats.binomtest(int(np.sum(values > 0.99)), len(values), 0.01) if len(values) else None
-            print(f"  {kind:<5} n={len(values):>6}  KS D {ks.statistic:.4f} p {ks.pvalue:.3f};  above 0.99: "
-                  f"{top.statistic:.4f} (0.01 expected) p {top.pvalue:.3g};  deciles {' '.join(f'{d:.3f}' for d in deciles)}")
+            print(
+                f"  {kind:<5} n={len(values):>6}  KS D {ks.statistic:.4f} p {ks.pvalue:.3f};  above 0.99: "
+                f"{top.statistic:.4f} (0.01 expected) p {top.pvalue:.3g};  deciles {' '.join(f'{d:.3f}' for d in deciles)}"
+            )
 
 
 if __name__ == "__main__":

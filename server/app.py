@@ -45,7 +45,9 @@ async def _invalid(request: Request, exc: RequestValidationError):
 
 async def _http(request: Request, exc: StarletteHTTPException):
     message = {404: f"no route {request.url.path}", 405: f"{request.method} is not allowed on {request.url.path}"}
-    return JSONResponse(error_body(message.get(exc.status_code, str(exc.detail)), "invalid_request_error"), status_code=exc.status_code)
+    return JSONResponse(
+        error_body(message.get(exc.status_code, str(exc.detail)), "invalid_request_error"), status_code=exc.status_code
+    )
 
 
 async def _internal(request: Request, exc: Exception):
@@ -80,7 +82,9 @@ def create_app(config: ServerConfig, checkpoint=None, loader=None) -> FastAPI:
     app.add_api_route("/metrics", routes.prometheus, methods=["GET"], responses=openapi.METRICS)
     app.add_api_route("/v1/models", routes.models, methods=["GET"], responses=openapi.MODELS)
     app.add_api_route("/v1/completions", routes.completions, methods=["POST"], responses=openapi.COMPLETION)
-    app.add_api_route("/v1/chat/completions", routes.chat_completions, methods=["POST"], responses=openapi.CHAT_COMPLETION)
+    app.add_api_route(
+        "/v1/chat/completions", routes.chat_completions, methods=["POST"], responses=openapi.CHAT_COMPLETION
+    )
     openapi.install(app, state)
     add_ui(app, config)  # the playground page at / (server/ui.py); off with --no-ui
     return app

@@ -7,6 +7,7 @@ from typing import Any
 
 from introllm.sampler.backends import BACKENDS, choose_backend
 
+
 @dataclass
 class ServerConfig:
     checkpoint: str | None = field(default=None, metadata={"metavar": "DIR"})
@@ -50,8 +51,9 @@ class ServerConfig:
     """vllm: skip torch.compile and CUDA graphs (starts in seconds, decodes slower)"""
     kv_cache_gib: float | None = field(default=None, metadata={"metavar": "GIB"})
     """vllm: KV cache memory [CPU: min(4, half the available memory); GPU: vLLM's default]"""
-    vllm_args: dict[str, Any] = field(default_factory=dict, metadata={"flag": "--vllm-arg", "action": "append",
-                                                                        "metavar": "NAME=VALUE"})
+    vllm_args: dict[str, Any] = field(
+        default_factory=dict, metadata={"flag": "--vllm-arg", "action": "append", "metavar": "NAME=VALUE"}
+    )
     """vllm: any other EngineArgs field, e.g. max_model_len=4096 (repeatable)"""
 
     def __post_init__(self) -> None:

@@ -7,12 +7,22 @@ from fastapi.exceptions import RequestValidationError
 
 
 class APIError(Exception):
-    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error", param: str | None = None, code: str | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
 
 
-def error_body(message: str, type: str = "invalid_request_error", param: str | None = None, code: str | None = None) -> dict:
+def error_body(
+    message: str, type: str = "invalid_request_error", param: str | None = None, code: str | None = None
+) -> dict:
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
@@ -26,7 +36,11 @@ def describe_validation(exc: RequestValidationError) -> tuple[str, str, str | No
     param = ".".join(loc) or None
     kind = e.get("type", "")
     if kind == "json_invalid":
-        return f"the request body is not valid JSON: {e.get('ctx', {}).get('error', e.get('msg'))}", "invalid_request_error", None
+        return (
+            f"the request body is not valid JSON: {e.get('ctx', {}).get('error', e.get('msg'))}",
+            "invalid_request_error",
+            None,
+        )
     if kind == "extra_forbidden":
         return f"Unrecognized request argument supplied: {param}", "invalid_request_error", param
     if kind == "missing":

@@ -22,17 +22,25 @@ _TAU_BUCKETS = (0.05, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 2.0
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
-        self.requests = Counter("introllm_requests", "HTTP requests by endpoint and status", ["endpoint", "status"], registry=r)
+        self.requests = Counter(
+            "introllm_requests", "HTTP requests by endpoint and status", ["endpoint", "status"], registry=r
+        )
         self.prompt_tokens = Counter("introllm_prompt_tokens", "Prompt tokens of admitted requests", registry=r)
         self.generation_tokens = Counter("introllm_generation_tokens", "Tokens generated", registry=r)
         self.throughput = Gauge(
             "introllm_generation_tokens_per_second", "Tokens generated per second over the last 10 s", registry=r
         )
         self.ttft = Histogram(
-            "introllm_time_to_first_token_seconds", "Arrival to first generated token", buckets=_LATENCY_BUCKETS, registry=r
+            "introllm_time_to_first_token_seconds",
+            "Arrival to first generated token",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.itl = Histogram(
-            "introllm_inter_token_latency_seconds", "Time between a sequence's tokens", buckets=_LATENCY_BUCKETS, registry=r
+            "introllm_inter_token_latency_seconds",
+            "Time between a sequence's tokens",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.request_latency = Histogram(
             "introllm_request_latency_seconds", "Arrival to last byte", buckets=_LATENCY_BUCKETS, registry=r
@@ -40,10 +48,16 @@ class Metrics:
         self.queue_depth = Gauge("introllm_queue_depth", "Requests waiting to join the batch", registry=r)
         self.running = Gauge("introllm_running_sequences", "Sequences in the running batch", registry=r)
         self.batch_size = Histogram(
-            "introllm_batch_size", "Sequences advanced together by one decode step", buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r
+            "introllm_batch_size",
+            "Sequences advanced together by one decode step",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+            registry=r,
         )
         self.temperature = Histogram(
-            "introllm_temperature", "Sampling temperature of each generated token (0 = greedy)", buckets=_TAU_BUCKETS, registry=r
+            "introllm_temperature",
+            "Sampling temperature of each generated token (0 = greedy)",
+            buckets=_TAU_BUCKETS,
+            registry=r,
         )
         self.updates = Counter(
             "introllm_temperature_updates", "Tokens at which the policy chose a new temperature", registry=r
@@ -65,7 +79,9 @@ class Metrics:
             while self._window and self._window[0][0] < now - 10.0:
                 self._window.popleft()
             span = max(now - self._window[0][0], seconds, 1e-3)
-            self.throughput.set(sum(t for _, t in self._window) / span if len(self._window) > 1 else tokens / max(seconds, 1e-3))
+            self.throughput.set(
+                sum(t for _, t in self._window) / span if len(self._window) > 1 else tokens / max(seconds, 1e-3)
+            )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -66,7 +66,16 @@ class RequestLog:
             if endpoint.startswith("/v1/") and endpoint != "/v1/models":
                 self.metrics.request_latency.observe(seconds)
                 prompt, completion = scope["state"].get("usage", (0, 0))
-                log.info("%s %s %s %d prompt=%d completion=%d %.0f ms", rid, scope["method"], path, outcome, prompt, completion, seconds * 1000)
+                log.info(
+                    "%s %s %s %d prompt=%d completion=%d %.0f ms",
+                    rid,
+                    scope["method"],
+                    path,
+                    outcome,
+                    prompt,
+                    completion,
+                    seconds * 1000,
+                )
 
         async def send_wrapper(message):
             if message["type"] == "http.response.start":

@@ -178,7 +178,9 @@ def _sse(chunk: type[BaseModel]) -> dict[str, Any]:
     json_data = {
         "type": "string",
         "contentMediaType": "application/json",
-        "contentSchema": {"anyOf": [{"$ref": f"#/components/schemas/{chunk.__name__}"}, {"$ref": "#/components/schemas/ErrorBody"}]},
+        "contentSchema": {
+            "anyOf": [{"$ref": f"#/components/schemas/{chunk.__name__}"}, {"$ref": "#/components/schemas/ErrorBody"}]
+        },
     }
     event = {
         "type": "object",
@@ -188,15 +190,29 @@ def _sse(chunk: type[BaseModel]) -> dict[str, Any]:
     }
     return {"text/event-stream": {"schema": event}}
 
-HEALTH = {200: {"model": Health, "description": "Loaded"}, 503: {"model": Health, "description": "Loading, or failed to load"}}
-METRICS = {200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text exposition"}}
+
+HEALTH = {
+    200: {"model": Health, "description": "Loaded"},
+    503: {"model": Health, "description": "Loading, or failed to load"},
+}
+METRICS = {
+    200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text exposition"}
+}
 MODELS = {200: {"model": ModelList, "description": "The served model"}, **_errors(401, 503)}
 COMPLETION = {
-    200: {"model": CompletionResponse, "description": "The completion, or a stream of chunks", "content": _sse(CompletionChunk)},
+    200: {
+        "model": CompletionResponse,
+        "description": "The completion, or a stream of chunks",
+        "content": _sse(CompletionChunk),
+    },
     **_errors(400, 401, 404, 429, 500, 503),
 }
 CHAT_COMPLETION = {
-    200: {"model": ChatCompletionResponse, "description": "The chat completion, or a stream of chunks", "content": _sse(ChatCompletionChunk)},
+    200: {
+        "model": ChatCompletionResponse,
+        "description": "The chat completion, or a stream of chunks",
+        "content": _sse(ChatCompletionChunk),
+    },
     **_errors(400, 401, 404, 429, 500, 503),
 }
 
@@ -236,7 +252,11 @@ def _document_rules(props: dict[str, Any], state) -> None:
             values = [v for v in neutral if v is not None]
             keep = {k: v for k, v in props[name].items() if k in ("title", "default")}
             branches = ([{"enum": values}] if values else []) + [{"type": "null"}]
-            props[name] = {**keep, "anyOf": branches, "description": "not supported: accepted only at its neutral value"}
+            props[name] = {
+                **keep,
+                "anyOf": branches,
+                "description": "not supported: accepted only at its neutral value",
+            }
     if "stop" in props:
         text = {"type": "string", "minLength": 1}
         props["stop"]["anyOf"] = [text, {"type": "array", "items": text, "maxItems": 4}, {"type": "null"}]
@@ -246,7 +266,13 @@ def _document_rules(props: dict[str, Any], state) -> None:
             token["maximum"] = state.engine.vocab_size - 1
         ids = {"type": "array", "items": token, "minItems": 1}
         text = {"type": "string", "minLength": 1}
-        props["prompt"]["anyOf"] = [text, {"type": "array", "items": text, "minItems": 1}, ids, {"type": "array", "items": ids, "minItems": 1}, {"type": "null"}]
+        props["prompt"]["anyOf"] = [
+            text,
+            {"type": "array", "items": text, "minItems": 1},
+            ids,
+            {"type": "array", "items": ids, "minItems": 1},
+            {"type": "null"},
+        ]
 
 
 def install(app: FastAPI, state) -> None:
@@ -254,7 +280,9 @@ def install(app: FastAPI, state) -> None:
     The document is rebuilt on each request: ``model`` is known once the model has loaded."""
 
     def document() -> dict[str, Any]:
-        schema = get_openapi(title=app.title, version=app.version, routes=app.routes, description=__doc__.split("\n\n")[0])
+        schema = get_openapi(
+            title=app.title, version=app.version, routes=app.routes, description=__doc__.split("\n\n")[0]
+        )
         _add_models(schema, CompletionChunk, ChatCompletionChunk)
         for path in schema.get("paths", {}).values():
             for op in path.values():

@@ -18,7 +18,6 @@ from .errors import APIError
 from .responses import CHAT, TEXT
 from .schemas import ChatCompletionRequest, CompletionRequest
 
-
 COMPLETION_MAX_TOKENS = 16
 """max_tokens of a completion that gives none (OpenAI's default for /v1/completions)."""
 
@@ -50,8 +49,12 @@ def plan_completion(body: CompletionRequest, tokenizer, engine, config: ServerCo
     """``/v1/completions``: raw prompts are tokenized as the tokenizer does by default, so
     special-token text in them becomes control tokens (README, "The HTTP API")."""
     prompts = _completion_prompts(body.prompt, tokenizer, engine.vocab_size)
-    params = _sampling_params(body, prompts, body.max_tokens, body.logprobs or 0, engine, config, default_max_tokens=COMPLETION_MAX_TOKENS)
-    return Plan(TEXT, prompts, params, body.n, body.stop or [], body.stream, body.include_usage(), body.logprobs is not None)
+    params = _sampling_params(
+        body, prompts, body.max_tokens, body.logprobs or 0, engine, config, default_max_tokens=COMPLETION_MAX_TOKENS
+    )
+    return Plan(
+        TEXT, prompts, params, body.n, body.stop or [], body.stream, body.include_usage(), body.logprobs is not None
+    )
 
 
 def plan_chat(body: ChatCompletionRequest, tokenizer, engine, config: ServerConfig) -> Plan:
@@ -67,7 +70,15 @@ def plan_chat(body: ChatCompletionRequest, tokenizer, engine, config: ServerConf
     except Exception as e:  # a template that rejects this conversation (e.g. role order)
         raise APIError(400, f"the chat template rejected these messages: {e}", param="messages") from None
     num_top = (body.top_logprobs or 0) if body.logprobs else 0
-    params = _sampling_params(body, prompts, body.requested_max_tokens(), num_top, engine, config, default_max_tokens=config.default_max_tokens)
+    params = _sampling_params(
+        body,
+        prompts,
+        body.requested_max_tokens(),
+        num_top,
+        engine,
+        config,
+        default_max_tokens=config.default_max_tokens,
+    )
     return Plan(CHAT, prompts, params, body.n, body.stop or [], body.stream, body.include_usage(), bool(body.logprobs))
 
 
@@ -108,16 +119,30 @@ def _completion_prompts(prompt, tokenizer, vocab_size: int) -> list[list[int]]:
 
 
 def _sampling_params(
-    body, prompts: list[list[int]], max_tokens: int | None, num_top: int, engine, config: ServerConfig, *, default_max_tokens: int
+    body,
+    prompts: list[list[int]],
+    max_tokens: int | None,
+    num_top: int,
+    engine,
+    config: ServerConfig,
+    *,
+    default_max_tokens: int,
 ) -> SamplingParams:
     context = engine.max_context
     longest = max(len(p) for p in prompts)
     if longest >= context:
-        raise APIError(400, f"the prompt has {longest} tokens; this model's context is {context} tokens", param="prompt", code="context_length_exceeded")
+        raise APIError(
+            400,
+            f"the prompt has {longest} tokens; this model's context is {context} tokens",
+            param="prompt",
+            code="context_length_exceeded",
+        )
     if max_tokens is None:  # the default never exceeds the server's cap nor the room left in the context
         max_tokens = min(default_max_tokens, config.max_tokens, context - longest)
     if max_tokens > config.max_tokens:
-        raise APIError(400, f"max_tokens is {max_tokens}; this server allows at most {config.max_tokens}", param="max_tokens")
+        raise APIError(
+            400, f"max_tokens is {max_tokens}; this server allows at most {config.max_tokens}", param="max_tokens"
+        )
     if longest + max_tokens > context:
         raise APIError(
             400,

@@ -8,7 +8,8 @@ Shapes follow the OpenAI API reference ("The completion object", "The chat compl
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from .records import Token, TokenLogprob
 
@@ -26,7 +27,11 @@ def trace(tokens: Sequence[Token]) -> dict[str, list]:
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
 
 
 def _top_dict(t: Token) -> dict[str, float]:

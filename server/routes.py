@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -20,7 +21,8 @@ from .errors import APIError, error_body
 from .prepare import Plan, plan_chat, plan_completion
 from .records import Done, Failed, Token
 from .responses import CHAT, choice, chunk_choice, first_chat_chunk_choice, usage
-from .scheduler import QueueFull, Request as GenRequest
+from .scheduler import QueueFull
+from .scheduler import Request as GenRequest
 from .schemas import ChatCompletionRequest, CompletionRequest
 from .state import ServerState
 
@@ -43,7 +45,12 @@ def ready_state(request: Request) -> ServerState:
 
 def check_model(s: ServerState, name: str) -> None:
     if name != s.model_name:
-        raise APIError(404, f"the model '{name}' does not exist; this server serves '{s.model_name}'", param="model", code="model_not_found")
+        raise APIError(
+            404,
+            f"the model '{name}' does not exist; this server serves '{s.model_name}'",
+            param="model",
+            code="model_not_found",
+        )
 
 
 # ---------------------------------------------------------------------------------------- routes
@@ -67,7 +74,10 @@ async def prometheus(request: Request):
 async def models(request: Request):
     """``GET /v1/models``: the one model this server serves."""
     s = ready_state(request)
-    return {"object": "list", "data": [{"id": s.model_name, "object": "model", "created": s.created, "owned_by": "introllm"}]}
+    return {
+        "object": "list",
+        "data": [{"id": s.model_name, "object": "model", "created": s.created, "owned_by": "introllm"}],
+    }
 
 
 async def completions(body: CompletionRequest, request: Request):
@@ -95,7 +105,10 @@ async def generate(request: Request, s: ServerState, plan: Plan):
         s.scheduler.submit(gen)
     except QueueFull:
         raise APIError(
-            429, f"the server is busy: {s.config.max_queue} requests are already waiting; retry later", type="rate_limit_error", code="queue_full"
+            429,
+            f"the server is busy: {s.config.max_queue} requests are already waiting; retry later",
+            type="rate_limit_error",
+            code="queue_full",
         ) from None
     request.scope["state"]["usage"] = (plan.prompt_tokens, 0)
     s.metrics.prompt_tokens.inc(plan.prompt_tokens)
@@ -165,7 +178,12 @@ async def stream(request: Request, s: ServerState, plan: Plan, gen: GenRequest) 
     chunks then carry ``"usage": null``, as OpenAI's do), then ``data: [DONE]``."""
     chat = plan.kind == CHAT
     created = int(time.time())
-    head: dict[str, Any] = {"id": _response_id(plan, gen), "object": "chat.completion.chunk" if chat else "text_completion", "created": created, "model": s.model_name}
+    head: dict[str, Any] = {
+        "id": _response_id(plan, gen),
+        "object": "chat.completion.chunk" if chat else "text_completion",
+        "created": created,
+        "model": s.model_name,
+    }
 
     def chunk(choices: list[dict], **extra) -> bytes:
         if plan.include_usage:

@@ -106,7 +106,9 @@ class _Common(_Strict):
             if name in self.model_fields_set and getattr(self, name, None) not in neutral:
                 raise ValueError(f"{name} is not supported by this server")
         if self.policy is not None and self.temperature is not None:
-            raise ValueError("give either temperature (a fixed temperature) or policy (a temperature policy by name), not both")
+            raise ValueError(
+                "give either temperature (a fixed temperature) or policy (a temperature policy by name), not both"
+            )
         return self
 
     def policy_spec(self) -> str:
@@ -186,7 +188,11 @@ class ChatCompletionRequest(_Common):
 
     @model_validator(mode="after")
     def _tokens(self):
-        if self.max_tokens is not None and self.max_completion_tokens is not None and self.max_tokens != self.max_completion_tokens:
+        if (
+            self.max_tokens is not None
+            and self.max_completion_tokens is not None
+            and self.max_tokens != self.max_completion_tokens
+        ):
             raise ValueError("max_tokens and max_completion_tokens disagree; give one")
         if self.top_logprobs and not self.logprobs:
             raise ValueError("top_logprobs needs logprobs: true")

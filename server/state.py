@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from introllm.sampler import Engine
 
@@ -49,14 +49,24 @@ class ServerState:
                 if ck is None:
                     from introllm.sampler.models import load_model
 
-                    ck = load_model(self.config.checkpoint, self.config.device, self.config.dtype, self.config.trust_remote_code, head=self.config.head)
+                    ck = load_model(
+                        self.config.checkpoint,
+                        self.config.device,
+                        self.config.dtype,
+                        self.config.trust_remote_code,
+                        head=self.config.head,
+                    )
                 self.engine, tokenizer, path = Engine(ck.model, ck.head), ck.tokenizer, ck.path
             if tokenizer is None:
                 raise ValueError(f"{path} has no tokenizer files; the server needs them")
             self.model_name = self.config.model_name or path.name
             self.tokenizer = tokenizer
             self.scheduler = Scheduler(
-                self.engine, tokenizer, max_batch=self.config.max_batch, max_queue=self.config.max_queue, metrics=self.metrics
+                self.engine,
+                tokenizer,
+                max_batch=self.config.max_batch,
+                max_queue=self.config.max_queue,
+                metrics=self.metrics,
             )
             self.scheduler.start()
             self.ready = True
@@ -84,12 +94,18 @@ class ServerState:
 
 # Causes of a failed load that a flag fixes: (words in the error, backend or None for any, advice).
 _REMEDIES: tuple[tuple[tuple[str, ...], str | None, str], ...] = (
-    (("memory", "engine core initialization failed", "kv cache", "no available memory"), "vllm",
-     "size vLLM's KV cache with --kv-cache-gib GIB (e.g. --kv-cache-gib 2), or free memory"),
+    (
+        ("memory", "engine core initialization failed", "kv cache", "no available memory"),
+        "vllm",
+        "size vLLM's KV cache with --kv-cache-gib GIB (e.g. --kv-cache-gib 2), or free memory",
+    ),
     (("out of memory", "cannot allocate"), "torch", "try --dtype bfloat16 (half the memory) or --device cpu"),
     (("trust_remote_code", "trust remote code"), None, "pass --trust-remote-code if you trust this checkpoint's code"),
-    (("not a checkpoint", "no such", "filenotfounderror", "does not exist", "not found", "no tokenizer files"), None,
-     "point --checkpoint at a checkpoint directory (omit it for the embedded model)"),
+    (
+        ("not a checkpoint", "no such", "filenotfounderror", "does not exist", "not found", "no tokenizer files"),
+        None,
+        "point --checkpoint at a checkpoint directory (omit it for the embedded model)",
+    ),
     (("does not support",), "torch", "try --backend vllm"),
 )
 
@@ -106,7 +122,11 @@ def load_failure_message(error: BaseException, config: ServerConfig) -> str:
     cause = f"{type(error).__name__}: {first}" if first else type(error).__name__
     text = f"{type(error).__name__} {error}".lower()
     advice = next(
-        (a for words, backend, a in _REMEDIES if (backend is None or backend == config.backend) and any(w in text for w in words)),
+        (
+            a
+            for words, backend, a in _REMEDIES
+            if (backend is None or backend == config.backend) and any(w in text for w in words)
+        ),
         "run with INTROLLM_DEBUG=1 for the traceback",
     )
     return f"the model could not be loaded ({cause}): {advice}"
@@ -120,7 +140,9 @@ def _load_vllm(config: ServerConfig):
     from introllm.sampler.vllm_engine import VLLMEngine
 
     path = Path(config.checkpoint) if config.checkpoint else default_checkpoint()
-    log.info("loading %s into vLLM%s", path, " (eager)" if config.vllm_eager else " (compiling the model: minutes on a CPU)")
+    log.info(
+        "loading %s into vLLM%s", path, " (eager)" if config.vllm_eager else " (compiling the model: minutes on a CPU)"
+    )
     engine = VLLMEngine(
         path,
         dtype=config.dtype,

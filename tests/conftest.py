@@ -15,8 +15,15 @@ EOS = 3
 def tiny_llama(seed: int = 0, **overrides) -> LlamaForCausalLM:
     torch.manual_seed(seed)
     cfg = dict(
-        vocab_size=VOCAB, hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=256, eos_token_id=EOS, pad_token_id=0,
+        vocab_size=VOCAB,
+        hidden_size=48,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        eos_token_id=EOS,
+        pad_token_id=0,
     )
     cfg.update(overrides)
     return LlamaForCausalLM(LlamaConfig(**cfg)).eval()
@@ -25,8 +32,16 @@ def tiny_llama(seed: int = 0, **overrides) -> LlamaForCausalLM:
 def tiny_qwen3(seed: int = 0) -> Qwen3ForCausalLM:
     torch.manual_seed(seed)
     cfg = Qwen3Config(
-        vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=16, max_position_embeddings=256, eos_token_id=EOS, pad_token_id=0,
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=256,
+        eos_token_id=EOS,
+        pad_token_id=0,
     )
     return Qwen3ForCausalLM(cfg).eval()
 
@@ -44,7 +59,13 @@ def random_head(hidden_size: int, seed: int = 0, scale: float = 0.5) -> Temperat
 def check_trace(trace, n_tokens, lo=0.6, hi=1.5):
     """A choice's temperature_trace: one entry per token in each field, tau in [lo, hi], bool flags."""
     assert set(trace) == {"token_ids", "tokens", "temperatures", "updated"}
-    assert len(trace["token_ids"]) == len(trace["tokens"]) == len(trace["temperatures"]) == len(trace["updated"]) == n_tokens
+    assert (
+        len(trace["token_ids"])
+        == len(trace["tokens"])
+        == len(trace["temperatures"])
+        == len(trace["updated"])
+        == n_tokens
+    )
     assert all(lo <= t <= hi for t in trace["temperatures"])
     assert all(isinstance(u, bool) for u in trace["updated"])
 
@@ -77,8 +98,15 @@ def tiny_ckpt(tmp_path_factory):
     from introllm.sampler.models import default_checkpoint
 
     tok = AutoTokenizer.from_pretrained(default_checkpoint())
-    model = tiny_llama(vocab_size=len(tok), hidden_size=32, intermediate_size=64, eos_token_id=tok.eos_token_id,
-                       pad_token_id=tok.pad_token_id, max_position_embeddings=512, tie_word_embeddings=True)
+    model = tiny_llama(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+    )
     path = tmp_path_factory.mktemp("tiny") / "ckpt"
     save_checkpoint(path, model, TemperatureHead(HeadConfig(32)), tok)
     return path
@@ -108,7 +136,9 @@ def live_server(config, checkpoint=None, loader=None, wait_ready: bool = True):
 
     config.port = free_port()
     app = create_app(config, checkpoint=checkpoint, loader=loader)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=config.port, log_level="warning", access_log=False))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=config.port, log_level="warning", access_log=False)
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{config.port}"

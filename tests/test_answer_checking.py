@@ -33,7 +33,7 @@ def test_issue_7_examples_score_1_against_7(completion):
 @pytest.mark.parametrize("completion", ISSUE_7)
 def test_issue_7_examples_with_a_wrong_last_box_score_0(completion):
     i = completion.rindex("\\boxed{7}")
-    wrong = completion[:i] + "\\boxed{8}" + completion[i + len("\\boxed{7}"):]
+    wrong = completion[:i] + "\\boxed{8}" + completion[i + len("\\boxed{7}") :]
     assert math_reward(wrong, "7", {}) == 0.0
     assert extract_answer(wrong) == "8"
 
@@ -148,11 +148,18 @@ def test_formats_right_and_wrong(completion, gold, expected):
 def _rg_entry():
     import reasoning_gym
 
-    entry = next(iter(reasoning_gym.create_dataset("basic_arithmetic", size=1, seed=3, min_terms=2, max_terms=2, min_digits=1, max_digits=1)))
+    entry = next(
+        iter(
+            reasoning_gym.create_dataset(
+                "basic_arithmetic", size=1, seed=3, min_terms=2, max_terms=2, min_digits=1, max_digits=1
+            )
+        )
+    )
     return entry
 
 
 # ------------------------------------------------------------------ arithmetic left undone is not an answer
+
 
 @pytest.mark.parametrize(
     "completion, gold, expected",
@@ -209,7 +216,11 @@ def test_the_training_doc_says_what_the_default_rewards_do():
 
 
 def _golds(name: str) -> list[str]:
-    return [str(json.loads(line)["answer"]) for line in (BENCHMARKS / f"{name}.jsonl").read_text().splitlines() if line.strip()]
+    return [
+        str(json.loads(line)["answer"])
+        for line in (BENCHMARKS / f"{name}.jsonl").read_text().splitlines()
+        if line.strip()
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -243,6 +254,7 @@ def test_every_benchmark_gold_in_a_box_verifies_against_itself(worker, name):
 def test_a_benchmark_gold_does_not_verify_against_a_different_gold(worker, name):
     golds = _golds(name)
     others = golds[1:] + golds[:1]
+
     def value(s):  # "x=5" and "5" are the same answer
         return s.rpartition("=")[2].replace(" ", "")
 

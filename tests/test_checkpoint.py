@@ -3,8 +3,8 @@ import os
 
 import pytest
 import torch
-
 from conftest import random_head, tiny_llama
+
 from introllm.sampler import Engine, HeadConfig, SamplingParams, TemperatureHead
 from introllm.sampler.checkpoint import (
     HEAD_CONFIG,
@@ -61,7 +61,11 @@ def test_corrupt_or_missing_head_files(tmp_path):
     (tmp_path / "ck" / HEAD_CONFIG).write_text("{not json")
     with pytest.raises(CheckpointError, match="not valid JSON"):
         load_head(tmp_path / "ck")
-    (tmp_path / "ck" / HEAD_CONFIG).write_text(json.dumps({"format": "introllm.temperature_head/1", "hidden_size": 48, "tau_min": 2, "tau_max": 1, "tau_init": 1}))
+    (tmp_path / "ck" / HEAD_CONFIG).write_text(
+        json.dumps(
+            {"format": "introllm.temperature_head/1", "hidden_size": 48, "tau_min": 2, "tau_max": 1, "tau_init": 1}
+        )
+    )
     with pytest.raises(CheckpointError, match="tau_min < tau_max"):
         load_head(tmp_path / "ck")
     with pytest.raises(CheckpointError, match="not a checkpoint directory"):

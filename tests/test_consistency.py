@@ -3,8 +3,8 @@ action equals what the sampler recorded when it took it (fp32, atol 1e-5), padde
 
 import pytest
 import torch
-
 from conftest import random_head
+
 from introllm.sampler import Engine, SamplingParams
 from introllm.sampler.head import z_to_tau
 from introllm.sampler.scoring import collate, completion_hidden, completion_logprobs

@@ -18,13 +18,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import jsonschema
 import pytest
+import tomllib
 import yaml
-
 from conftest import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,7 +59,9 @@ def instructions(dockerfile: Path) -> list[tuple[str, str]]:
 def validator():
     # check-jsonschema (a dev dependency, pinned) vendors compose-spec/compose-spec's schema/compose-spec.json.
     path = importlib.resources.files("check_jsonschema") / "builtin_schemas" / "vendor" / "compose-spec.json"
-    assert hashlib.sha256(path.read_bytes()).hexdigest() == SCHEMA_SHA256, "not the compose-spec.json this test was written against"
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == SCHEMA_SHA256, (
+        "not the compose-spec.json this test was written against"
+    )
     schema = json.loads(path.read_text())
     assert schema["title"] == "Compose Specification"
     cls = jsonschema.validators.validator_for(schema)
@@ -184,7 +185,11 @@ def test_the_images_copy_every_package_and_the_context_lets_them():
 
 def test_install_pins_match_the_package():
     install = (SCRIPTS / "install.sh").read_text()
-    torch_pin = next(d for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"] if d.startswith("torch"))
+    torch_pin = next(
+        d
+        for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+        if d.startswith("torch")
+    )
     assert f" {torch_pin}\n" in install
     from introllm.sampler import models
 
@@ -210,8 +215,11 @@ def start_sh_command(tmp_path: Path, env: dict[str, str], *args: str) -> list[st
     fake.chmod(0o755)
     clean = {k: v for k, v in os.environ.items() if not k.startswith("INTROLLM_")}
     out = subprocess.run(
-        ["bash", str(SCRIPTS / "start.sh"), *args], env={**clean, "INTROLLM_VENV": str(tmp_path / "venv"), **env},
-        capture_output=True, text=True, check=True,
+        ["bash", str(SCRIPTS / "start.sh"), *args],
+        env={**clean, "INTROLLM_VENV": str(tmp_path / "venv"), **env},
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return out.stdout.splitlines()
 
@@ -223,11 +231,29 @@ def test_start_sh_defaults_listen_on_all_interfaces(tmp_path):
 def test_start_sh_takes_its_settings_from_the_environment(tmp_path):
     checkpoint = str(tmp_path / "my checkpoint")
     os.mkdir(checkpoint)
-    env = {"INTROLLM_PORT": "9001", "INTROLLM_CHECKPOINT": checkpoint, "INTROLLM_MODEL_NAME": "my model",
-           "INTROLLM_BACKEND": "vllm", "INTROLLM_HOST": "127.0.0.1"}
+    env = {
+        "INTROLLM_PORT": "9001",
+        "INTROLLM_CHECKPOINT": checkpoint,
+        "INTROLLM_MODEL_NAME": "my model",
+        "INTROLLM_BACKEND": "vllm",
+        "INTROLLM_HOST": "127.0.0.1",
+    }
     command = start_sh_command(tmp_path, env, "--max-batch", "8")
-    assert command == ["serve", "--host", "127.0.0.1", "--port", "9001", "--checkpoint", checkpoint,
-                       "--model-name", "my model", "--backend", "vllm", "--max-batch", "8"]
+    assert command == [
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "9001",
+        "--checkpoint",
+        checkpoint,
+        "--model-name",
+        "my model",
+        "--backend",
+        "vllm",
+        "--max-batch",
+        "8",
+    ]
     # every flag start.sh passes is one `introllm serve` accepts
     from introllm.cli import build_parser
 
@@ -265,15 +291,38 @@ def test_install_and_start_scripts_serve_the_embedded_model(tmp_path):
         shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
     # PIP_NO_COMPILE: no .pyc files up front (a few seconds); imports compile them lazily
     env = {**os.environ, "INTROLLM_VENV": str(tmp_path / "venv"), "TORCH_INDEX_URL": "", "PIP_NO_COMPILE": "1"}
-    subprocess.run(["bash", str(SCRIPTS / "install.sh"), str(src)], env=env, check=True, timeout=600,
-                   cwd=ROOT, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        ["bash", str(SCRIPTS / "install.sh"), str(src)],
+        env=env,
+        check=True,
+        timeout=600,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+    )
     port = free_port()
     env.update(INTROLLM_HOST="127.0.0.1", INTROLLM_PORT=str(port), INTROLLM_API_KEY="k")
-    server = subprocess.Popen(["bash", str(SCRIPTS / "start.sh"), "--max-batch", "4"], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    server = subprocess.Popen(
+        ["bash", str(SCRIPTS / "start.sh"), "--max-batch", "4"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
-        check = subprocess.run([sys.executable, str(SCRIPTS / "check_server.py"), f"http://127.0.0.1:{port}",
-                                "--api-key", "k", "--wait", "180"], capture_output=True, text=True, timeout=300)
+        check = subprocess.run(
+            [
+                sys.executable,
+                str(SCRIPTS / "check_server.py"),
+                f"http://127.0.0.1:{port}",
+                "--api-key",
+                "k",
+                "--wait",
+                "180",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert check.returncode == 0, check.stdout + check.stderr
         assert check.stdout.count("ok ") == 5
     finally:

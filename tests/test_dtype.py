@@ -16,8 +16,8 @@ import logging
 
 import pytest
 import torch
-
 from conftest import random_head, tiny_llama, tiny_qwen3
+
 from introllm.sampler import Engine, SamplingParams, kernels, models
 from introllm.sampler.models import choose_dtype, resolve_dtype
 from introllm.sampler.scoring import collate, completion_hidden, completion_logprobs
@@ -76,7 +76,9 @@ def test_bf16_decoding_records_are_finite_and_tau_in_bounds(make):
     engine = Engine(model, head)
     assert engine.fused is not None
     pol = engine.policy("learned")
-    seqs = [s for g in engine.generate(PROMPTS, SamplingParams(max_new_tokens=16, seed=3, ignore_eos=True), n=2) for s in g]
+    seqs = [
+        s for g in engine.generate(PROMPTS, SamplingParams(max_new_tokens=16, seed=3, ignore_eos=True), n=2) for s in g
+    ]
     for seq in seqs:
         tr = seq.trace
         assert len(seq.token_ids) == 16
@@ -101,7 +103,9 @@ def test_bf16_fused_step_agrees_with_model_forward(make):
         # Greedy paths can part where two logits tie within bf16 rounding; compare up to there.
         same = next((i for i, (p, q) in enumerate(zip(x.token_ids, y.token_ids)) if p != q), len(x.token_ids))
         assert same >= 4, (x.token_ids, y.token_ids)
-        torch.testing.assert_close(torch.tensor(x.trace.logp[:same]), torch.tensor(y.trace.logp[:same]), atol=0.05, rtol=0)
+        torch.testing.assert_close(
+            torch.tensor(x.trace.logp[:same]), torch.tensor(y.trace.logp[:same]), atol=0.05, rtol=0
+        )
 
 
 def test_bf16_recorded_logprobs_match_recomputation(llama):
@@ -146,7 +150,10 @@ def test_embedded_greedy_bf16_matches_float32(embedded):
     tok = ck32.tokenizer
     e32, e16 = Engine(ck32.model, ck32.head), Engine(ck16.model, ck16.head)
     params = SamplingParams(max_new_tokens=24, policy="greedy", ignore_eos=True)
-    prompts = [tok.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True)["input_ids"] for t in GREEDY_PROMPTS]
+    prompts = [
+        tok.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True)["input_ids"]
+        for t in GREEDY_PROMPTS
+    ]
     a = [g[0] for g in e32.generate(prompts, params)]
     b = [g[0] for g in e16.generate(prompts, params)]
     partings = []
@@ -161,5 +168,7 @@ def test_embedded_greedy_bf16_matches_float32(embedded):
         gap = float(top2.values[0] - top2.values[1])
         partings.append((i, round(gap, 3)))
         assert int(top2.indices[0]) == x.token_ids[i], "the float32 engine's greedy token is not the forward's argmax"
-        assert int(top2.indices[1]) == y.token_ids[i] and gap < 0.5, f"bf16 left the float32 path at token {i} (gap {gap:.3f})"
+        assert int(top2.indices[1]) == y.token_ids[i] and gap < 0.5, (
+            f"bf16 left the float32 path at token {i} (gap {gap:.3f})"
+        )
     print("bf16 vs float32 greedy, (first differing token, fp32 top-2 logit gap) per prompt:", partings)

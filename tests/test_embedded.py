@@ -18,17 +18,21 @@ pytestmark = pytest.mark.slow
 def test_embedded_model_answers(embedded):
     engine = Engine(embedded.model, embedded.head)
     ids = prompt_ids(embedded.tokenizer, "What is the capital of France?", chat=True)
-    (seq,), = engine.generate([ids], SamplingParams(max_new_tokens=20, policy="greedy"))
+    ((seq,),) = engine.generate([ids], SamplingParams(max_new_tokens=20, policy="greedy"))
     text = embedded.tokenizer.decode(seq.token_ids, skip_special_tokens=True)
     assert "Paris" in text and seq.finish_reason == "stop"
     x = torch.tensor([ids])
-    reference = embedded.model.generate(input_ids=x, attention_mask=torch.ones_like(x), do_sample=False, max_new_tokens=20)
-    assert seq.token_ids == reference[0, len(ids):].tolist()  # greedy agrees with Hugging Face generate
+    reference = embedded.model.generate(
+        input_ids=x, attention_mask=torch.ones_like(x), do_sample=False, max_new_tokens=20
+    )
+    assert seq.token_ids == reference[0, len(ids) :].tolist()  # greedy agrees with Hugging Face generate
 
 
 def test_embedded_learned_sampling_is_consistent(embedded):
     engine = Engine(embedded.model, embedded.head)
-    prompts = [prompt_ids(embedded.tokenizer, q, chat=True) for q in ("Name a colour.", "What is 2 + 3? Answer briefly.")]
+    prompts = [
+        prompt_ids(embedded.tokenizer, q, chat=True) for q in ("Name a colour.", "What is 2 + 3? Answer briefly.")
+    ]
     seqs = [s for g in engine.generate(prompts, SamplingParams(max_new_tokens=24, seed=0), n=2) for s in g]
     for s in seqs:
         assert all(0.6 <= t <= 1.5 for t in s.trace.tau)
@@ -46,7 +50,10 @@ def test_embedded_learned_sampling_is_consistent(embedded):
 
 def _cli(*args, timeout=600):
     return subprocess.run(
-        [sys.executable, "-m", "introllm", *args], capture_output=True, text=True, timeout=timeout,
+        [sys.executable, "-m", "introllm", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         env={**os.environ, "COLUMNS": "100"},
     )
 
@@ -84,4 +91,9 @@ def test_cli_bench_smoke(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "tokens/s, median of 1" in r.stdout and "x │" in r.stdout  # the table, with its ratio column
     data = json.loads((tmp_path / "b.json").read_text())
-    assert set(data["results"][0]["tokens_per_s"]) == {"engine learned", "engine fixed:1.0", "engine learned, HF forward", "HF generate"}
+    assert set(data["results"][0]["tokens_per_s"]) == {
+        "engine learned",
+        "engine fixed:1.0",
+        "engine learned, HF forward",
+        "HF generate",
+    }

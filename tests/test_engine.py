@@ -1,7 +1,7 @@
 import pytest
 import torch
-
 from conftest import EOS, VOCAB, random_head, tiny_llama
+
 from introllm.sampler import Engine, SamplingParams, sample_tokens
 from introllm.sampler.records import PromptRow, prompt_rows
 from introllm.sampler.sampling import filter_logits
@@ -125,7 +125,7 @@ def test_eos_ends_sequences():
 def test_context_limit_and_bad_prompts():
     model = tiny_llama(max_position_embeddings=16)
     e = _engine(model)
-    (seq,), = e.generate([[5] * 12], SamplingParams(max_new_tokens=50, seed=0, ignore_eos=True))
+    ((seq,),) = e.generate([[5] * 12], SamplingParams(max_new_tokens=50, seed=0, ignore_eos=True))
     assert len(seq.token_ids) == 4 and seq.finish_reason == "length"
     batch = e.new_batch()
     with pytest.raises(ValueError, match="context is 16"):
@@ -146,9 +146,13 @@ def test_context_limit_and_bad_prompts():
 def test_mixed_policies_in_one_batch(llama):
     e = _engine(llama)
     batch = e.new_batch()
-    (greedy,) = batch.add(prompt_rows(PROMPTS[:1], SamplingParams(max_new_tokens=10, policy="greedy", ignore_eos=True)))[0]
+    (greedy,) = batch.add(
+        prompt_rows(PROMPTS[:1], SamplingParams(max_new_tokens=10, policy="greedy", ignore_eos=True))
+    )[0]
     (learned,) = batch.add(prompt_rows(PROMPTS[1:2], SamplingParams(max_new_tokens=10, seed=2, ignore_eos=True)))[0]
-    (fixed,) = batch.add(prompt_rows(PROMPTS[2:3], SamplingParams(max_new_tokens=10, policy="fixed:0.9", seed=2, ignore_eos=True)))[0]
+    (fixed,) = batch.add(
+        prompt_rows(PROMPTS[2:3], SamplingParams(max_new_tokens=10, policy="fixed:0.9", seed=2, ignore_eos=True))
+    )[0]
     while batch.num_running:
         batch.step()
     alone = e.generate(PROMPTS[:1], SamplingParams(max_new_tokens=10, policy="greedy", ignore_eos=True))[0][0]
@@ -179,7 +183,11 @@ def test_top_k_top_p():
     assert kept[2].all()
     rand = torch.rand(3)
     tok, logp, ent, _, _ = sample_tokens(logits, torch.ones(3), rand, torch.tensor([1, 1, 1]), None)
-    assert tok.tolist() == [0, 0, 0] and torch.allclose(logp, torch.zeros(3)) and torch.allclose(ent, torch.zeros(3), atol=1e-6)
+    assert (
+        tok.tolist() == [0, 0, 0]
+        and torch.allclose(logp, torch.zeros(3))
+        and torch.allclose(ent, torch.zeros(3), atol=1e-6)
+    )
 
 
 def test_inverse_cdf_sampling_matches_softmax():
@@ -201,15 +209,23 @@ def test_inverse_cdf_sampling_matches_softmax():
 
 def test_bf16_model_runs(llama):
     e = Engine(llama.to(torch.bfloat16), random_head(48))
-    (seq,), = e.generate([[5, 6, 7]], SamplingParams(max_new_tokens=8, seed=0, ignore_eos=True))
+    ((seq,),) = e.generate([[5, 6, 7]], SamplingParams(max_new_tokens=8, seed=0, ignore_eos=True))
     assert len(seq.token_ids) == 8 and all(torch.isfinite(torch.tensor(seq.trace.logp)))
 
 
 def test_refuses_unsupported_attention():
     from transformers import MistralConfig, MistralForCausalLM
 
-    cfg = MistralConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                        num_key_value_heads=2, sliding_window=8, layer_types=["sliding_attention"] * 2)
+    cfg = MistralConfig(
+        vocab_size=50,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        sliding_window=8,
+        layer_types=["sliding_attention"] * 2,
+    )
     with pytest.raises(NotImplementedError, match="only full attention"):
         Engine(MistralForCausalLM(cfg))
 
@@ -222,14 +238,14 @@ def test_decoding_leaves_train_mode_alone(llama):
 
 def test_top_logprobs(llama):
     e = _engine(llama)
-    (seq,), = e.generate(PROMPTS[:1], SamplingParams(max_new_tokens=6, seed=0, logprobs=3, policy="fixed:0.7"))
+    ((seq,),) = e.generate(PROMPTS[:1], SamplingParams(max_new_tokens=6, seed=0, logprobs=3, policy="fixed:0.7"))
     assert len(seq.trace.top_logprobs) == len(seq.token_ids)
     for tok, lp, top in zip(seq.token_ids, seq.trace.logp, seq.trace.top_logprobs):
         assert len(top) == 3 and [v for _, v in top] == sorted((v for _, v in top), reverse=True)
         assert lp <= top[0][1] + 1e-6
         if tok in [i for i, _ in top]:
             assert dict(top)[tok] == pytest.approx(lp, abs=1e-6)
-    (plain,), = e.generate(PROMPTS[:1], SamplingParams(max_new_tokens=6, seed=0, policy="fixed:0.7"))
+    ((plain,),) = e.generate(PROMPTS[:1], SamplingParams(max_new_tokens=6, seed=0, policy="fixed:0.7"))
     assert plain.trace.top_logprobs == [] and plain.token_ids == seq.token_ids
 
 

@@ -3,7 +3,6 @@ options, reasoning-gym tasks evaluate with their own defaults (and --rg-args), m
 ``plot --eval`` alone, and ``compare`` never merging different checkpoints."""
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -52,15 +51,23 @@ def test_the_files_that_need_an_option_fail_clearly_without_it():
     with pytest.raises(DataError, match="no answer in field 'answer'"):
         read_problems(DataConfig(dataset=str(BENCH / "olympiadbench.jsonl"), eval_size=0))
     with pytest.raises(DataError, match="no \\\\boxed"):
-        read_problems(DataConfig(dataset=str(BENCH / "aime24.jsonl"), eval_size=0, answer_field="solution", answer_boxed=True))
+        read_problems(
+            DataConfig(dataset=str(BENCH / "aime24.jsonl"), eval_size=0, answer_field="solution", answer_boxed=True)
+        )
 
 
 def test_a_mix_of_reasoning_gym_tasks_with_per_task_arguments():
-    data = DataConfig(dataset="rg:leg_counting,basic_arithmetic", num_problems=5, eval_size=0,
-                      rg_args={"basic_arithmetic": {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}})
+    data = DataConfig(
+        dataset="rg:leg_counting,basic_arithmetic",
+        num_problems=5,
+        eval_size=0,
+        rg_args={"basic_arithmetic": {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}},
+    )
     problems = read_problems(data)
     assert [p.subject for p in problems] == ["leg_counting"] * 5 + ["basic_arithmetic"] * 5
-    assert all(p.source == f"rg:{p.subject}" and p.metadata["metadata"]["source_dataset"] == p.subject for p in problems)
+    assert all(
+        p.source == f"rg:{p.subject}" and p.metadata["metadata"]["source_dataset"] == p.subject for p in problems
+    )
     with pytest.raises(DataError, match="per task"):
         read_problems(DataConfig(dataset="rg:leg_counting,basic_arithmetic", num_problems=2, rg_args={"min_terms": 2}))
     with pytest.raises(DataError, match="unknown reasoning-gym task 'leg_countin'"):
@@ -73,15 +80,34 @@ def test_eval_runs_other_reasoning_gym_families_with_their_own_defaults(tiny_ckp
     from introllm.cli import main
 
     out = tmp_path / "r.jsonl"
-    rc = main(["eval", "--checkpoint", str(tiny_ckpt), "--dataset", f"rg:{task}", "--limit", "3", "--num-problems", "3",
-               "--k", "2", "--max-new-tokens", "4", "--output", str(out)])
+    rc = main(
+        [
+            "eval",
+            "--checkpoint",
+            str(tiny_ckpt),
+            "--dataset",
+            f"rg:{task}",
+            "--limit",
+            "3",
+            "--num-problems",
+            "3",
+            "--k",
+            "2",
+            "--max-new-tokens",
+            "4",
+            "--output",
+            str(out),
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(records) == 6 and all(r["problem_id"].startswith(task) for r in records)
     summary = json.loads(out.with_name("r.summary.json").read_text())
     assert summary["dataset"] == f"rg:{task}" and 0.6 <= summary["tau_mean"] <= 1.5
     # rg: problems are the ones `introllm train` draws (same generator seed): the user is told, and where to go instead
-    assert any("trained on" in r.message and "--heldout RUN" in r.message for r in caplog.records if r.levelname == "WARNING")
+    assert any(
+        "trained on" in r.message and "--heldout RUN" in r.message for r in caplog.records if r.levelname == "WARNING"
+    )
 
 
 @pytest.mark.slow
@@ -89,8 +115,23 @@ def test_eval_takes_rg_args_and_refuses_bad_ones(tiny_ckpt, tmp_path, capsys):
     from introllm.cli import main
 
     out = tmp_path / "legs.jsonl"
-    args = ["eval", "--checkpoint", str(tiny_ckpt), "--dataset", "rg:leg_counting", "--limit", "2", "--num-problems", "2",
-            "--k", "1", "--max-new-tokens", "2", "--output", str(out)]
+    args = [
+        "eval",
+        "--checkpoint",
+        str(tiny_ckpt),
+        "--dataset",
+        "rg:leg_counting",
+        "--limit",
+        "2",
+        "--num-problems",
+        "2",
+        "--k",
+        "1",
+        "--max-new-tokens",
+        "2",
+        "--output",
+        str(out),
+    ]
     assert main(args + ["--rg-args", '{"min_animals": 1, "max_animals": 1}']) == 0
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(records) == 2
@@ -99,8 +140,19 @@ def test_eval_takes_rg_args_and_refuses_bad_ones(tiny_ckpt, tmp_path, capsys):
 
 
 def summary(name, dataset, checkpoint, avg, head="", policy="learned"):
-    return Summary(name=name, dataset=dataset, checkpoint=checkpoint, policy=policy, k=4, n=4, num_problems=10,
-                   avg_at_k=avg, pass_at_k=avg, mean_tokens=20.0, head=head)
+    return Summary(
+        name=name,
+        dataset=dataset,
+        checkpoint=checkpoint,
+        policy=policy,
+        k=4,
+        n=4,
+        num_problems=10,
+        avg_at_k=avg,
+        pass_at_k=avg,
+        mean_tokens=20.0,
+        head=head,
+    )
 
 
 def test_compare_never_merges_results_of_different_checkpoints():
@@ -126,11 +178,30 @@ def test_plot_with_only_an_evaluation_file(tmp_path):
     from introllm.cli import main
 
     eval_file = tmp_path / "eval.jsonl"
-    eval_file.write_text("".join(json.dumps({"tokens": [" a", " b", " c"], "tau": [0.7, 1.2, 0.9], "updated": [True, False, True],
-                                             "level": None, "subject": f"task{i % 2}", "correct": i % 2 == 0}) + "\n" for i in range(6)))
+    eval_file.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "tokens": [" a", " b", " c"],
+                    "tau": [0.7, 1.2, 0.9],
+                    "updated": [True, False, True],
+                    "level": None,
+                    "subject": f"task{i % 2}",
+                    "correct": i % 2 == 0,
+                }
+            )
+            + "\n"
+            for i in range(6)
+        )
+    )
     out = tmp_path / "plots"
     assert main(["plot", "--eval", str(eval_file), "--output", str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["fig2_tau_by_level.png", "fig3_token_tau.png", "fig4_hot_tokens.png", "index.html"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "fig2_tau_by_level.png",
+        "fig3_token_tau.png",
+        "fig4_hot_tokens.png",
+        "index.html",
+    ]
     index = (out / "index.html").read_text()
     assert 'src="fig2_tau_by_level.png"' in index and "fig5" not in index
     assert main(["plot", "--output", str(out)]) == 2

@@ -30,8 +30,16 @@ def records(correct_by_problem, levels=None):
     out = []
     for i, correct in enumerate(correct_by_problem):
         for j, c in enumerate(correct):
-            out.append({"problem_id": f"p{i}", "sample": j, "correct": c, "num_tokens": 10 + j,
-                        "level": None if levels is None else levels[i], "subject": "Algebra"})
+            out.append(
+                {
+                    "problem_id": f"p{i}",
+                    "sample": j,
+                    "correct": c,
+                    "num_tokens": 10 + j,
+                    "level": None if levels is None else levels[i],
+                    "subject": "Algebra",
+                }
+            )
     return out
 
 
@@ -48,16 +56,30 @@ def test_avg_and_pass_at_k_on_hand_made_records():
 
 
 def summary(name, dataset, avg, pas):
-    return Summary(name=name, dataset=dataset, checkpoint="c", policy="learned", k=8, n=8, num_problems=10,
-                   avg_at_k=avg, pass_at_k=pas, mean_tokens=20.0)
+    return Summary(
+        name=name,
+        dataset=dataset,
+        checkpoint="c",
+        policy="learned",
+        k=8,
+        n=8,
+        num_problems=10,
+        avg_at_k=avg,
+        pass_at_k=pas,
+        mean_tokens=20.0,
+    )
 
 
 def test_compare_renders_the_table_with_the_best_in_bold(tmp_path):
     from dataclasses import asdict
 
     files = []
-    for s in [summary("GRPO (tau=1.0)", "math500.jsonl", 0.6525, 0.84), summary("IntroLLM", "math500.jsonl", 0.6753, 0.862),
-              summary("GRPO (tau=1.0)", "aime24.jsonl", 0.0711, 0.1668), summary("IntroLLM", "aime24.jsonl", 0.0959, 0.2668)]:
+    for s in [
+        summary("GRPO (tau=1.0)", "math500.jsonl", 0.6525, 0.84),
+        summary("IntroLLM", "math500.jsonl", 0.6753, 0.862),
+        summary("GRPO (tau=1.0)", "aime24.jsonl", 0.0711, 0.1668),
+        summary("IntroLLM", "aime24.jsonl", 0.0959, 0.2668),
+    ]:
         f = tmp_path / f"{s.name[:4]}-{s.dataset}.summary.json"
         f.write_text(json.dumps(asdict(s)))
         files.append(f)
@@ -78,7 +100,10 @@ def test_eval_end_to_end_on_a_tiny_model(tiny_ckpt, tmp_path):
     from introllm.training.evaluate import EvalConfig, evaluate, summary_path
 
     data_file = tmp_path / "bench.jsonl"
-    rows = [{"problem": f"What is {i} + {i}?", "answer": str(2 * i), "level": f"Level {1 + i % 2}", "id": f"q{i}"} for i in range(5)]
+    rows = [
+        {"problem": f"What is {i} + {i}?", "answer": str(2 * i), "level": f"Level {1 + i % 2}", "id": f"q{i}"}
+        for i in range(5)
+    ]
     data_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "res.jsonl"
     data = DataConfig(dataset=str(data_file), eval_size=0)
@@ -100,15 +125,31 @@ def synthetic_run(path: Path, steps=6, seed=0):
     with open(path / "metrics.jsonl", "w") as f:
         f.write(json.dumps({"step": 0, "eval_accuracy": 0.1}) + "\n")
         for s in range(1, steps + 1):
-            m = {"step": s, "reward": rng.random(), "entropy": 2 - s / 10, "tau_mean": 1.0 + rng.random() / 10, "tau_min": 0.6,
-                 "tau_max": 1.5, "response_length": 20 + s, "tau_mean_by_level": {"a": 1.0, "b": 1.1}}
+            m = {
+                "step": s,
+                "reward": rng.random(),
+                "entropy": 2 - s / 10,
+                "tau_mean": 1.0 + rng.random() / 10,
+                "tau_min": 0.6,
+                "tau_max": 1.5,
+                "response_length": 20 + s,
+                "tau_mean_by_level": {"a": 1.0, "b": 1.1},
+            }
             if s == steps:
                 m["eval_accuracy"] = 0.2
             f.write(json.dumps(m) + "\n")
     words = ["The", " answer", " is", " 7", ".", " Let", " me", " think", " carefully", " now"]
     with open(path / "samples.jsonl", "w") as f:
-        comps = [{"text": "x", "reward": float(i % 2), "tokens": words, "tau": [0.6 + 0.09 * ((i + j) % 10) for j in range(10)],
-                  "updated": [j % 3 == 0 for j in range(10)]} for i in range(4)]
+        comps = [
+            {
+                "text": "x",
+                "reward": float(i % 2),
+                "tokens": words,
+                "tau": [0.6 + 0.09 * ((i + j) % 10) for j in range(10)],
+                "updated": [j % 3 == 0 for j in range(10)],
+            }
+            for i in range(4)
+        ]
         f.write(json.dumps({"step": 1, "id": "p", "problem": "q", "answer": "7", "completions": comps}) + "\n")
     return path
 
@@ -120,8 +161,21 @@ def test_plot_writes_every_figure_and_the_index(tmp_path):
 
     runs = [synthetic_run(tmp_path / "introllm"), synthetic_run(tmp_path / "grpo", seed=1)]
     eval_file = tmp_path / "eval.jsonl"
-    eval_file.write_text("".join(json.dumps({"tokens": [" a", " b", " c"], "tau": [0.7, 1.2, 0.9], "updated": [True, False, True],
-                                             "level": f"Level {i % 3}", "correct": i % 2 == 0}) + "\n" for i in range(9)))
+    eval_file.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "tokens": [" a", " b", " c"],
+                    "tau": [0.7, 1.2, 0.9],
+                    "updated": [True, False, True],
+                    "level": f"Level {i % 3}",
+                    "correct": i % 2 == 0,
+                }
+            )
+            + "\n"
+            for i in range(9)
+        )
+    )
     for eval_source in (None, eval_file):
         out = tmp_path / f"plots-{eval_source is None}"
         written = make_plots(runs, out, eval_source)

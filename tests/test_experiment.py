@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from introllm.training.config import ConfigError
-from introllm.experiment.runner import Runner, check_tables, flags, load_experiment, plan
-from introllm.training.meanshift import meanshift_policy, token_mean_tau
 from introllm.experiment.report import write_report
+from introllm.experiment.runner import Runner, check_tables, flags, load_experiment, plan
 from introllm.experiment.stats import bootstrap_interval, problem_scores, resample_indices
+from introllm.training.config import ConfigError
+from introllm.training.meanshift import meanshift_policy, token_mean_tau
 
 REWARD = str(Path(__file__).parent / "data" / "parity_reward.py") + ":parity"
 
@@ -70,7 +70,9 @@ def test_bootstrap_refuses_bad_shapes():
 
 
 def test_problem_scores_are_avg_and_unbiased_pass_at_k():
-    recs = [{"problem_id": "a", "correct": c} for c in (True, False, False)] + [{"problem_id": "b", "correct": False}] * 3
+    recs = [{"problem_id": "a", "correct": c} for c in (True, False, False)] + [
+        {"problem_id": "b", "correct": False}
+    ] * 3
     s = problem_scores(recs, k=2)
     assert s["a"] == (pytest.approx(1 / 3), pytest.approx(1 - 1 / 3))  # Pass@2 = 1 - C(2,2)/C(3,2)
     assert s["b"] == (0.0, 0.0)
@@ -81,7 +83,9 @@ def test_problem_scores_are_avg_and_unbiased_pass_at_k():
 # --------------------------------------------------------------------------- MeanShift
 
 
-def write_eval(path: Path, rows: list[tuple[str, bool, list[float]]], *, policy="learned", checkpoint="ck", dataset="d.jsonl", k=2):
+def write_eval(
+    path: Path, rows: list[tuple[str, bool, list[float]]], *, policy="learned", checkpoint="ck", dataset="d.jsonl", k=2
+):
     """Records + summary in the shape introllm eval writes them."""
     from dataclasses import asdict
 
@@ -91,8 +95,18 @@ def write_eval(path: Path, rows: list[tuple[str, bool, list[float]]], *, policy=
     counts: dict[str, int] = {}
     recs = []
     for pid, correct, tau in rows:
-        recs.append({"problem_id": pid, "sample": counts.get(pid, 0), "correct": correct, "num_tokens": len(tau), "tau": tau,
-                     "tokens": ["x"] * len(tau), "updated": [True] * len(tau), "level": None})
+        recs.append(
+            {
+                "problem_id": pid,
+                "sample": counts.get(pid, 0),
+                "correct": correct,
+                "num_tokens": len(tau),
+                "tau": tau,
+                "tokens": ["x"] * len(tau),
+                "updated": [True] * len(tau),
+                "level": None,
+            }
+        )
         counts[pid] = counts.get(pid, 0) + 1
     path.write_text("".join(json.dumps(r) + "\n" for r in recs))
     s = summarize(recs, k=k, name=path.stem, dataset=dataset, checkpoint=checkpoint, policy=policy)
@@ -121,9 +135,24 @@ def test_eval_policy_meanshift_samples_at_the_learned_token_mean(tiny_ckpt, tmp_
     from introllm.cli import main
 
     bench = tmp_path / "bench.jsonl"
-    bench.write_text("".join(json.dumps({"problem": f"What is {i} + {i}?", "answer": str(2 * i)}) + "\n" for i in range(4)))
-    common = ["eval", "--checkpoint", str(tiny_ckpt), "--dataset", str(bench), "--reward", REWARD, "--k", "2",
-              "--max-new-tokens", "8", "--seed", "3"]
+    bench.write_text(
+        "".join(json.dumps({"problem": f"What is {i} + {i}?", "answer": str(2 * i)}) + "\n" for i in range(4))
+    )
+    common = [
+        "eval",
+        "--checkpoint",
+        str(tiny_ckpt),
+        "--dataset",
+        str(bench),
+        "--reward",
+        REWARD,
+        "--k",
+        "2",
+        "--max-new-tokens",
+        "8",
+        "--seed",
+        "3",
+    ]
     # without --meanshift-from: a learned first pass, kept beside the output
     assert main([*common, "--policy", "meanshift", "--output", str(tmp_path / "ms.jsonl")]) == 0
     first_pass = tmp_path / "ms.learned.jsonl"
@@ -131,7 +160,11 @@ def test_eval_policy_meanshift_samples_at_the_learned_token_mean(tiny_ckpt, tmp_
     ms = json.loads((tmp_path / "ms.summary.json").read_text())
     assert ms["policy"] == f"fixed:{tau:.4f}"
     assert f"MeanShift {tau:.4f}" in ms["name"]
-    assert all(t == pytest.approx(tau, abs=1e-4) for line in (tmp_path / "ms.jsonl").read_text().splitlines() for t in json.loads(line)["tau"])
+    assert all(
+        t == pytest.approx(tau, abs=1e-4)
+        for line in (tmp_path / "ms.jsonl").read_text().splitlines()
+        for t in json.loads(line)["tau"]
+    )
     # the learned pass really varied tau: a MeanShift of a constant would test nothing
     assert len({t for line in first_pass.read_text().splitlines() for t in json.loads(line)["tau"]}) > 1
     # its own row in `introllm compare`, beside the learned one
@@ -140,14 +173,46 @@ def test_eval_policy_meanshift_samples_at_the_learned_token_mean(tiny_ckpt, tmp_
     table = compare_table([load_summary(first_pass), load_summary(tmp_path / "ms.jsonl")])
     assert "| ckpt (learned) |" in table and f"| ckpt (MeanShift {tau:.4f}) |" in table
     # with --meanshift-from: the same tau, no second learned pass
-    assert main([*common, "--policy", "meanshift", "--meanshift-from", str(first_pass), "--output", str(tmp_path / "ms2.jsonl")]) == 0
+    assert (
+        main(
+            [
+                *common,
+                "--policy",
+                "meanshift",
+                "--meanshift-from",
+                str(first_pass),
+                "--output",
+                str(tmp_path / "ms2.jsonl"),
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "ms2.summary.json").read_text())["policy"] == ms["policy"]
     assert not (tmp_path / "ms2.learned.jsonl").exists()
     # a learned eval of another benchmark is refused, with one line
     other = tmp_path / "other.jsonl"
     other.write_text(bench.read_text())
-    rc = main(["eval", "--checkpoint", str(tiny_ckpt), "--dataset", str(other), "--reward", REWARD, "--k", "2", "--max-new-tokens", "4",
-               "--policy", "meanshift", "--meanshift-from", str(first_pass), "--output", str(tmp_path / "ms3.jsonl")])
+    rc = main(
+        [
+            "eval",
+            "--checkpoint",
+            str(tiny_ckpt),
+            "--dataset",
+            str(other),
+            "--reward",
+            REWARD,
+            "--k",
+            "2",
+            "--max-new-tokens",
+            "4",
+            "--policy",
+            "meanshift",
+            "--meanshift-from",
+            str(first_pass),
+            "--output",
+            str(tmp_path / "ms3.jsonl"),
+        ]
+    )
     assert rc == 2 and "evaluated dataset" in capsys.readouterr().err
 
 
@@ -201,27 +266,55 @@ def write_config(tmp_path, text=CONFIG, **fmt):
 
 
 def test_flags_render_every_value_type():
-    assert flags({"model_lr": 1e-5, "mask_truncated": True, "overwrite": False, "rg_args": {"b": 1, "a": 2}, "adam_betas": [0.9, 0.99]}) == [
-        "--model-lr", "1e-05", "--mask-truncated", "--no-overwrite", "--rg-args", '{"a": 2, "b": 1}', "--adam-betas", "0.9", "0.99"]
+    assert flags(
+        {
+            "model_lr": 1e-5,
+            "mask_truncated": True,
+            "overwrite": False,
+            "rg_args": {"b": 1, "a": 2},
+            "adam_betas": [0.9, 0.99],
+        }
+    ) == [
+        "--model-lr",
+        "1e-05",
+        "--mask-truncated",
+        "--no-overwrite",
+        "--rg-args",
+        '{"a": 2, "b": 1}',
+        "--adam-betas",
+        "0.9",
+        "0.99",
+    ]
 
 
 def test_plan_is_methods_x_seeds_x_benchmarks_in_seed_order(tmp_path):
     cfg = load_experiment(write_config(tmp_path))
     jobs = plan(cfg)
     assert [j.id for j in jobs] == [
-        "train.introllm.s0", "eval.sums.introllm.s0", "eval.sums.introllm-meanshift.s0",
-        "train.head-only.s0", "eval.sums.head-only.s0", "eval.sums.fixed-0.6.s0",
-        "train.introllm.s1", "eval.sums.introllm.s1", "eval.sums.introllm-meanshift.s1",
-        "train.head-only.s1", "eval.sums.head-only.s1",
+        "train.introllm.s0",
+        "eval.sums.introllm.s0",
+        "eval.sums.introllm-meanshift.s0",
+        "train.head-only.s0",
+        "eval.sums.head-only.s0",
+        "eval.sums.fixed-0.6.s0",
+        "train.introllm.s1",
+        "eval.sums.introllm.s1",
+        "eval.sums.introllm-meanshift.s1",
+        "train.head-only.s1",
+        "eval.sums.head-only.s1",
     ]
     by_id = {j.id: j for j in jobs}
     out = tmp_path / "out"
     train = by_id["train.introllm.s1"].argv
     assert train[:1] == ["train"] and "--seed" in train and train[train.index("--seed") + 1] == "1"
-    assert train[train.index("--model") + 1] == "BASE" and train[train.index("--output") + 1] == str(out / "runs/introllm/seed1")
+    assert train[train.index("--model") + 1] == "BASE" and train[train.index("--output") + 1] == str(
+        out / "runs/introllm/seed1"
+    )
     assert "--mask-truncated" in train and "--no-gradient-checkpointing" in train
     ev = by_id["eval.sums.introllm.s1"]
-    assert ev.after == ["train.introllm.s1"] and ev.argv[ev.argv.index("--checkpoint") + 1] == str(out / "runs/introllm/seed1/final")
+    assert ev.after == ["train.introllm.s1"] and ev.argv[ev.argv.index("--checkpoint") + 1] == str(
+        out / "runs/introllm/seed1/final"
+    )
     ms = by_id["eval.sums.introllm-meanshift.s1"]
     assert ms.after == [ev.id] and ms.argv[ms.argv.index("--meanshift-from") + 1] == ev.records
     assert ms.argv[ms.argv.index("--policy") + 1] == "meanshift" and ms.row == "introllm MeanShift"
@@ -237,7 +330,11 @@ def test_plan_is_methods_x_seeds_x_benchmarks_in_seed_order(tmp_path):
 def test_check_tables_names_a_flag_the_cli_does_not_know(tmp_path):
     text = CONFIG.replace("steps = 2", "stepz = 2")
     problems = check_tables(load_experiment(write_config(tmp_path, text)))
-    assert len(problems) == 2 and all("stepz" in p for p in problems) and problems[0].startswith("method introllm [train]:")
+    assert (
+        len(problems) == 2
+        and all("stepz" in p for p in problems)
+        and problems[0].startswith("method introllm [train]:")
+    )
 
 
 def test_check_tables_names_a_value_out_of_range_before_anything_runs(tmp_path):
@@ -245,16 +342,22 @@ def test_check_tables_names_a_value_out_of_range_before_anything_runs(tmp_path):
     assert problems and all("k: must be >= 1" in p for p in problems)
 
 
-@pytest.mark.parametrize("change, message", [
-    (('baseline = "fixed 0.6"', 'baseline = "nope"'), "baseline: 'nope' is not a row"),
-    (("seeds = [0, 1]", "seeds = []"), "experiment.seeds"),
-    (("seeds = [0, 1]", "seeds = [1, 1]"), "must not repeat"),
-    (('policy = "fixed:0.6"', 'policy = "fixed:0.6"\nmeanshift = true'), "meanshift: needs a policy whose temperature varies"),
-    (("[[method]]\nname = \"introllm\"", "[[method]]\nname = \"introllm\"\ncolour = 1"), "unknown key(s) colour"),
-    (("steps = 2", "output = 'x'"), "output are set by the experiment"),
-    (('name = "head only"', 'name = "introllm"'), "names must differ"),
-    (("[eval]", "[evals]"), "unknown table(s) evals"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (('baseline = "fixed 0.6"', 'baseline = "nope"'), "baseline: 'nope' is not a row"),
+        (("seeds = [0, 1]", "seeds = []"), "experiment.seeds"),
+        (("seeds = [0, 1]", "seeds = [1, 1]"), "must not repeat"),
+        (
+            ('policy = "fixed:0.6"', 'policy = "fixed:0.6"\nmeanshift = true'),
+            "meanshift: needs a policy whose temperature varies",
+        ),
+        (('[[method]]\nname = "introllm"', '[[method]]\nname = "introllm"\ncolour = 1'), "unknown key(s) colour"),
+        (("steps = 2", "output = 'x'"), "output are set by the experiment"),
+        (('name = "head only"', 'name = "introllm"'), "names must differ"),
+        (("[eval]", "[evals]"), "unknown table(s) evals"),
+    ],
+)
 def test_bad_configs_fail_with_a_message_naming_the_key(tmp_path, change, message):
     with pytest.raises(ConfigError) as e:
         load_experiment(write_config(tmp_path, CONFIG.replace(*change)))
@@ -323,13 +426,24 @@ def test_report_scores_and_paired_differences_on_hand_made_records(tmp_path):
     # fixed 0.6 (seed 0 only): p1 [0, 0], p2 [1, 0] -> Avg 25.0, Pass 50.0; differences introllm - fixed:
     #   p1 Avg +0.75 Pass +1.0, p2 Avg -0.25 Pass -0.5 -> +25.0 and +25.0
     t = [0.7, 1.1]
-    write_eval(Path(ev["eval.sums.introllm.s0"].records), [("p1", True, t), ("p1", True, t), ("p2", True, t), ("p2", False, t)])
-    write_eval(Path(ev["eval.sums.introllm.s1"].records), [("p1", True, t), ("p1", False, t), ("p2", False, t), ("p2", False, t)])
+    write_eval(
+        Path(ev["eval.sums.introllm.s0"].records), [("p1", True, t), ("p1", True, t), ("p2", True, t), ("p2", False, t)]
+    )
+    write_eval(
+        Path(ev["eval.sums.introllm.s1"].records),
+        [("p1", True, t), ("p1", False, t), ("p2", False, t), ("p2", False, t)],
+    )
     for s in (0, 1):  # MeanShift at 0.9: all wrong
-        write_eval(Path(ev[f"eval.sums.introllm-meanshift.s{s}"].records), [("p1", False, [0.9])] * 2 + [("p2", False, [0.9])] * 2,
-                   policy="fixed:0.9")
-    write_eval(Path(ev["eval.sums.fixed-0.6.s0"].records), [("p1", False, [0.6])] * 2 + [("p2", True, [0.6]), ("p2", False, [0.6])],
-               policy="fixed:0.6")
+        write_eval(
+            Path(ev[f"eval.sums.introllm-meanshift.s{s}"].records),
+            [("p1", False, [0.9])] * 2 + [("p2", False, [0.9])] * 2,
+            policy="fixed:0.9",
+        )
+    write_eval(
+        Path(ev["eval.sums.fixed-0.6.s0"].records),
+        [("p1", False, [0.6])] * 2 + [("p2", True, [0.6]), ("p2", False, [0.6])],
+        policy="fixed:0.6",
+    )
     done = {j for j in ev if "head-only" not in j}
     text = write_report(cfg, jobs, done).read_text()
     row = next(line for line in text.splitlines() if line.startswith("| introllm | 2 |"))
@@ -399,14 +513,21 @@ seeds = [0]
 
 
 def _experiment(cwd: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "introllm", "experiment", "exp.toml", *extra], cwd=cwd,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "introllm", "experiment", "exp.toml", *extra],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 @pytest.mark.slow
 def test_a_killed_and_restarted_experiment_writes_the_same_report(tiny_ckpt, tmp_path):
     data = tmp_path / "problems.jsonl"
-    data.write_text("".join(json.dumps({"question": f"What is {i} + {i}?", "answer": str(2 * i)}) + "\n" for i in range(24)))
+    data.write_text(
+        "".join(json.dumps({"question": f"What is {i} + {i}?", "answer": str(2 * i)}) + "\n" for i in range(24))
+    )
     dirs = {}
     for name in ("straight", "stopped"):
         dirs[name] = tmp_path / name
@@ -448,7 +569,10 @@ def test_a_killed_and_restarted_experiment_writes_the_same_report(tiny_ckpt, tmp
     assert "| introllm | 2 |" in a and "| introllm MeanShift | 2 |" in a and "| grpo | 1 |" in a
     assert "Paired differences against **grpo**" in a and "Per-token temperature against its own mean" in a
     assert a.count("introllm train ") == 3 and a.count("introllm eval ") == 5
-    assert all((dirs["stopped"] / "out/figures/introllm" / f).stat().st_size > 5000 for f in ("fig2_tau_by_level.png", "fig5_tau_training.png"))
+    assert all(
+        (dirs["stopped"] / "out/figures/introllm" / f).stat().st_size > 5000
+        for f in ("fig2_tau_by_level.png", "fig5_tau_training.png")
+    )
 
     # run again: nothing left to do, the same report
     again = _experiment(dirs["stopped"])
@@ -465,19 +589,23 @@ def test_a_failing_job_stops_the_experiment_with_its_log_tail(tmp_path, capsys):
     cfg.write_text(f"""
 [experiment]
 name = "broken"
-output = "{tmp_path / 'out'}"
+output = "{tmp_path / "out"}"
 seeds = [0]
 baseline = "fixed 1.0"
 [[benchmark]]
 name = "missing"
-dataset = "{tmp_path / 'missing.jsonl'}"
+dataset = "{tmp_path / "missing.jsonl"}"
 [[method]]
 name = "fixed 1.0"
 policy = "fixed:1.0"
 """)
     assert main(["experiment", str(cfg)]) == 1
     err = capsys.readouterr().err
-    assert "eval.missing.fixed-1.0.s0 failed (exit 2)" in err and "missing.jsonl" in err and "logs/eval.missing.fixed-1.0.s0.log" in err
+    assert (
+        "eval.missing.fixed-1.0.s0 failed (exit 2)" in err
+        and "missing.jsonl" in err
+        and "logs/eval.missing.fixed-1.0.s0.log" in err
+    )
     assert not (tmp_path / "out/state/eval.missing.fixed-1.0.s0.done.json").exists()
     assert not (tmp_path / "out/report.md").exists()
 
@@ -495,11 +623,17 @@ def test_rescore_rechecks_saved_samples_without_touching_them(tmp_path):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     before = path.read_text()
     script = Path(__file__).resolve().parents[1] / "experiments" / "rescore.py"
-    out = subprocess.run([sys.executable, str(script), str(tmp_path), "--json", str(tmp_path / "r.json")],
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, str(script), str(tmp_path), "--json", str(tmp_path / "r.json")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     figures = json.loads((tmp_path / "r.json").read_text())[str(path)]
     assert (figures["recorded"], figures["rechecked"], figures["lost"], figures["gained"]) == (2 / 3, 1 / 3, 1, 0)
     assert "'2 + -7' (answer -5)" in out.stdout and path.read_text() == before
-    bad = subprocess.run([sys.executable, str(script), str(tmp_path / "nowhere")], capture_output=True, text=True, timeout=60)
+    bad = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "nowhere")], capture_output=True, text=True, timeout=60
+    )
     assert bad.returncode == 2 and "no evals/" in bad.stderr and "Traceback" not in bad.stderr

@@ -2,15 +2,24 @@
 
 import pytest
 import torch
+from conftest import random_head, tiny_llama, tiny_qwen3
 from transformers import MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from conftest import random_head, tiny_llama, tiny_qwen3
 from introllm.sampler import Engine, SamplingParams
 from introllm.sampler.fastpath import unsupported_reason
 
 PROMPTS = [[5, 6, 7], [8, 9, 10, 11, 12, 13, 14], [20]]
-SMALL = dict(vocab_size=101, hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-             num_key_value_heads=2, max_position_embeddings=256, eos_token_id=3, pad_token_id=0)
+SMALL = dict(
+    vocab_size=101,
+    hidden_size=48,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+    eos_token_id=3,
+    pad_token_id=0,
+)
 
 
 def _models():
@@ -61,7 +70,7 @@ def test_other_models_fall_back():
     assert "gpt2" in unsupported_reason(model)
     engine = Engine(model)
     assert engine.fused is None
-    (seq,), = engine.generate([[5, 6, 7]], SamplingParams(max_new_tokens=5, policy="greedy", ignore_eos=True))
+    ((seq,),) = engine.generate([[5, 6, 7]], SamplingParams(max_new_tokens=5, policy="greedy", ignore_eos=True))
     with torch.no_grad():
         logits = model(torch.tensor([[5, 6, 7] + seq.token_ids])).logits[0, 2:-1]
     assert logits.argmax(-1).tolist() == seq.token_ids

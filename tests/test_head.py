@@ -33,7 +33,9 @@ def test_initial_policy_samples_half_updates_and_uniform_z():
     policy = build_policy("learned", head)
     n = 20000
     step = torch.arange(n)
-    a = policy.act(torch.zeros(n, 64), step, torch.ones(n), uniforms(torch.full((n,), 3), step, torch.zeros(n, dtype=torch.long)))
+    a = policy.act(
+        torch.zeros(n, 64), step, torch.ones(n), uniforms(torch.full((n,), 3), step, torch.zeros(n, dtype=torch.long))
+    )
     rate = a.updated.float().mean().item()
     assert abs(rate - 0.5) < 4 * math.sqrt(0.25 / n)
     z = a.z[a.updated].detach().numpy()
@@ -63,7 +65,9 @@ def test_log_prob_matches_lgamma_formula():
     ref = torch.tensor([_reference_log_prob(u[i], bool(c[i]), float(z[i])) for i in range(n)], dtype=torch.float64)
     torch.testing.assert_close(got.double(), ref, atol=1e-5, rtol=1e-6)
     beta_only = H.action_log_prob(u, c, z, with_gate=False)
-    ref_beta = torch.tensor([stats.beta.logpdf(float(z[i]), *map(float, H.concentrations(u[i]))) if c[i] else 0.0 for i in range(n)])
+    ref_beta = torch.tensor(
+        [stats.beta.logpdf(float(z[i]), *map(float, H.concentrations(u[i]))) if c[i] else 0.0 for i in range(n)]
+    )
     torch.testing.assert_close(beta_only.double(), ref_beta.double(), atol=1e-5, rtol=1e-6)
 
 
@@ -77,7 +81,12 @@ def test_tau_always_within_bounds():
         tau_prev = torch.full((4000,), cfg.tau_init)
         for t in range(5):
             step = torch.full((4000,), t)
-            a = policy.act(torch.randn(4000, 32), step, tau_prev, uniforms(torch.arange(4000), step, torch.zeros(4000, dtype=torch.long)))
+            a = policy.act(
+                torch.randn(4000, 32),
+                step,
+                tau_prev,
+                uniforms(torch.arange(4000), step, torch.zeros(4000, dtype=torch.long)),
+            )
             assert (a.tau >= cfg.tau_min).all() and (a.tau <= cfg.tau_max).all(), name
             assert torch.isfinite(a.logp).all()
             tau_prev = a.tau
@@ -90,7 +99,11 @@ def test_boundary_z_and_extreme_concentrations_finite(dtype):
     u_ab = (conc + torch.log(-torch.expm1(-conc))).float()  # softplus^-1, so softplus(u) = conc
     a, b = torch.meshgrid(u_ab, u_ab, indexing="ij")
     z_values = torch.tensor([0.0, 1e-30, 1e-6, 0.5, 1 - 1e-7, 1.0])
-    u = torch.stack(torch.broadcast_tensors(torch.zeros_like(a), a, b), -1).reshape(-1, 1, 3).expand(-1, len(z_values), 3)
+    u = (
+        torch.stack(torch.broadcast_tensors(torch.zeros_like(a), a, b), -1)
+        .reshape(-1, 1, 3)
+        .expand(-1, len(z_values), 3)
+    )
     u = u.to(dtype).float().clone().requires_grad_(True)
     z = z_values.expand(u.shape[0], -1)
     for c in (torch.ones_like(z, dtype=torch.bool), torch.zeros_like(z, dtype=torch.bool)):
@@ -118,7 +131,9 @@ def test_nan_z_where_not_updated_is_harmless():
     assert torch.isfinite(logp).all() and torch.isfinite(u.grad).all()
 
 
-@pytest.mark.parametrize("kwargs", [dict(tau_min=1.0, tau_max=1.0), dict(tau_min=0, tau_max=1), dict(tau_init=2.0), dict(hidden_size=1)])
+@pytest.mark.parametrize(
+    "kwargs", [dict(tau_min=1.0, tau_max=1.0), dict(tau_min=0, tau_max=1), dict(tau_init=2.0), dict(hidden_size=1)]
+)
 def test_head_config_validation(kwargs):
     with pytest.raises(ValueError):
         HeadConfig(**{"hidden_size": 8, **kwargs})

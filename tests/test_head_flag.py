@@ -6,8 +6,8 @@ import logging
 
 import pytest
 import torch
-
 from conftest import random_head, tiny_llama
+
 from introllm.sampler.checkpoint import CheckpointError, save_checkpoint, save_head, weights_digest
 from introllm.sampler.models import initial_head, load_model
 

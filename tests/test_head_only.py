@@ -10,7 +10,15 @@ import torch
 from safetensors.torch import load_file
 
 from introllm.sampler.checkpoint import CheckpointError, load_checkpoint, weights_digest
-from introllm.training.config import ConfigError, DataConfig, MethodConfig, OptimConfig, RolloutConfig, RunConfig, TrainConfig
+from introllm.training.config import (
+    ConfigError,
+    DataConfig,
+    MethodConfig,
+    OptimConfig,
+    RolloutConfig,
+    RunConfig,
+    TrainConfig,
+)
 from introllm.training.trainer import train
 
 pytestmark = pytest.mark.slow
@@ -20,7 +28,9 @@ REWARD = str(Path(__file__).parent / "data" / "parity_reward.py") + ":parity"
 @pytest.fixture(scope="module")
 def problems(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "problems.jsonl"
-    path.write_text("".join(json.dumps({"question": f"What is {i} + {i}?", "answer": str(2 * i)}) + "\n" for i in range(24)))
+    path.write_text(
+        "".join(json.dumps({"question": f"What is {i} + {i}?", "answer": str(2 * i)}) + "\n" for i in range(24))
+    )
     return path
 
 
@@ -30,7 +40,9 @@ def config(ckpt, data, out, *, steps=3, method="introllm") -> TrainConfig:
         rollout=RolloutConfig(batch_size=2, group_size=4, max_new_tokens=6),
         method=MethodConfig(method=method, freeze_model=True),
         optim=OptimConfig(model_lr=1e-3, head_lr=1e-2, micro_batch_size=3),
-        run=RunConfig(model=str(ckpt), output=str(out), steps=steps, save_every=2, eval_samples=2, sample_every=1, device="cpu"),
+        run=RunConfig(
+            model=str(ckpt), output=str(out), steps=steps, save_every=2, eval_samples=2, sample_every=1, device="cpu"
+        ),
     )
 
 
@@ -70,8 +82,13 @@ def test_head_only_training_leaves_the_base_bit_identical(tiny_ckpt, problems, t
 def test_a_head_only_run_resumes_exactly(tiny_ckpt, problems, tmp_path):
     full = train(config(tiny_ckpt, problems, tmp_path / "a", steps=4), show_progress=False)
     train(config(tiny_ckpt, problems, tmp_path / "b", steps=2), show_progress=False)
-    resumed = train(config(tiny_ckpt, problems, tmp_path / "b", steps=4), resume_from=str(tmp_path / "b"), show_progress=False)
-    a, b = load_file(str(full / "temperature_head.safetensors")), load_file(str(resumed / "temperature_head.safetensors"))
+    resumed = train(
+        config(tiny_ckpt, problems, tmp_path / "b", steps=4), resume_from=str(tmp_path / "b"), show_progress=False
+    )
+    a, b = (
+        load_file(str(full / "temperature_head.safetensors")),
+        load_file(str(resumed / "temperature_head.safetensors")),
+    )
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -99,6 +116,7 @@ def test_freeze_model_refuses_a_kl_penalty():
 
 def test_a_head_only_update_touches_only_the_head():
     from conftest import random_head, tiny_llama
+
     from introllm.sampler import Engine, SamplingParams, build_policy
     from introllm.training.losses import group_advantages
     from introllm.training.update import PolicyScorer, update
@@ -106,12 +124,24 @@ def test_a_head_only_update_touches_only_the_head():
     model, head = tiny_llama(), random_head(48, scale=0.3)
     base = {k: v.clone() for k, v in model.state_dict().items()}
     before = {k: v.clone() for k, v in head.state_dict().items()}
-    seqs = [s for g in Engine(model, head).generate([[5, 6, 7], [8, 9]], SamplingParams(max_new_tokens=6, seed=1), n=4) for s in g]
+    seqs = [
+        s
+        for g in Engine(model, head).generate([[5, 6, 7], [8, 9]], SamplingParams(max_new_tokens=6, seed=1), n=4)
+        for s in g
+    ]
     adv = group_advantages(torch.tensor([1.0, 0.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0]), 4)
     model.train()
-    stats = update(PolicyScorer(model, head, freeze_model=True), model, head, build_policy("learned", head), seqs, adv,
-                   optimizers={"optimizer_head": torch.optim.AdamW(head.parameters(), lr=1e-2)}, pad_id=0,
-                   optim=OptimConfig(clip_eps=0.2, max_grad_norm=1.0, micro_batch_size=3))
+    stats = update(
+        PolicyScorer(model, head, freeze_model=True),
+        model,
+        head,
+        build_policy("learned", head),
+        seqs,
+        adv,
+        optimizers={"optimizer_head": torch.optim.AdamW(head.parameters(), lr=1e-2)},
+        pad_id=0,
+        optim=OptimConfig(clip_eps=0.2, max_grad_norm=1.0, micro_batch_size=3),
+    )
     assert all(p.grad is None for p in model.parameters())
     assert all(torch.equal(v, base[k]) for k, v in model.state_dict().items())
     assert any(not torch.equal(v, before[k]) for k, v in head.state_dict().items())
@@ -120,10 +150,19 @@ def test_a_head_only_update_touches_only_the_head():
 
 def test_the_step_benchmark_times_head_only_against_joint_steps():
     from conftest import random_head, tiny_llama
+
     from introllm.benchmarks.train_step import train_step_overhead
 
     model, head = tiny_llama(), random_head(48, scale=0.3)
-    result = train_step_overhead(model, head, [[5, 6, 7], [8, 9]], group_size=2, new_tokens=4, repeats=2, micro_batch_size=2,
-                                 methods=("head-only", "introllm"))
+    result = train_step_overhead(
+        model,
+        head,
+        [[5, 6, 7], [8, 9]],
+        group_size=2,
+        new_tokens=4,
+        repeats=2,
+        micro_batch_size=2,
+        methods=("head-only", "introllm"),
+    )
     assert len(result["raw"]["head-only"]["step"]) == len(result["raw"]["introllm"]["step"]) == 2
     assert result["median_rollout_seconds"]["head-only"] > 0

@@ -1,6 +1,6 @@
 import torch
-
 from conftest import tiny_llama
+
 from introllm.sampler.kernels import packed_linears, packing_supported
 
 

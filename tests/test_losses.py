@@ -6,7 +6,14 @@ import statistics
 import pytest
 import torch
 
-from introllm.training.losses import aggregate, clipped_surrogate, group_advantages, kl_k3, policy_loss, truncated_is_weights
+from introllm.training.losses import (
+    aggregate,
+    clipped_surrogate,
+    group_advantages,
+    kl_k3,
+    policy_loss,
+    truncated_is_weights,
+)
 from introllm.training.methods import tampo_update
 
 

@@ -22,11 +22,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import live_server
 
 from introllm.clients.render import tau_colour
 from introllm.server.config import ServerConfig
-
-from conftest import live_server
 
 KEY = "playground-test-key"
 ARTIFACTS = Path(os.environ.get("INTROLLM_ARTIFACTS", Path(__file__).resolve().parents[1] / "test-artifacts"))
@@ -59,7 +58,15 @@ def test_page_script_never_parses_text_as_html():
 
     js = (ui.STATIC / "app.js").read_text()
     assert "textContent" in js
-    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function", "setAttribute(\"on"):
+    for sink in (
+        "innerHTML",
+        "outerHTML",
+        "insertAdjacentHTML",
+        "document.write",
+        "eval(",
+        "new Function",
+        'setAttribute("on',
+    ):
         assert sink not in js, sink
 
 
@@ -104,8 +111,21 @@ def test_page_files_are_packaged(tmp_path):
     src.mkdir()
     for name in ("pyproject.toml", "README.md", "introllm", "sampler", "server", "training", "clients"):
         (shutil.copytree if (root / name).is_dir() else shutil.copy)(root / name, src / name)
-    subprocess.run([sys.executable, "-c", "from setuptools import setup; setup()", "-q", "build_py", "--build-lib", str(tmp_path / "lib")],
-                   cwd=src, check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from setuptools import setup; setup()",
+            "-q",
+            "build_py",
+            "--build-lib",
+            str(tmp_path / "lib"),
+        ],
+        cwd=src,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     for name in ["index.html", *ui.ASSETS]:
         built = tmp_path / "lib" / "introllm" / "server" / "static" / name
         assert built.is_file(), f"{name} is not packaged (pyproject.toml [tool.setuptools.package-data])"
@@ -136,8 +156,14 @@ def _linear(rgb):
 
 def _lab(lin):
     """CIELAB (D65) of a linear-RGB colour."""
-    xyz = [sum(m * c for m, c in zip(row, lin)) for row in ((0.4124, 0.3576, 0.1805), (0.2126, 0.7152, 0.0722), (0.0193, 0.1192, 0.9505))]
-    f = [t ** (1 / 3) if t > (6 / 29) ** 3 else t / (3 * (6 / 29) ** 2) + 4 / 29 for t in (v / n for v, n in zip(xyz, (0.95047, 1.0, 1.08883)))]
+    xyz = [
+        sum(m * c for m, c in zip(row, lin))
+        for row in ((0.4124, 0.3576, 0.1805), (0.2126, 0.7152, 0.0722), (0.0193, 0.1192, 0.9505))
+    ]
+    f = [
+        t ** (1 / 3) if t > (6 / 29) ** 3 else t / (3 * (6 / 29) ** 2) + 4 / 29
+        for t in (v / n for v, n in zip(xyz, (0.95047, 1.0, 1.08883)))
+    ]
     return 116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2])
 
 
@@ -176,18 +202,31 @@ def _find(env: str, names: list[str], extra: list[str]) -> str | None:
 def browser():
     """Headless chromium (Debian's package) under selenium, with the DevTools network log on."""
     chromium = _find("INTROLLM_CHROMIUM", ["chromium", "chromium-browser"], ["/usr/lib/chromium/chromium"])
-    driver_path = _find("INTROLLM_CHROMEDRIVER", ["chromedriver"], ["/usr/lib/chromium/chromedriver", "/usr/bin/chromedriver"])
+    driver_path = _find(
+        "INTROLLM_CHROMEDRIVER", ["chromedriver"], ["/usr/lib/chromium/chromedriver", "/usr/bin/chromedriver"]
+    )
     try:
         from selenium import webdriver
         from selenium.webdriver.chrome.service import Service
     except ImportError:
         pytest.fail("selenium is missing: pip install -e '.[dev]'; " + INSTALL_HINT, pytrace=False)
     if chromium is None or driver_path is None:
-        pytest.fail(f"chromium: {chromium or 'not found'}, chromedriver: {driver_path or 'not found'}. " + INSTALL_HINT, pytrace=False)
+        pytest.fail(
+            f"chromium: {chromium or 'not found'}, chromedriver: {driver_path or 'not found'}. " + INSTALL_HINT,
+            pytrace=False,
+        )
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1400,1000",
-                "--no-first-run", "--disable-extensions", "--disable-background-networking"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1400,1000",
+        "--no-first-run",
+        "--disable-extensions",
+        "--disable-background-networking",
+    ):
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
     driver = webdriver.Chrome(options=options, service=Service(executable_path=driver_path))
@@ -222,7 +261,15 @@ def _wait(predicate, timeout: float, what: str, poll: float = 0.1):
         time.sleep(poll)
 
 
-def _open(driver, url: str, key: str = KEY, compare: str | None = None, max_tokens: int = 48, policy: str = "learned", seed: int | None = 7):
+def _open(
+    driver,
+    url: str,
+    key: str = KEY,
+    compare: str | None = None,
+    max_tokens: int = 48,
+    policy: str = "learned",
+    seed: int | None = 7,
+):
     """Load the page fresh, wait for it to connect, and fill in the settings. A seed makes the
     replies, hence the tests, the same on every run (the torch engine's seeds do not depend on the
     batch)."""
@@ -258,7 +305,9 @@ def _states(driver) -> list[str]:
 
 
 def _wait_finished(driver, timeout: float = 120) -> list[str]:
-    return _wait(lambda: (s := _states(driver)) and all(x not in ("idle", "streaming") for x in s) and s, timeout, "the replies")
+    return _wait(
+        lambda: (s := _states(driver)) and all(x not in ("idle", "streaming") for x in s) and s, timeout, "the replies"
+    )
 
 
 def _chat_exchanges(driver) -> list[dict]:
@@ -283,7 +332,7 @@ def _chat_exchanges(driver) -> list[dict]:
 def _parse_stream(body: str) -> dict:
     """The reply as the SSE body gives it: content text, trace, log-probs, finish reason, usage."""
     text, trace, logps, finish, usage = "", {"tokens": [], "temperatures": [], "updated": []}, [], None, None
-    events = [e[len("data: "):] for e in body.split("\n\n") if e.startswith("data: ")]
+    events = [e[len("data: ") :] for e in body.split("\n\n") if e.startswith("data: ")]
     assert events and events[-1] == "[DONE]"
     for data in events[:-1]:
         chunk = json.loads(data)
@@ -318,13 +367,16 @@ def _screenshot(driver, name: str) -> Path:
 def test_page_colour_function_is_the_terminal_scale(browser, pg_server):
     browser.get(pg_server + "/")
     unlabelled = browser.execute_script(
-        "return [...document.querySelectorAll('input, select, textarea')].filter(e => !e.labels.length).map(e => e.id)")
+        "return [...document.querySelectorAll('input, select, textarea')].filter(e => !e.labels.length).map(e => e.id)"
+    )
     assert unlabelled == []  # every control has a <label>
     assert [b.text for b in browser.find_elements("tag name", "button")] == ["Send", "Stop", "Clear conversation"]
     taus = [-1.0, 0.0, 0.05, 0.3, 0.6, 0.6000001, 0.7, 0.8123, 0.95, 1.0, 1.05, 1.2, 1.37, 1.5, 1.9, 5.0]
     taus += [0.6 + 0.9 * k / 1000 for k in range(1001)]
     for lo, hi in ((0.6, 1.5), (0.1, 2.0)):
-        got = browser.execute_script("return arguments[0].map(t => window.IntroLLM.tauColour(t, arguments[1], arguments[2]))", taus, lo, hi)
+        got = browser.execute_script(
+            "return arguments[0].map(t => window.IntroLLM.tauColour(t, arguments[1], arguments[2]))", taus, lo, hi
+        )
         assert got == [tau_colour(t, lo, hi) for t in taus]
 
 
@@ -338,9 +390,14 @@ def test_chat_streams_each_token_coloured_by_its_tau(browser, pg_server):
     assert _wait_finished(browser) == ["done"], browser.find_element("css selector", ".error").text
     [ex] = _chat_exchanges(browser)
     assert ex["headers"]["Authorization"] == f"Bearer {KEY}"  # the key field's value, sent on /v1/*
-    assert ex["request"]["stream"] is True and ex["request"]["logprobs"] is True and ex["request"]["policy"] == "learned"
+    assert (
+        ex["request"]["stream"] is True and ex["request"]["logprobs"] is True and ex["request"]["policy"] == "learned"
+    )
     assert ex["request"]["seed"] == 7 and ex["request"]["max_tokens"] == 40
-    assert ex["request"]["messages"][-1] == {"role": "user", "content": "What is the capital of France? Answer in one sentence."}
+    assert ex["request"]["messages"][-1] == {
+        "role": "user",
+        "content": "What is the capital of France? Answer in one sentence.",
+    }
     reply = _parse_stream(ex["body"])
     n = len(reply["trace"]["tokens"])
     assert n > 0 and n == reply["usage"]["completion_tokens"] == len(reply["logprobs"])
@@ -379,7 +436,9 @@ def test_chat_streams_each_token_coloured_by_its_tau(browser, pg_server):
 def test_compare_mode_sends_one_prompt_under_two_policies(browser, pg_server):
     _open(browser, pg_server, compare="greedy", max_tokens=40)
     _ask(browser, "Write one sentence about the sea.")
-    assert _wait_finished(browser) == ["done", "done"], [e.text for e in browser.find_elements("css selector", ".error")]
+    assert _wait_finished(browser) == ["done", "done"], [
+        e.text for e in browser.find_elements("css selector", ".error")
+    ]
     exchanges = sorted(_chat_exchanges(browser), key=lambda e: e["request"]["policy"])
     assert [e["request"]["policy"] for e in exchanges] == ["greedy", "learned"]
     assert exchanges[0]["request"]["messages"] == exchanges[1]["request"]["messages"]
@@ -407,7 +466,9 @@ def test_stop_cancels_the_request_and_frees_the_slot(browser, pg_server):
     assert _metric(pg_server, "introllm_running_sequences") >= 1  # the request holds a slot now
     browser.find_element("id", "stop").click()
     assert _wait_finished(browser, 30) == ["stopped"]
-    _wait(lambda: _metric(pg_server, "introllm_running_sequences") == 0, 30, "introllm_running_sequences to return to 0")
+    _wait(
+        lambda: _metric(pg_server, "introllm_running_sequences") == 0, 30, "introllm_running_sequences to return to 0"
+    )
     _wait(lambda: cancelled() == before + 1, 10, "the server to count the request as cancelled (499)")
     assert len(browser.find_elements("css selector", ".reply .tok")) < 500
     assert "stopped" in browser.find_element("css selector", ".summary").text
@@ -422,7 +483,9 @@ def test_stop_cancels_the_request_and_frees_the_slot(browser, pg_server):
     assert _states(browser) == ["streaming"] and _metric(pg_server, "introllm_running_sequences") >= 1
     browser.find_element("id", "prompt").send_keys(Keys.ESCAPE)
     assert _wait_finished(browser, 30) == ["stopped"]
-    _wait(lambda: _metric(pg_server, "introllm_running_sequences") == 0, 30, "introllm_running_sequences to return to 0")
+    _wait(
+        lambda: _metric(pg_server, "introllm_running_sequences") == 0, 30, "introllm_running_sequences to return to 0"
+    )
     _wait(lambda: cancelled() == before + 2, 10, "the second cancellation (499)")
 
 
@@ -439,11 +502,19 @@ def test_server_errors_are_shown_as_messages(browser, pg_server):
     _open(browser, pg_server, max_tokens=5000)
     _ask(browser, "Hello")
     assert _wait_finished(browser, 30) == ["error"]
-    assert browser.find_element("css selector", ".error").text == "Error 400: max_tokens is 5000; this server allows at most 600"
+    assert (
+        browser.find_element("css selector", ".error").text
+        == "Error 400: max_tokens is 5000; this server allows at most 600"
+    )
 
     # 429: two sequences running and two waiting fill this server (max_batch=2, max_queue=2).
-    body = {"model": httpx.get(pg_server + "/health").json()["model"], "messages": [{"role": "user", "content": "Tell me a story."}],
-            "max_tokens": 400, "ignore_eos": True, "stream": True}
+    body = {
+        "model": httpx.get(pg_server + "/health").json()["model"],
+        "messages": [{"role": "user", "content": "Tell me a story."}],
+        "max_tokens": 400,
+        "ignore_eos": True,
+        "stream": True,
+    }
     client = httpx.Client(base_url=pg_server, headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
     held = []
     try:
@@ -451,8 +522,14 @@ def test_server_errors_are_shown_as_messages(browser, pg_server):
             r = client.send(client.build_request("POST", "/v1/chat/completions", json=body), stream=True)
             assert r.status_code == 200
             held.append(r)
-            _wait(lambda: (_metric(pg_server, "introllm_running_sequences"), _metric(pg_server, "introllm_queue_depth")) == (running, waiting),
-                  30, f"{running} running and {waiting} waiting")
+            _wait(
+                lambda: (
+                    (_metric(pg_server, "introllm_running_sequences"), _metric(pg_server, "introllm_queue_depth"))
+                    == (running, waiting)
+                ),
+                30,
+                f"{running} running and {waiting} waiting",
+            )
         _open(browser, pg_server)
         _ask(browser, "Hello")
         assert _wait_finished(browser, 30) == ["error"]
@@ -463,7 +540,13 @@ def test_server_errors_are_shown_as_messages(browser, pg_server):
         for r in held:
             r.close()
         client.close()
-    _wait(lambda: _metric(pg_server, "introllm_running_sequences") == 0 and _metric(pg_server, "introllm_queue_depth") == 0, 30, "the held requests to end")
+    _wait(
+        lambda: (
+            _metric(pg_server, "introllm_running_sequences") == 0 and _metric(pg_server, "introllm_queue_depth") == 0
+        ),
+        30,
+        "the held requests to end",
+    )
     # After an error the conversation is still usable: the failed turn is not resent.
     browser.get_log("performance")
     _ask(browser, "Say hi.")

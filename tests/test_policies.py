@@ -24,7 +24,9 @@ def head():
 
 
 def test_registry_lists_names_and_rejects_unknown(head):
-    assert {"learned", "always-update", "prompt-level", "fixed", "greedy", "ead", "ead-exp", "tampo"} <= set(policy_names())
+    assert {"learned", "always-update", "prompt-level", "fixed", "greedy", "ead", "ead-exp", "tampo"} <= set(
+        policy_names()
+    )
     with pytest.raises(ValueError, match="unknown temperature policy 'warm'.*valid policies: .*learned"):
         build_policy("warm", head)
     with pytest.raises(ValueError, match="needs a temperature head"):

@@ -86,7 +86,13 @@ def test_worker_scores_right_and_wrong_answers(worker):
 def test_reasoning_gym_scorer(worker):
     import reasoning_gym
 
-    entry = next(iter(reasoning_gym.create_dataset("basic_arithmetic", size=1, seed=3, min_terms=2, max_terms=2, min_digits=1, max_digits=1)))
+    entry = next(
+        iter(
+            reasoning_gym.create_dataset(
+                "basic_arithmetic", size=1, seed=3, min_terms=2, max_terms=2, min_digits=1, max_digits=1
+            )
+        )
+    )
     good, _ = worker.check("rg", f"Answer: {entry['answer']}", entry["answer"], entry)
     bad, _ = worker.check("rg", "Answer: 123456", entry["answer"], entry)
     assert good == 1.0 and bad < 1.0

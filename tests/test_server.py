@@ -5,9 +5,7 @@ import json
 import httpx
 import openai
 import pytest
-
 from conftest import check_trace
-
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +37,12 @@ def test_completion_learned(client):
 
 
 def test_chat_greedy_is_deterministic(client):
-    kw = dict(model=MODEL, messages=[{"role": "user", "content": "What is the capital of France?"}], temperature=0, max_tokens=16)
+    kw = dict(
+        model=MODEL,
+        messages=[{"role": "user", "content": "What is the capital of France?"}],
+        temperature=0,
+        max_tokens=16,
+    )
     a, b = client.chat.completions.create(**kw), client.chat.completions.create(**kw)
     assert a.choices[0].message.content == b.choices[0].message.content
     assert "Paris" in a.choices[0].message.content
@@ -58,7 +61,9 @@ def test_seeded_sampling_is_reproducible(client):
 def test_fixed_temperature_and_policy_by_name(client):
     r = client.completions.create(model=MODEL, prompt="Hello", max_tokens=6, temperature=0.7, seed=1)
     assert r.choices[0].temperature_trace["temperatures"] == pytest.approx([0.7] * r.usage.completion_tokens)
-    r = client.completions.create(model=MODEL, prompt="Hello", max_tokens=12, seed=1, extra_body={"policy": "ead:warmup=2,gamma=0.8"})
+    r = client.completions.create(
+        model=MODEL, prompt="Hello", max_tokens=12, seed=1, extra_body={"policy": "ead:warmup=2,gamma=0.8"}
+    )
     temps = r.choices[0].temperature_trace["temperatures"]
     assert temps[:2] == pytest.approx([1.2, 1.2]) and temps[2] == pytest.approx(1.2 * 0.8**2)
 
@@ -67,7 +72,11 @@ def test_n_and_stop(client):
     r = client.completions.create(model=MODEL, prompt="Count: 1, 2, 3,", max_tokens=12, n=3, seed=5, temperature=0)
     assert [c.index for c in r.choices] == [0, 1, 2]
     r = client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "What is the capital of France?"}], temperature=0, max_tokens=16, stop=[" is"]
+        model=MODEL,
+        messages=[{"role": "user", "content": "What is the capital of France?"}],
+        temperature=0,
+        max_tokens=16,
+        stop=[" is"],
     )
     choice = r.choices[0]
     assert choice.finish_reason == "stop" and " is" not in choice.message.content
@@ -80,7 +89,12 @@ def test_logprobs(client):
     assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == 5
     assert all(len(t) <= 2 for t in lp.top_logprobs) and all(v <= 0 for v in lp.token_logprobs)
     r = client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=4, logprobs=True, top_logprobs=3, temperature=0
+        model=MODEL,
+        messages=[{"role": "user", "content": "Hi"}],
+        max_tokens=4,
+        logprobs=True,
+        top_logprobs=3,
+        temperature=0,
     )
     content = r.choices[0].logprobs.content
     assert len(content) == r.usage.completion_tokens and all(len(c.top_logprobs) == 3 for c in content)
@@ -107,19 +121,35 @@ def _check_stream(chunks, chat):
 
 def test_streaming_completion_and_chat(client):
     stream = client.completions.create(
-        model=MODEL, prompt="The capital of France is", max_tokens=10, seed=7, stream=True, stream_options={"include_usage": True}
+        model=MODEL,
+        prompt="The capital of France is",
+        max_tokens=10,
+        seed=7,
+        stream=True,
+        stream_options={"include_usage": True},
     )
     text, entries = _check_stream(list(stream), chat=False)
     full = client.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=10, seed=7)
     assert text == full.choices[0].text and entries == full.choices[0].temperature_trace
     stream = client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "Say hello."}], max_tokens=10, stream=True, stream_options={"include_usage": True}
+        model=MODEL,
+        messages=[{"role": "user", "content": "Say hello."}],
+        max_tokens=10,
+        stream=True,
+        stream_options={"include_usage": True},
     )
     _check_stream(list(stream), chat=True)
 
 
 def test_raw_sse_format(url):
-    body = {"model": MODEL, "prompt": "Hi", "max_tokens": 3, "stream": True, "temperature": 0, "stream_options": {"include_usage": True}}
+    body = {
+        "model": MODEL,
+        "prompt": "Hi",
+        "max_tokens": 3,
+        "stream": True,
+        "temperature": 0,
+        "stream_options": {"include_usage": True},
+    }
     with httpx.stream("POST", url + "/v1/completions", json=body) as r:
         assert r.headers["content-type"].startswith("text/event-stream")
         lines = [l for l in r.iter_lines() if l]

@@ -6,8 +6,8 @@ import threading
 import httpx
 import openai
 import pytest
-
 from conftest import live_server
+
 from introllm.server.config import ServerConfig
 
 pytestmark = pytest.mark.slow
@@ -23,7 +23,9 @@ def url(embedded):
 
 def _post(url, path, body=None, raw=None, headers=None):
     if raw is not None:
-        return httpx.post(url + path, content=raw, headers={"Content-Type": "application/json", **(headers or {})}, timeout=60)
+        return httpx.post(
+            url + path, content=raw, headers={"Content-Type": "application/json", **(headers or {})}, timeout=60
+        )
     return httpx.post(url + path, json=body, headers=headers, timeout=60)
 
 
@@ -38,24 +40,96 @@ BAD = [
     ("/v1/completions", {"model": MODEL, "prompt": "hi " * 9000}, 400, "context is 8192 tokens", "prompt"),
     ("/v1/completions", {"model": MODEL, "prompt": [10**9]}, 400, "outside the vocabulary", "prompt"),
     ("/v1/completions", {"model": MODEL, "prompt": "hi", "max_tokens": 65}, 400, "at most 64", "max_tokens"),
-    ("/v1/completions", {"model": MODEL, "prompt": "hi", "max_tokens": 0}, 400, "greater than or equal to 1", "max_tokens"),
+    (
+        "/v1/completions",
+        {"model": MODEL, "prompt": "hi", "max_tokens": 0},
+        400,
+        "greater than or equal to 1",
+        "max_tokens",
+    ),
     ("/v1/completions", {"model": MODEL, "prompt": "hi", "n": 5}, 400, "n is 5; this server allows at most 4", "n"),
     ("/v1/completions", {"model": MODEL, "prompt": ["a", "b", "c"], "n": 4}, 400, "exceeds the batch size 8", "n"),
-    ("/v1/completions", {"model": MODEL, "prompt": "hi", "temperature": -0.5}, 400, "greater than or equal to 0", "temperature"),
-    ("/v1/completions", {"model": MODEL, "prompt": "hi", "temperature": 3}, 400, "less than or equal to 2", "temperature"),
-    ("/v1/completions", {"model": MODEL, "prompt": "hi", "policy": "warm"}, 400, "unknown temperature policy 'warm'", "policy"),
+    (
+        "/v1/completions",
+        {"model": MODEL, "prompt": "hi", "temperature": -0.5},
+        400,
+        "greater than or equal to 0",
+        "temperature",
+    ),
+    (
+        "/v1/completions",
+        {"model": MODEL, "prompt": "hi", "temperature": 3},
+        400,
+        "less than or equal to 2",
+        "temperature",
+    ),
+    (
+        "/v1/completions",
+        {"model": MODEL, "prompt": "hi", "policy": "warm"},
+        400,
+        "unknown temperature policy 'warm'",
+        "policy",
+    ),
     ("/v1/completions", {"model": MODEL, "prompt": "hi", "policy": "fixed:-2"}, 400, ">= 0", "policy"),
-    ("/v1/completions", {"model": MODEL, "prompt": "hi", "policy": "learned", "temperature": 1}, 400, "either temperature", None),
-    ("/v1/completions", {"model": MODEL, "prompt": "hi", "polcy": "learned"}, 400, "Unrecognized request argument supplied: polcy", "polcy"),
+    (
+        "/v1/completions",
+        {"model": MODEL, "prompt": "hi", "policy": "learned", "temperature": 1},
+        400,
+        "either temperature",
+        None,
+    ),
+    (
+        "/v1/completions",
+        {"model": MODEL, "prompt": "hi", "polcy": "learned"},
+        400,
+        "Unrecognized request argument supplied: polcy",
+        "polcy",
+    ),
     ("/v1/completions", {"model": MODEL, "prompt": "hi", "top_p": 0}, 400, "greater than 0", "top_p"),
-    ("/v1/completions", {"model": MODEL, "prompt": "hi", "stop": ["a", "b", "c", "d", "e"]}, 400, "at most 4 stop", "stop"),
-    ("/v1/completions", {"model": MODEL, "prompt": "hi", "presence_penalty": 1.0}, 400, "presence_penalty is not supported", None),
+    (
+        "/v1/completions",
+        {"model": MODEL, "prompt": "hi", "stop": ["a", "b", "c", "d", "e"]},
+        400,
+        "at most 4 stop",
+        "stop",
+    ),
+    (
+        "/v1/completions",
+        {"model": MODEL, "prompt": "hi", "presence_penalty": 1.0},
+        400,
+        "presence_penalty is not supported",
+        None,
+    ),
     ("/v1/completions", {"model": MODEL, "prompt": "hi", "echo": True}, 400, "echo is not supported", None),
     ("/v1/chat/completions", {"model": MODEL, "messages": []}, 400, "at least 1 item", "messages"),
-    ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": ""}]}, 400, "messages are empty", "messages"),
-    ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "wizard", "content": "hi"}]}, 400, "messages.0.role", "messages.0.role"),
-    ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]}, 400, "tools is not supported", None),
-    ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 100}, 400, "at most 64", "max_tokens"),
+    (
+        "/v1/chat/completions",
+        {"model": MODEL, "messages": [{"role": "user", "content": ""}]},
+        400,
+        "messages are empty",
+        "messages",
+    ),
+    (
+        "/v1/chat/completions",
+        {"model": MODEL, "messages": [{"role": "wizard", "content": "hi"}]},
+        400,
+        "messages.0.role",
+        "messages.0.role",
+    ),
+    (
+        "/v1/chat/completions",
+        {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]},
+        400,
+        "tools is not supported",
+        None,
+    ),
+    (
+        "/v1/chat/completions",
+        {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 100},
+        400,
+        "at most 64",
+        "max_tokens",
+    ),
     ("/v1/nowhere", {}, 404, "no route /v1/nowhere", None),
 ]
 
@@ -155,7 +229,14 @@ def test_a_failing_request_fails_alone_and_a_failing_step_does_not_kill_the_serv
 
         async def one(stop):
             try:
-                r = await client.completions.create(model=MODEL, prompt="Tell me a story.", max_tokens=12, stop=stop, seed=1, extra_body={"ignore_eos": True})
+                r = await client.completions.create(
+                    model=MODEL,
+                    prompt="Tell me a story.",
+                    max_tokens=12,
+                    stop=stop,
+                    seed=1,
+                    extra_body={"ignore_eos": True},
+                )
                 return r.usage.completion_tokens
             except openai.InternalServerError as e:
                 return str(e)

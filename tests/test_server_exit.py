@@ -10,7 +10,6 @@ import sys
 import textwrap
 
 import pytest
-
 from conftest import free_port
 
 from introllm.server.config import ServerConfig
@@ -31,14 +30,20 @@ def _serve(args: list[str], patch: str = "") -> subprocess.CompletedProcess:
     env.pop("INTROLLM_DEBUG")
     return subprocess.run(
         [sys.executable, "-c", code, "serve", "--port", str(free_port()), *args],
-        capture_output=True, text=True, timeout=300, env=env, stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        stdin=subprocess.DEVNULL,
     )
 
 
 def _one_error_line(proc: subprocess.CompletedProcess) -> str:
     assert proc.returncode != 0, proc.stderr
     assert "Traceback" not in proc.stderr, proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if "error:" in line or " ERROR " in line or line.startswith("ERROR")]
+    errors = [
+        line for line in proc.stderr.splitlines() if "error:" in line or " ERROR " in line or line.startswith("ERROR")
+    ]
     assert len(errors) == 1, proc.stderr
     return errors[0]
 
@@ -72,13 +77,24 @@ def test_a_failing_loader_in_the_torch_backend_exits_too():
     assert "simulated: the weights are corrupt" in line and "INTROLLM_DEBUG=1" in line
 
 
-@pytest.mark.parametrize("error, backend, flag", [
-    (ValueError(VLLM_MEMORY), "vllm", "--kv-cache-gib"),
-    (RuntimeError("Engine core initialization failed. See root cause above. Failed core proc(s): {}"), "vllm", "--kv-cache-gib"),
-    (FileNotFoundError("no such checkpoint: /x"), "torch", "--checkpoint"),
-    (ValueError("this checkpoint needs trust_remote_code=True"), "torch", "--trust-remote-code"),
-    (NotImplementedError("the engine does not support gemma2 models with final logit soft-capping"), "torch", "--backend vllm"),
-])
+@pytest.mark.parametrize(
+    "error, backend, flag",
+    [
+        (ValueError(VLLM_MEMORY), "vllm", "--kv-cache-gib"),
+        (
+            RuntimeError("Engine core initialization failed. See root cause above. Failed core proc(s): {}"),
+            "vllm",
+            "--kv-cache-gib",
+        ),
+        (FileNotFoundError("no such checkpoint: /x"), "torch", "--checkpoint"),
+        (ValueError("this checkpoint needs trust_remote_code=True"), "torch", "--trust-remote-code"),
+        (
+            NotImplementedError("the engine does not support gemma2 models with final logit soft-capping"),
+            "torch",
+            "--backend vllm",
+        ),
+    ],
+)
 def test_the_message_names_the_flag_that_fixes_the_cause(error, backend, flag):
     line = load_failure_message(error, ServerConfig(backend=backend))
     assert "\n" not in line and flag in line and type(error).__name__ in line

@@ -9,10 +9,9 @@ from __future__ import annotations
 import httpx
 import pytest
 import schemathesis
+from conftest import live_server
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode, checks
-
-from conftest import live_server
 
 from introllm.server.config import ServerConfig
 
@@ -50,7 +49,9 @@ def _fuzz(operation, mode: GenerationMode, stream: bool = False) -> tuple[list[i
     strategy = operation.as_strategy(generation_mode=mode)
 
     @given(case=strategy.map(_streaming) if stream else strategy)
-    @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True, database=None)
+    @settings(
+        max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True, database=None
+    )
     def run(case):
         try:
             statuses.append(case.call_and_validate(checks=CHECKS).status_code)
@@ -64,16 +65,25 @@ def _fuzz(operation, mode: GenerationMode, stream: bool = False) -> tuple[list[i
 def test_every_response_is_documented_and_none_is_a_server_error(fuzz_url):
     api = schemathesis.openapi.from_url(fuzz_url + "/openapi.json")
     operations = [result.ok() for result in api.get_all_operations()]
-    assert {op.label for op in operations} >= {"POST /v1/completions", "POST /v1/chat/completions", "GET /v1/models", "GET /health"}
+    assert {op.label for op in operations} >= {
+        "POST /v1/completions",
+        "POST /v1/chat/completions",
+        "GET /v1/models",
+        "GET /health",
+    }
     statuses, failures = [], []
     for operation in operations:
         # a GET without parameters has no invalid form: only valid requests there
         post = operation.method.upper() == "POST"
-        for mode, stream in [(GenerationMode.POSITIVE, False)] + ([(GenerationMode.NEGATIVE, False), (GenerationMode.POSITIVE, True)] if post else []):
+        for mode, stream in [(GenerationMode.POSITIVE, False)] + (
+            [(GenerationMode.NEGATIVE, False), (GenerationMode.POSITIVE, True)] if post else []
+        ):
             seen, failed = _fuzz(operation, mode, stream)
             statuses += seen
             failures += failed
-    assert not failures, f"{len(failures)} of {len(statuses) + len(failures)} responses failed:\n" + "\n".join(failures[:10])
+    assert not failures, f"{len(failures)} of {len(statuses) + len(failures)} responses failed:\n" + "\n".join(
+        failures[:10]
+    )
     assert not [s for s in statuses if s >= 500]
     assert 200 in statuses and 400 in statuses  # valid requests were generated and served, invalid ones refused
 
@@ -90,6 +100,10 @@ def test_the_document_states_this_servers_limits(fuzz_url):
 
 def test_the_server_still_serves_after_the_fuzzer(fuzz_url):
     # runs after the fuzz test (file order): the model still answers, nothing is left running
-    r = httpx.post(fuzz_url + "/v1/chat/completions", json={"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}, timeout=60)
+    r = httpx.post(
+        fuzz_url + "/v1/chat/completions",
+        json={"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2},
+        timeout=60,
+    )
     assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] >= 1
     assert httpx.get(fuzz_url + "/health").json()["status"] == "ok"

@@ -11,9 +11,9 @@ import time
 import httpx
 import openai
 import pytest
+from conftest import free_port, live_server
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import free_port, live_server
 from introllm.clients import AsyncClient, BadRequestError, Client, ConnectionFailed, NotFoundError, RateLimitError
 from introllm.server.config import ServerConfig
 
@@ -31,7 +31,9 @@ def metrics(url) -> dict[tuple, float]:
     """Every sample of /metrics as {(name, sorted labels): value}, parsed by prometheus_client."""
     text = httpx.get(url + "/metrics").text
     return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value for fam in text_string_to_metric_families(text) for s in fam.samples
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
     }
 
 
@@ -40,8 +42,12 @@ def test_sixteen_concurrent_streams_share_decode_steps(url):
 
     async def one(i):
         stream = await client.chat.completions.create(
-            model=MODEL, messages=[{"role": "user", "content": f"Tell me fact number {i} about cats."}],
-            max_tokens=24, seed=i, stream=True, stream_options={"include_usage": True},
+            model=MODEL,
+            messages=[{"role": "user", "content": f"Tell me fact number {i} about cats."}],
+            max_tokens=24,
+            seed=i,
+            stream=True,
+            stream_options={"include_usage": True},
         )
         entries, finish, usage = 0, None, None
         async for chunk in stream:
@@ -52,6 +58,7 @@ def test_sixteen_concurrent_streams_share_decode_steps(url):
         return entries, finish, usage
 
     before = metrics(url)
+
     async def all16():
         return await asyncio.gather(*(one(i) for i in range(16)))
 
@@ -92,13 +99,27 @@ def test_disconnect_frees_the_slot_and_does_not_stall_others(url):
 
     async def run():
         async with httpx.AsyncClient(base_url=url, timeout=300) as http:
+
             async def reader(max_tokens):
-                body = {"model": MODEL, "prompt": "Write a story about a lighthouse.", "max_tokens": max_tokens, "stream": True, "seed": 1}
+                body = {
+                    "model": MODEL,
+                    "prompt": "Write a story about a lighthouse.",
+                    "max_tokens": max_tokens,
+                    "stream": True,
+                    "seed": 1,
+                }
                 async with http.stream("POST", "/v1/completions", json=body) as r:
                     lines = [line async for line in r.aiter_lines() if line]
                 return "done" if lines[-1] == "data: [DONE]" else "broken"
 
-            leaving = {"model": MODEL, "prompt": "Write a long story about a lighthouse.", "max_tokens": 400, "stream": True, "seed": 2, "ignore_eos": True}
+            leaving = {
+                "model": MODEL,
+                "prompt": "Write a long story about a lighthouse.",
+                "max_tokens": 400,
+                "stream": True,
+                "seed": 2,
+                "ignore_eos": True,
+            }
             return await asyncio.gather(_leave_after(url, leaving, 2), reader(20), reader(20), reader(20))
 
     outcomes = asyncio.run(run())
@@ -134,16 +155,21 @@ def test_queue_limit_answers_429(embedded):
         assert results.count(429) >= 2  # one running, one waiting, the rest refused
         assert all(r == 30 for r in results if r != 429)
         with pytest.raises(RateLimitError):  # and our own client types it
+
             async def flood():
                 c = AsyncClient(url)
                 await asyncio.gather(*(c.complete("Tell me a story.", max_tokens=30) for _ in range(5)))
+
             asyncio.run(flood())
 
 
 def test_metrics_move_by_the_right_amounts(url):
     before = metrics(url)
     client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
-    responses = [client.completions.create(model=MODEL, prompt=p, max_tokens=7, seed=i) for i, p in enumerate(["Hello there", "The weather today"])]
+    responses = [
+        client.completions.create(model=MODEL, prompt=p, max_tokens=7, seed=i)
+        for i, p in enumerate(["Hello there", "The weather today"])
+    ]
     with pytest.raises(openai.BadRequestError):
         client.completions.create(model=MODEL, prompt="hi", temperature=5)
     after = metrics(url)
@@ -197,14 +223,33 @@ def test_python_client_sync_and_async(url):
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "introllm", *args], capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "100"})
+    return subprocess.run(
+        [sys.executable, "-m", "introllm", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "COLUMNS": "100"},
+    )
 
 
 def test_cli_complete(url, tmp_path):
     r = _cli("complete", "The capital of France is", "--url", url, "--max-tokens", "8", "--seed", "1")
     assert r.returncode == 0, r.stderr
     assert "8 tokens · tau mean" in r.stdout and "tok/s" in r.stdout
-    r = _cli("complete", "What is the capital of France?", "--chat", "--stream", "--url", url, "--temperature", "0", "--max-tokens", "12", "--html", str(tmp_path / "t.html"))
+    r = _cli(
+        "complete",
+        "What is the capital of France?",
+        "--chat",
+        "--stream",
+        "--url",
+        url,
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "12",
+        "--html",
+        str(tmp_path / "t.html"),
+    )
     assert r.returncode == 0, r.stderr
     assert "Paris" in r.stdout and "tau mean 0.000" in r.stdout
     page = (tmp_path / "t.html").read_text()

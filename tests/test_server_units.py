@@ -77,7 +77,12 @@ def test_one_builder_for_whole_responses_and_chunks():
     tokens = [_token(piece="Hel", offset=0), _token(piece="lo", offset=3, finish="length")]
     body = choice("chat.completion", 0, tokens, logprobs=True)
     assert body["message"]["content"] == "Hello" and body["finish_reason"] == "length"
-    assert body["temperature_trace"] == {"token_ids": [5, 5], "tokens": ["Hel", "lo"], "temperatures": [1.0, 1.0], "updated": [True, True]}
+    assert body["temperature_trace"] == {
+        "token_ids": [5, 5],
+        "tokens": ["Hel", "lo"],
+        "temperatures": [1.0, 1.0],
+        "updated": [True, True],
+    }
     assert [e["token"] for e in chat_logprobs(tokens)["content"]] == ["a", "a"]
     assert completion_logprobs(tokens)["text_offset"] == [0, 3]
 
@@ -86,14 +91,18 @@ def test_the_default_max_tokens_never_exceeds_the_servers_cap(tok):
     config = ServerConfig(max_tokens=4, default_max_tokens=256)
     plan = plan_completion(CompletionRequest(model="m", prompt="Hi"), tok, _Engine(), config)
     assert plan.params.max_new_tokens == 4 < COMPLETION_MAX_TOKENS
-    plan = plan_chat(ChatCompletionRequest(model="m", messages=[{"role": "user", "content": "Hi"}]), tok, _Engine(), config)
+    plan = plan_chat(
+        ChatCompletionRequest(model="m", messages=[{"role": "user", "content": "Hi"}]), tok, _Engine(), config
+    )
     assert plan.params.max_new_tokens == 4
     with pytest.raises(APIError, match="at most 4"):
         plan_completion(CompletionRequest(model="m", prompt="Hi", max_tokens=5), tok, _Engine(), config)
 
 
 def test_a_null_prompt_is_the_start_of_a_document(tok):
-    plan = plan_completion(CompletionRequest.model_validate({"model": "m", "prompt": None}), tok, _Engine(), ServerConfig())
+    plan = plan_completion(
+        CompletionRequest.model_validate({"model": "m", "prompt": None}), tok, _Engine(), ServerConfig()
+    )
     assert plan.prompts == [[tok.convert_tokens_to_ids("<|endoftext|>")]]
 
 

@@ -23,7 +23,9 @@ TIMING = {"step_seconds", "rollout_seconds", "eval_accuracy"}  # eval runs at ea
 @pytest.fixture(scope="module")
 def problems(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "problems.jsonl"
-    path.write_text("".join(json.dumps({"question": f"What is {i} + {i}?", "answer": str(2 * i)}) + "\n" for i in range(24)))
+    path.write_text(
+        "".join(json.dumps({"question": f"What is {i} + {i}?", "answer": str(2 * i)}) + "\n" for i in range(24))
+    )
     return path
 
 
@@ -33,7 +35,16 @@ def config(ckpt, data, out, *, method="introllm", steps=3, **run) -> TrainConfig
         rollout=RolloutConfig(batch_size=2, group_size=4, max_new_tokens=6),
         method=MethodConfig(method=method),
         optim=OptimConfig(model_lr=1e-3, head_lr=1e-3, micro_batch_size=3),
-        run=RunConfig(model=str(ckpt), output=str(out), steps=steps, save_every=2, eval_samples=2, sample_every=1, device="cpu", **run),
+        run=RunConfig(
+            model=str(ckpt),
+            output=str(out),
+            steps=steps,
+            save_every=2,
+            eval_samples=2,
+            sample_every=1,
+            device="cpu",
+            **run,
+        ),
     )
 
 
@@ -42,7 +53,10 @@ def read_jsonl(path):
 
 
 def weights(ckpt):
-    return {**load_file(str(Path(ckpt) / "model.safetensors")), **{f"head.{k}": v for k, v in load_file(str(Path(ckpt) / "temperature_head.safetensors")).items()}}
+    return {
+        **load_file(str(Path(ckpt) / "model.safetensors")),
+        **{f"head.{k}": v for k, v in load_file(str(Path(ckpt) / "temperature_head.safetensors")).items()},
+    }
 
 
 def test_a_run_writes_metrics_samples_and_checkpoints(tiny_ckpt, problems, tmp_path):
@@ -51,8 +65,22 @@ def test_a_run_writes_metrics_samples_and_checkpoints(tiny_ckpt, problems, tmp_p
     metrics = read_jsonl(run / "metrics.jsonl")
     assert [m["step"] for m in metrics] == [0, 1, 2, 3]
     for m in metrics[1:]:
-        for key in ("reward", "accuracy", "entropy", "tau_mean", "tau_min", "tau_max", "update_rate", "response_length",
-                    "clip_frac", "grad_norm_model", "grad_norm_head", "step_seconds", "loss_token", "loss_temp"):
+        for key in (
+            "reward",
+            "accuracy",
+            "entropy",
+            "tau_mean",
+            "tau_min",
+            "tau_max",
+            "update_rate",
+            "response_length",
+            "clip_frac",
+            "grad_norm_model",
+            "grad_norm_head",
+            "step_seconds",
+            "loss_token",
+            "loss_temp",
+        ):
             assert isinstance(m[key], (int, float)) and m[key] == m[key], key
         assert 0.6 <= m["tau_min"] <= m["tau_mean"] <= m["tau_max"] <= 1.5
         # rollouts after an optimizer step use the new weights (the engine's packed copies refresh)
@@ -72,9 +100,9 @@ def test_a_run_writes_metrics_samples_and_checkpoints(tiny_ckpt, problems, tmp_p
 
 
 def test_the_final_checkpoint_serves(tiny_ckpt, problems, tmp_path):
+    from conftest import live_server
     from openai import OpenAI
 
-    from conftest import live_server
     from introllm.sampler.models import load_model
     from introllm.server.config import ServerConfig
 
@@ -90,7 +118,9 @@ def test_the_final_checkpoint_serves(tiny_ckpt, problems, tmp_path):
 def test_resume_continues_exactly(tiny_ckpt, problems, tmp_path):
     full = train(config(tiny_ckpt, problems, tmp_path / "a", steps=4), show_progress=False)
     train(config(tiny_ckpt, problems, tmp_path / "b", steps=2), show_progress=False)
-    resumed = train(config(tiny_ckpt, problems, tmp_path / "b", steps=4), resume_from=str(tmp_path / "b"), show_progress=False)
+    resumed = train(
+        config(tiny_ckpt, problems, tmp_path / "b", steps=4), resume_from=str(tmp_path / "b"), show_progress=False
+    )
     a, b = weights(full), weights(resumed)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     strip = lambda rows: [{k: v for k, v in r.items() if k not in TIMING} for r in rows]  # noqa: E731
@@ -123,18 +153,48 @@ def test_every_method_trains(tiny_ckpt, problems, tmp_path, method):
 
 
 def cli_flags(ckpt, data, out):
-    return ["--model", str(ckpt), "--dataset", str(data), "--reward", REWARD, "--output", str(out), "--steps", "1",
-            "--batch-size", "2", "--group-size", "2", "--max-new-tokens", "4", "--eval-size", "2", "--eval-samples", "1",
-            "--device", "cpu", "--no-progress"]
+    return [
+        "--model",
+        str(ckpt),
+        "--dataset",
+        str(data),
+        "--reward",
+        REWARD,
+        "--output",
+        str(out),
+        "--steps",
+        "1",
+        "--batch-size",
+        "2",
+        "--group-size",
+        "2",
+        "--max-new-tokens",
+        "4",
+        "--eval-size",
+        "2",
+        "--eval-samples",
+        "1",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
 
 
 def test_cli_trains_and_refuses_to_overwrite(tiny_ckpt, problems, tmp_path):
-    out = subprocess.run([sys.executable, "-m", "introllm", "train", *cli_flags(tiny_ckpt, problems, tmp_path / "run")],
-                         capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-m", "introllm", "train", *cli_flags(tiny_ckpt, problems, tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "final checkpoint" in out.stdout and (tmp_path / "run" / "final" / "model.safetensors").is_file()
-    again = subprocess.run([sys.executable, "-m", "introllm", "train", *cli_flags(tiny_ckpt, problems, tmp_path / "run")],
-                           capture_output=True, text=True, timeout=600)
+    again = subprocess.run(
+        [sys.executable, "-m", "introllm", "train", *cli_flags(tiny_ckpt, problems, tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert again.returncode == 2 and "exists and is not empty" in again.stderr
 
 
@@ -142,9 +202,26 @@ def test_two_process_accelerate_run_on_cpu(tiny_ckpt, problems, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # --multi_gpu selects accelerate's torchrun launcher; with --device cpu it runs DDP over gloo
     # (--cpu alone starts ONE process: accelerate's simple launcher needs mpirun for several)
-    cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-           "--dynamo_backend", "no", "-m", "introllm", "train", *cli_flags(tiny_ckpt, problems, tmp_path / "run")]
-    out = subprocess.run([str(Path(sys.executable).parent / cmd[0]), *cmd[1:]], capture_output=True, text=True, timeout=900, env=env)
+    cmd = [
+        "accelerate",
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "introllm",
+        "train",
+        *cli_flags(tiny_ckpt, problems, tmp_path / "run"),
+    ]
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / cmd[0]), *cmd[1:]], capture_output=True, text=True, timeout=900, env=env
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stderr.count("2 process(es)") == 1  # two processes, one of them logs
     assert out.stdout.count("final checkpoint") == 1

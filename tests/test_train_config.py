@@ -17,7 +17,9 @@ def test_bad_values_name_their_field():
         RolloutConfig(tau_min=1.0, tau_max=1.0)
     with pytest.raises(ConfigError, match="group_size: must be >= 2"):
         RolloutConfig(group_size=1)
-    with pytest.raises(ConfigError, match="unknown method 'ppo'; valid: always-update, ead, grpo, introllm, prompt-level, tampo"):
+    with pytest.raises(
+        ConfigError, match="unknown method 'ppo'; valid: always-update, ead, grpo, introllm, prompt-level, tampo"
+    ):
         MethodConfig(method="ppo")
     with pytest.raises(ConfigError, match="reward"):
         DataConfig(reward="sympy")
@@ -44,7 +46,10 @@ def write_jsonl(path, rows):
 
 
 def test_local_files_with_configurable_fields(tmp_path):
-    rows = [{"problem": f"What is {i} + 1?", "solution": str(i + 1), "level": "Level 1", "subject": "Algebra"} for i in range(10)]
+    rows = [
+        {"problem": f"What is {i} + 1?", "solution": str(i + 1), "level": "Level 1", "subject": "Algebra"}
+        for i in range(10)
+    ]
     path = write_jsonl(tmp_path / "p.jsonl", rows)
     train, held = load_problems(DataConfig(dataset=path, answer_field="solution", eval_size=2))
     assert len(train) == 8 and len(held) == 2
@@ -96,7 +101,9 @@ def test_hub_names_fail_clearly_offline():
 
 def test_reasoning_gym_tasks():
     train, held = load_problems(DataConfig(dataset="rg:basic_arithmetic", num_problems=50, eval_size=5))
-    assert len(held) == 5 and train[0].source == "rg:basic_arithmetic" and train[0].metadata["question"] == train[0].prompt
+    assert (
+        len(held) == 5 and train[0].source == "rg:basic_arithmetic" and train[0].metadata["question"] == train[0].prompt
+    )
     assert not {p.prompt for p in train} & {p.prompt for p in held}
     with pytest.raises(DataError, match="unknown reasoning-gym task 'no_such_task'"):
         load_problems(DataConfig(dataset="rg:no_such_task"))
@@ -130,9 +137,15 @@ def test_problem_stream_is_seeded_and_resumable(tmp_path):
 def test_cli_fails_before_training_with_one_line(tmp_path, flags, message):
     (tmp_path / "empty.jsonl").write_text("")
     write_jsonl(tmp_path / "noanswer.jsonl", [{"question": "a"}])
-    flags = [{"EMPTY": str(tmp_path / "empty.jsonl"), "NOANSWER": str(tmp_path / "noanswer.jsonl")}.get(f, f) for f in flags]
-    out = subprocess.run([sys.executable, "-m", "introllm", "train", "--output", str(tmp_path / "run"), *flags],
-                         capture_output=True, text=True, timeout=120)
+    flags = [
+        {"EMPTY": str(tmp_path / "empty.jsonl"), "NOANSWER": str(tmp_path / "noanswer.jsonl")}.get(f, f) for f in flags
+    ]
+    out = subprocess.run(
+        [sys.executable, "-m", "introllm", "train", "--output", str(tmp_path / "run"), *flags],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 2, out.stderr
     lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0], out.stderr

@@ -2,16 +2,16 @@
 gradient accumulation, masking, and which parameters each step touches."""
 
 import math
+
 import pytest
 import torch
+from conftest import random_head, tiny_llama
 
 from introllm.sampler import Engine, SamplingParams, build_policy
 from introllm.sampler.scoring import collate, completion_hidden, token_logprobs
-from introllm.training.losses import group_advantages
 from introllm.training.config import OptimConfig
+from introllm.training.losses import group_advantages
 from introllm.training.update import PolicyScorer, tau_likelihoods, update
-
-from conftest import random_head, tiny_llama
 
 G = 4
 
@@ -59,8 +59,17 @@ def naive_objective(model, head, seqs, adv):
 def run_update(model, head, seqs, adv, clip_eps=0.2, **kw):
     opts = {"optimizer_model": Capture(model.parameters()), "optimizer_head": Capture(head.parameters())}
     model.train()
-    stats = update(PolicyScorer(model, head), model, head, build_policy("learned", head), seqs, adv,
-                   optimizers=opts, pad_id=0, optim=OptimConfig(clip_eps=clip_eps, max_grad_norm=0.0, **kw))
+    stats = update(
+        PolicyScorer(model, head),
+        model,
+        head,
+        build_policy("learned", head),
+        seqs,
+        adv,
+        optimizers=opts,
+        pad_id=0,
+        optim=OptimConfig(clip_eps=clip_eps, max_grad_norm=0.0, **kw),
+    )
     return stats, opts["optimizer_model"].grads, opts["optimizer_head"].grads
 
 
@@ -84,9 +93,21 @@ def test_importance_ratio_is_exactly_one_on_the_first_inner_step_only(rollout):
     stats, _, _ = run_update(model, head, seqs, adv, clip_eps=1e-9, micro_batch_size=5)
     assert stats.clip_frac == 0 and stats.clip_frac_temp == 0
     # a second inner step after a real optimizer step sees ratios != 1: the check can fail
-    opts = {"optimizer_model": torch.optim.AdamW(model.parameters(), lr=1e-2), "optimizer_head": torch.optim.AdamW(head.parameters(), lr=1e-2)}
-    stats = update(PolicyScorer(model, head), model, head, build_policy("learned", head), seqs, adv, optimizers=opts,
-                   pad_id=0, optim=OptimConfig(clip_eps=1e-9, max_grad_norm=0.0, micro_batch_size=5, ppo_epochs=2))
+    opts = {
+        "optimizer_model": torch.optim.AdamW(model.parameters(), lr=1e-2),
+        "optimizer_head": torch.optim.AdamW(head.parameters(), lr=1e-2),
+    }
+    stats = update(
+        PolicyScorer(model, head),
+        model,
+        head,
+        build_policy("learned", head),
+        seqs,
+        adv,
+        optimizers=opts,
+        pad_id=0,
+        optim=OptimConfig(clip_eps=1e-9, max_grad_norm=0.0, micro_batch_size=5, ppo_epochs=2),
+    )
     assert stats.clip_frac > 0.2 and stats.clip_frac_temp > 0.2
 
 
@@ -103,10 +124,21 @@ def test_a_fully_masked_batch_changes_nothing(rollout):
     for s in seqs:
         s.finish_reason = "length"  # every completion truncated, and truncated ones are masked
     before = [p.detach().clone() for p in list(model.parameters()) + list(head.parameters())]
-    opts = {"optimizer_model": torch.optim.AdamW(model.parameters(), lr=1e-2),
-            "optimizer_head": torch.optim.AdamW(head.parameters(), lr=1e-2, weight_decay=0.1)}
-    stats = update(PolicyScorer(model, head), model, head, build_policy("learned", head), seqs, adv, optimizers=opts,
-                   pad_id=0, optim=OptimConfig(clip_eps=0.2, max_grad_norm=1.0, micro_batch_size=4, mask_truncated=True))
+    opts = {
+        "optimizer_model": torch.optim.AdamW(model.parameters(), lr=1e-2),
+        "optimizer_head": torch.optim.AdamW(head.parameters(), lr=1e-2, weight_decay=0.1),
+    }
+    stats = update(
+        PolicyScorer(model, head),
+        model,
+        head,
+        build_policy("learned", head),
+        seqs,
+        adv,
+        optimizers=opts,
+        pad_id=0,
+        optim=OptimConfig(clip_eps=0.2, max_grad_norm=1.0, micro_batch_size=4, mask_truncated=True),
+    )
     assert stats.skipped
     after = list(model.parameters()) + list(head.parameters())
     assert all(torch.equal(a, b) for a, b in zip(before, after))
@@ -119,12 +151,26 @@ def test_adamw_steps_change_every_trainable_parameter_and_no_frozen_one(rollout)
     trainable = [p for p in model.parameters() if p.requires_grad]
     frozen = {id(p) for p in model.model.layers[0].parameters()}
     before = {id(p): p.detach().clone() for p in list(model.parameters()) + list(head.parameters())}
-    opts = {"optimizer_model": torch.optim.AdamW(trainable, lr=1e-3), "optimizer_head": torch.optim.AdamW(head.parameters(), lr=1e-3)}
+    opts = {
+        "optimizer_model": torch.optim.AdamW(trainable, lr=1e-3),
+        "optimizer_head": torch.optim.AdamW(head.parameters(), lr=1e-3),
+    }
     model.train()
     for _ in range(2):
-        stats = update(PolicyScorer(model, head), model, head, build_policy("learned", head), seqs, adv, optimizers=opts,
-                       pad_id=0, optim=OptimConfig(clip_eps=0.2, max_grad_norm=1.0, micro_batch_size=5))
-        assert torch.isfinite(torch.tensor([stats.loss_token, stats.loss_temp, stats.grad_norm_model, stats.grad_norm_head])).all()
+        stats = update(
+            PolicyScorer(model, head),
+            model,
+            head,
+            build_policy("learned", head),
+            seqs,
+            adv,
+            optimizers=opts,
+            pad_id=0,
+            optim=OptimConfig(clip_eps=0.2, max_grad_norm=1.0, micro_batch_size=5),
+        )
+        assert torch.isfinite(
+            torch.tensor([stats.loss_token, stats.loss_temp, stats.grad_norm_model, stats.grad_norm_head])
+        ).all()
     for name, p in list(model.named_parameters()) + list(head.named_parameters()):
         changed = not torch.equal(before[id(p)], p)
         assert changed == (id(p) not in frozen), name
@@ -137,16 +183,32 @@ def test_head_only_and_model_only_steps_touch_only_their_parameters(rollout):
     # step B only: the model frozen (model_lr = 0), the head learns
     model.requires_grad_(False)
     m0, h0 = snapshot(model), snapshot(head)
-    update(PolicyScorer(model, head), model, head, build_policy("learned", head), seqs, adv,
-           optimizers={"optimizer_head": torch.optim.AdamW(head.parameters(), lr=1e-3)}, pad_id=0,
-           optim=OptimConfig(clip_eps=0.2, max_grad_norm=1.0, micro_batch_size=6))
+    update(
+        PolicyScorer(model, head),
+        model,
+        head,
+        build_policy("learned", head),
+        seqs,
+        adv,
+        optimizers={"optimizer_head": torch.optim.AdamW(head.parameters(), lr=1e-3)},
+        pad_id=0,
+        optim=OptimConfig(clip_eps=0.2, max_grad_norm=1.0, micro_batch_size=6),
+    )
     assert same(model, m0) and not same(head, h0)
     # step A only: no head (a fixed-temperature method), the model learns
     model.requires_grad_(True)
     m0, h0 = snapshot(model), snapshot(head)
-    update(PolicyScorer(model, None), model, None, None, seqs, adv,
-           optimizers={"optimizer_model": torch.optim.AdamW(model.parameters(), lr=1e-3)}, pad_id=0,
-           optim=OptimConfig(clip_eps=0.2, max_grad_norm=1.0, micro_batch_size=6))
+    update(
+        PolicyScorer(model, None),
+        model,
+        None,
+        None,
+        seqs,
+        adv,
+        optimizers={"optimizer_model": torch.optim.AdamW(model.parameters(), lr=1e-3)},
+        pad_id=0,
+        optim=OptimConfig(clip_eps=0.2, max_grad_norm=1.0, micro_batch_size=6),
+    )
     assert not same(model, m0) and same(head, h0)
 
 
@@ -167,7 +229,9 @@ def test_step_overhead_benchmark_pairs_equal_work():
     from introllm.benchmarks.train_step import train_step_overhead
 
     model, head = tiny_llama(), random_head(48, scale=0.3)
-    result = train_step_overhead(model, head, [[5, 6, 7], [8, 9]], group_size=2, new_tokens=4, repeats=2, micro_batch_size=2)
+    result = train_step_overhead(
+        model, head, [[5, 6, 7], [8, 9]], group_size=2, new_tokens=4, repeats=2, micro_batch_size=2
+    )
     assert len(result["raw"]["introllm"]["step"]) == len(result["raw"]["grpo"]["step"]) == 2
     assert result["step_overhead"] > -1 and result["median_step_seconds"]["grpo"] > 0
 

@@ -21,9 +21,9 @@ import httpx
 import openai
 import pytest
 import torch
+from conftest import check_trace, free_port
 from scipy import stats
 
-from conftest import check_trace, free_port
 from introllm.sampler import Engine, SamplingParams
 from introllm.sampler.models import default_checkpoint, load_model
 
@@ -37,8 +37,22 @@ FAMILY_ALPHA = 0.01  # false-alarm rate of the whole distribution test (Bonferro
 def vllm_server(log_path: Path, *args: str):
     """``introllm serve --backend vllm`` in a subprocess on a free port; yields its URL."""
     port = free_port()
-    cmd = [sys.executable, "-m", "introllm", "serve", "--backend", "vllm", "--vllm-eager", "--kv-cache-gib", "1",
-           "--dtype", "float32", "--port", str(port), *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "introllm",
+        "serve",
+        "--backend",
+        "vllm",
+        "--vllm-eager",
+        "--kv-cache-gib",
+        "1",
+        "--dtype",
+        "float32",
+        "--port",
+        str(port),
+        *args,
+    ]
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -102,8 +116,9 @@ def test_chat_and_streaming_carry_the_trace(client):
 
     text, entries = "", {"token_ids": [], "tokens": [], "temperatures": [], "updated": []}
     usage = None
-    stream = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=16, stream=True,
-                                            stream_options={"include_usage": True})
+    stream = client.chat.completions.create(
+        model=MODEL, messages=messages, max_tokens=16, stream=True, stream_options={"include_usage": True}
+    )
     for chunk in stream:
         if chunk.usage is not None:
             usage = chunk.usage
@@ -120,22 +135,29 @@ def test_chat_and_streaming_carry_the_trace(client):
 def test_greedy_gives_the_torch_engines_tokens_and_logprobs(client, torch_engine):
     prompts = [[1, 504, 3458, 282, 4649, 314], [1, 12268, 2343, 253, 655], list(range(100, 140))]
     for ids in prompts:
-        r = client.completions.create(model=MODEL, prompt=ids, max_tokens=24, temperature=0, logprobs=2,
-                                      extra_body={"ignore_eos": True})
+        r = client.completions.create(
+            model=MODEL, prompt=ids, max_tokens=24, temperature=0, logprobs=2, extra_body={"ignore_eos": True}
+        )
         choice = r.choices[0]
-        (seq,) = torch_engine.generate([ids], SamplingParams(max_new_tokens=24, policy="greedy", ignore_eos=True, logprobs=2))[0]
+        (seq,) = torch_engine.generate(
+            [ids], SamplingParams(max_new_tokens=24, policy="greedy", ignore_eos=True, logprobs=2)
+        )[0]
         assert choice.temperature_trace["token_ids"] == seq.token_ids
         check_trace(choice.temperature_trace, 24, lo=0.0, hi=0.0)
         assert choice.logprobs.token_logprobs == pytest.approx(seq.trace.logp, abs=2e-3)
 
 
 def test_fixed_temperatures_and_policies_by_name(client):
-    r = client.completions.create(model=MODEL, prompt="Hello", max_tokens=10, temperature=0.7, extra_body={"ignore_eos": True})
+    r = client.completions.create(
+        model=MODEL, prompt="Hello", max_tokens=10, temperature=0.7, extra_body={"ignore_eos": True}
+    )
     assert r.choices[0].temperature_trace["temperatures"] == pytest.approx([0.7] * 10)
     assert not any(r.choices[0].temperature_trace["updated"])
 
     def trace(policy):
-        out = client.completions.create(model=MODEL, prompt="Hello", max_tokens=10, extra_body={"policy": policy, "ignore_eos": True})
+        out = client.completions.create(
+            model=MODEL, prompt="Hello", max_tokens=10, extra_body={"policy": policy, "ignore_eos": True}
+        )
         return out.choices[0].temperature_trace
 
     ead = trace("ead:warmup=2,gamma=0.8")["temperatures"]
@@ -165,7 +187,9 @@ def test_bad_requests_get_4xx_and_the_server_goes_on(url, client):
 def test_metrics_count_the_tokens(url, client):
     def tokens():
         text = httpx.get(url + "/metrics").text
-        return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("introllm_generation_tokens_total"))
+        return sum(
+            float(line.split()[-1]) for line in text.splitlines() if line.startswith("introllm_generation_tokens_total")
+        )
 
     before = tokens()
     client.completions.create(model=MODEL, prompt="Hi", max_tokens=5, extra_body={"ignore_eos": True})
@@ -184,7 +208,9 @@ def trained(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("trained")
     data = root / "problems.jsonl"
-    data.write_text("".join(json.dumps({"question": f"What is {i} + {i}?", "answer": str(2 * i)}) + "\n" for i in range(24)))
+    data.write_text(
+        "".join(json.dumps({"question": f"What is {i} + {i}?", "answer": str(2 * i)}) + "\n" for i in range(24))
+    )
     reward = str(Path(__file__).parent / "data" / "parity_reward.py") + ":parity"
     cfg = TrainConfig(
         data=DataConfig(dataset=str(data), eval_size=0, reward=reward),
@@ -200,18 +226,29 @@ def trained(tmp_path_factory):
 def trained_url(trained, tmp_path_factory):
     # Small prefill chunks: the long prompt below is read over several steps, each of which also
     # gets a (discarded) logits row and temperature decision.
-    with vllm_server(tmp_path_factory.mktemp("vllm-trained") / "server.log", "--checkpoint", str(trained),
-                     "--vllm-arg", "max_num_batched_tokens=64") as url:
+    with vllm_server(
+        tmp_path_factory.mktemp("vllm-trained") / "server.log",
+        "--checkpoint",
+        str(trained),
+        "--vllm-arg",
+        "max_num_batched_tokens=64",
+    ) as url:
         yield url
 
 
-PROMPTS = ["Tell me a story about a cat.", "What is 7 + 5?", "Write a haiku about the sea.",
-           "List the planets. " * 12]  # the last one: ~100 tokens, prefilled in chunks of 64
+PROMPTS = [
+    "Tell me a story about a cat.",
+    "What is 7 + 5?",
+    "Write a haiku about the sea.",
+    "List the planets. " * 12,
+]  # the last one: ~100 tokens, prefilled in chunks of 64
 
 
 def _vllm_traces(url, ids, *, n, seed, tokens):
     client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
-    r = client.completions.create(model="final", prompt=ids, n=n, seed=seed, max_tokens=tokens, extra_body={"ignore_eos": True})
+    r = client.completions.create(
+        model="final", prompt=ids, n=n, seed=seed, max_tokens=tokens, extra_body={"ignore_eos": True}
+    )
     return [c.temperature_trace for c in sorted(r.choices, key=lambda c: c.index)]
 
 
@@ -233,7 +270,9 @@ def test_a_trained_checkpoint_serves_with_its_head(trained, trained_url):
             check_trace(trace, 2)
             assert trace["updated"][0] == seq.trace.updated[0]
             assert trace["temperatures"][0] == pytest.approx(seq.trace.tau[0], abs=1e-3)
-            differs += (trace["updated"][0] != other.trace.updated[0]) or abs(trace["temperatures"][0] - other.trace.tau[0]) > 1e-3
+            differs += (trace["updated"][0] != other.trace.updated[0]) or abs(
+                trace["temperatures"][0] - other.trace.tau[0]
+            ) > 1e-3
     assert differs > 0
 
 
@@ -250,7 +289,9 @@ def test_decisions_agree_in_distribution_with_the_torch_engine(trained, trained_
         ids = ck.tokenizer(text)["input_ids"]
         for rep in range(2):
             served += _vllm_traces(trained_url, ids, n=n, seed=1000 + 10 * i + rep, tokens=tokens)
-            seqs = engine.generate([ids], SamplingParams(max_new_tokens=tokens, seed=5000 + 10 * i + rep, ignore_eos=True), n=n)[0]
+            seqs = engine.generate(
+                [ids], SamplingParams(max_new_tokens=tokens, seed=5000 + 10 * i + rep, ignore_eos=True), n=n
+            )[0]
             local += [{"temperatures": s.trace.tau, "updated": s.trace.updated} for s in seqs]
     a_upd = torch.tensor([t["updated"] for t in served], dtype=torch.float64)  # [S, T]
     b_upd = torch.tensor([t["updated"] for t in local], dtype=torch.float64)

@@ -10,8 +10,8 @@ import types
 
 import pytest
 import torch
-
 from conftest import free_port
+
 from introllm.sampler.vllm_engine import (
     CPU_KV_CACHE_CAP_GIB,
     default_cpu_kv_cache_bytes,
@@ -38,7 +38,9 @@ def test_auto_picks_by_cuda_and_vllm_and_says_why():
 def test_auto_with_a_cuda_device_and_vllm_picks_vllm(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: types.SimpleNamespace() if name == "vllm" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: types.SimpleNamespace() if name == "vllm" else real(name, *a)
+    )
     assert choose_backend("auto") == ("vllm", "--backend auto: a CUDA device is present and vLLM is installed")
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a))
     backend, why = choose_backend("auto")
@@ -56,8 +58,12 @@ def test_explicit_backends_are_kept_and_unknown_ones_refused(monkeypatch):
 @pytest.mark.slow
 def test_serve_says_its_backend_and_why_in_its_first_log_line():
     """`introllm serve` with no --backend, here: the torch engine, and why, before anything else."""
-    proc = subprocess.Popen([sys.executable, "-m", "introllm", "serve", "--port", str(free_port())],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "introllm", "serve", "--port", str(free_port())],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         first = proc.stderr.readline()
     finally:
@@ -68,11 +74,19 @@ def test_serve_says_its_backend_and_why_in_its_first_log_line():
 
 @pytest.mark.slow
 def test_vllm_flags_on_an_auto_torch_backend_are_one_line_errors():
-    run = subprocess.run([sys.executable, "-m", "introllm", "serve", "--vllm-eager", "--port", str(free_port())],
-                         capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-m", "introllm", "serve", "--vllm-eager", "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 2
     error = run.stderr.strip().splitlines()[-1]
-    assert error.startswith("introllm serve: error: --vllm-eager") and "no CUDA device" in error and "--backend vllm" in error
+    assert (
+        error.startswith("introllm serve: error: --vllm-eager")
+        and "no CUDA device" in error
+        and "--backend vllm" in error
+    )
     assert "Traceback" not in run.stderr
 
 
@@ -106,7 +120,10 @@ def test_kv_cache_option_only_replaces_vllms_cpu_default():
 
 def test_model_runner_follows_the_config_and_names_the_environment(monkeypatch):
     monkeypatch.delenv("VLLM_USE_V2_MODEL_RUNNER", raising=False)
-    assert model_runner_of(types.SimpleNamespace(use_v2_model_runner=True)) == ("v2", "vLLM's default where Triton is usable")
+    assert model_runner_of(types.SimpleNamespace(use_v2_model_runner=True)) == (
+        "v2",
+        "vLLM's default where Triton is usable",
+    )
     monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "0")
     runner, why = model_runner_of(types.SimpleNamespace(use_v2_model_runner=False))
     assert runner == "v1" and "VLLM_USE_V2_MODEL_RUNNER=0" in why
@@ -122,8 +139,9 @@ def test_this_cpu_build_runs_model_runner_v1(monkeypatch):
     from introllm.sampler.models import default_checkpoint
 
     monkeypatch.delenv("VLLM_USE_V2_MODEL_RUNNER", raising=False)
-    config = EngineArgs(model=str(default_checkpoint()), dtype="float32", enforce_eager=True,
-                        kv_cache_memory_bytes=GiB).create_engine_config()
+    config = EngineArgs(
+        model=str(default_checkpoint()), dtype="float32", enforce_eager=True, kv_cache_memory_bytes=GiB
+    ).create_engine_config()
     runner, why = model_runner_of(config)
     assert runner == ("v2" if config.use_v2_model_runner else "v1")
     if not HAS_TRITON:

@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from introllm.benchmarks.contexts import (
@@ -20,13 +19,22 @@ from introllm.benchmarks.contexts import (
     model_params,
     parse_contexts,
 )
-from introllm.sampler.head import HeadConfig, TemperatureHead
 from introllm.benchmarks.random_model import random_config
+from introllm.sampler.head import HeadConfig, TemperatureHead
 
 
 def tiny(model_type: str, tied: bool):
-    return AutoConfig.for_model(model_type, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
-                                num_key_value_heads=2, head_dim=16, vocab_size=300, tie_word_embeddings=tied)
+    return AutoConfig.for_model(
+        model_type,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        vocab_size=300,
+        tie_word_embeddings=tied,
+    )
 
 
 @pytest.mark.parametrize("model_type,tied", [("llama", True), ("llama", False), ("qwen3", True)])
@@ -34,7 +42,9 @@ def test_parameter_count_matches_the_built_model(model_type, tied):
     cfg = tiny(model_type, tied)
     model = AutoModelForCausalLM.from_config(cfg)
     assert model_params(cfg) == sum(p.numel() for p in model.parameters())
-    matrices = sum(p.numel() for n, p in model.named_parameters() if p.dim() == 2 and "embed" not in n and "lm_head" not in n)
+    matrices = sum(
+        p.numel() for n, p in model.named_parameters() if p.dim() == 2 and "embed" not in n and "lm_head" not in n
+    )
     assert matmul_params(cfg)["layers"] == matrices
 
 
@@ -70,9 +80,30 @@ def test_bench_contexts_runs_on_both_backends(tmp_path):
     """The command end to end, tiny: both backends report a positive decode rate for default and
     learned at each context, and the head share of the embedded model."""
     out = tmp_path / "t3.json"
-    run = subprocess.run([sys.executable, "-m", "introllm", "bench", "--contexts", "256,512", "--new-tokens", "6",
-                          "--repeats", "2", "--vllm-eager", "--kv-cache-gib", "1", "--dtype", "float32", "--json", str(out)],
-                         capture_output=True, text=True, timeout=900)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "introllm",
+            "bench",
+            "--contexts",
+            "256,512",
+            "--new-tokens",
+            "6",
+            "--repeats",
+            "2",
+            "--vllm-eager",
+            "--kv-cache-gib",
+            "1",
+            "--dtype",
+            "float32",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     data = json.loads(out.read_text())
     assert [r["backend"] for r in data["results"]] == ["torch", "vllm"]
@@ -92,8 +123,16 @@ def test_random_checkpoint_of_a_shape_loads_with_its_head(tmp_path, monkeypatch)
     from introllm.benchmarks import random_model
     from introllm.sampler.checkpoint import load_checkpoint
 
-    tiny_shape = dict(random_model.SHAPES["qwen3-1.7b"], hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, head_dim=16, vocab_size=512)
+    tiny_shape = dict(
+        random_model.SHAPES["qwen3-1.7b"],
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        vocab_size=512,
+    )
     monkeypatch.setitem(random_model.SHAPES, "tiny", tiny_shape)
     path = random_model.random_checkpoint("tiny", dtype="float32", into=tmp_path / "tiny")
     ck = load_checkpoint(path)
@@ -107,11 +146,14 @@ def test_random_checkpoint_of_a_shape_loads_with_its_head(tmp_path, monkeypatch)
         random_model.random_checkpoint("gpt-9")
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--contexts", "16", "--new-tokens", "32"], "longer than --new-tokens"),
-    (["--contexts", "1k", "--backends", "tensorrt"], "--backends takes torch, vllm"),
-    (["--contexts", "1k,lots"], "--contexts takes"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--contexts", "16", "--new-tokens", "32"], "longer than --new-tokens"),
+        (["--contexts", "1k", "--backends", "tensorrt"], "--backends takes torch, vllm"),
+        (["--contexts", "1k,lots"], "--contexts takes"),
+    ],
+)
 def test_bad_bench_arguments_are_one_line_errors(argv, message, capsys):
     from introllm.cli import main
 

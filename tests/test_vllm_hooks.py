@@ -4,10 +4,10 @@ discarded chunk's decision, and the uniforms drawn ahead in chunks."""
 
 import pytest
 import torch
+from conftest import random_head
 from vllm import SamplingParams as VParams
 from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
 
-from conftest import random_head
 from introllm.sampler.policies import build_policy
 from introllm.sampler.rng import uniforms
 from introllm.sampler.vllm_hooks import (
@@ -48,7 +48,9 @@ def test_rows_follow_batch_updates_and_get_their_own_tau(setup):
     outs = {k: [] for k in "abc"}
     a, b = RequestState(learned, seed=5, stream=0), RequestState(ead, seed=6, stream=1)
     plain = (2, VParams(), [1], outs["c"])  # a request without IntroLLM state: left alone
-    proc.update_state(BatchUpdate(3, [], [_add(requests, "a", a, 0, outs["a"]), _add(requests, "b", b, 1, outs["b"]), plain], []))
+    proc.update_state(
+        BatchUpdate(3, [], [_add(requests, "a", a, 0, outs["a"]), _add(requests, "b", b, 1, outs["b"]), plain], [])
+    )
 
     for step in range(3):
         h = torch.randn(3, D)
@@ -94,7 +96,9 @@ def test_a_recomputed_step_keeps_the_last_decision(setup):
 
 def test_hidden_states_must_match_the_rows(setup):
     head, requests, tap, proc = setup
-    proc.update_state(BatchUpdate(1, [], [_add(requests, "a", RequestState(build_policy("learned", head), 1, 0), 0, [])], []))
+    proc.update_state(
+        BatchUpdate(1, [], [_add(requests, "a", RequestState(build_policy("learned", head), 1, 0), 0, [])], [])
+    )
     tap.h = torch.randn(2, D)
     with pytest.raises(RuntimeError, match="speculative decoding"):
         proc.apply(torch.randn(1, V))
@@ -104,5 +108,7 @@ def test_uniforms_drawn_ahead_equal_the_per_step_ones():
     states = [RequestState(build_policy("ead"), seed=s, stream=k) for s, k in ((1, 0), (2**62, 3), (-5, 7))]
     for steps in ([0, 0, 0], [1, 5, 2], [UNIFORM_CHUNK - 1, UNIFORM_CHUNK, 3], [200, 64, 65]):
         got = _step_uniforms(states, steps, "cpu")
-        want = uniforms(torch.tensor([s.seed for s in states]), torch.tensor(steps), torch.tensor([s.stream for s in states]))
+        want = uniforms(
+            torch.tensor([s.seed for s in states]), torch.tensor(steps), torch.tensor([s.stream for s in states])
+        )
         assert torch.equal(got, want)

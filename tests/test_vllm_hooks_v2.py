@@ -14,9 +14,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import random_head
 from vllm import SamplingParams as VParams
 
-from conftest import random_head
 from introllm.sampler.policies import act_mixed, build_policy
 from introllm.sampler.rng import uniforms
 from introllm.sampler.vllm_hooks import EXTRA_ARGS_KEY, HiddenStateTap, RequestState, temperature_processor_class
@@ -49,7 +49,9 @@ class FakeRunner:
     def slot(self, req_id: str) -> int:
         return self.states.req_id_to_index[req_id]
 
-    def add(self, req_id: str, params: VParams, prompt_len: int = 5, num_outputs: int = 0, first_chunk: int | None = None):
+    def add(
+        self, req_id: str, params: VParams, prompt_len: int = 5, num_outputs: int = 0, first_chunk: int | None = None
+    ):
         """Admit a request (``num_outputs`` > 0: resumed after preemption with that many tokens);
         its first step computes ``first_chunk`` tokens (default: the whole prefill)."""
         prefill = list(range(prompt_len + num_outputs))
@@ -115,7 +117,9 @@ def torch_engine_decision(state: RequestState, step: int, h: torch.Tensor, tau_p
     """The torch engine's decision for one sequence (``DecodeBatch._act``: ``act_mixed`` on the
     row's hidden state with the uniforms of (seed, step, stream))."""
     rand = uniforms(torch.tensor([state.seed]), torch.tensor([step]), torch.tensor([state.stream]))
-    a = act_mixed([state.policy], torch.zeros(1, dtype=torch.long), h[None], torch.tensor([step]), torch.tensor([tau_prev]), rand)
+    a = act_mixed(
+        [state.policy], torch.zeros(1, dtype=torch.long), h[None], torch.tensor([step]), torch.tensor([tau_prev]), rand
+    )
     return float(a.tau), bool(a.updated)
 
 
@@ -138,7 +142,9 @@ def check_step(tap, runner, order, states, expected_prev, generator):
         tau, updated = torch_engine_decision(state, step, h[row], expected_prev[r])
         assert len(state.tau) == step + 1, f"{r}: {len(state.tau)} decisions at step {step}"
         assert state.tau[step] == pytest.approx(tau, rel=1e-6) and state.updated[step] == updated, (r, step)
-        assert torch.allclose(out[row] * tau, before[row], rtol=1e-5, atol=1e-6), f"row {row} ({r}) not divided by its tau"
+        assert torch.allclose(out[row] * tau, before[row], rtol=1e-5, atol=1e-6), (
+            f"row {row} ({r}) not divided by its tau"
+        )
         taus[r] = tau
     return taus
 

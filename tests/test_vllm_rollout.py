@@ -32,21 +32,42 @@ def state(request):
     compiled graph must read the weights the sync wrote, not constants frozen at start-up)."""
     ck = load_model(device="cpu", dtype="float32")  # the trainer's own copy (this module changes it)
     model, head, tok = ck.model, ck.head, ck.tokenizer
-    rollouts = VLLMRollouts(default_checkpoint(), model, head, memory=0.05, dtype="float32", eager=request.param,
-                            max_batch=16, engine_args={"max_model_len": 512})
+    rollouts = VLLMRollouts(
+        default_checkpoint(),
+        model,
+        head,
+        memory=0.05,
+        dtype="float32",
+        eager=request.param,
+        max_batch=16,
+        engine_args={"max_model_len": 512},
+    )
     ids = [tok(p)["input_ids"] for p in PROMPTS]
     out = {"model": model, "head": head, "ids": ids, "rollouts": rollouts, "old_head": copy.deepcopy(head)}
     out["greedy_before"] = [g[0].token_ids for g in rollouts.generate(ids, GREEDY)]
     out["torch_greedy_before"] = [g[0].token_ids for g in Engine(model, head).generate(ids, GREEDY)]
     # one training step on vLLM rollouts: learned policy, 4 samples per prompt
-    seqs = [s for g in rollouts.generate(ids, SamplingParams(max_new_tokens=16, policy="learned", seed=3), n=4) for s in g]
+    seqs = [
+        s for g in rollouts.generate(ids, SamplingParams(max_new_tokens=16, policy="learned", seed=3), n=4) for s in g
+    ]
     out["entropy_before_update"] = [list(s.trace.entropy) for s in seqs]
     adv = group_advantages(torch.tensor([float(i % 2) for i in range(len(seqs))]), 4)
     model.train()
-    opts = {"optimizer_model": torch.optim.AdamW(model.parameters(), lr=2e-3),
-            "optimizer_head": torch.optim.AdamW(head.parameters(), lr=5e-2)}
-    out["stats"] = update(PolicyScorer(model, head), model, head, build_policy("learned", head), seqs, adv,
-                          optimizers=opts, pad_id=tok.pad_token_id or 0, optim=OptimConfig(micro_batch_size=6))
+    opts = {
+        "optimizer_model": torch.optim.AdamW(model.parameters(), lr=2e-3),
+        "optimizer_head": torch.optim.AdamW(head.parameters(), lr=5e-2),
+    }
+    out["stats"] = update(
+        PolicyScorer(model, head),
+        model,
+        head,
+        build_policy("learned", head),
+        seqs,
+        adv,
+        optimizers=opts,
+        pad_id=tok.pad_token_id or 0,
+        optim=OptimConfig(micro_batch_size=6),
+    )
     out["seqs"] = seqs
     model.eval()
     out["sync_seconds"] = rollouts.sync()
@@ -129,13 +150,55 @@ def test_two_processes_each_sample_on_their_own_vllm_engine_and_sync_it(tmp_path
     from pathlib import Path
 
     data = tmp_path / "problems.jsonl"
-    data.write_text("".join(json.dumps({"question": f"What is {i} + {i}?", "answer": str(2 * i)}) + "\n" for i in range(16)))
+    data.write_text(
+        "".join(json.dumps({"question": f"What is {i} + {i}?", "answer": str(2 * i)}) + "\n" for i in range(16))
+    )
     reward = str(Path(__file__).parent / "data" / "parity_reward.py") + ":parity"
-    cmd = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "introllm", "train",
-           "--rollout-backend", "vllm", "--dataset", str(data), "--reward", reward, "--steps", "2", "--batch-size", "2",
-           "--group-size", "4", "--max-new-tokens", "12", "--model-lr", "1e-4", "--eval-size", "2", "--eval-samples", "1",
-           "--save-every", "0", "--vllm-memory", "0.1", "--device", "cpu", "--no-progress", "--output", str(tmp_path / "run")]
+    cmd = [
+        str(Path(sys.executable).parent / "accelerate"),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "introllm",
+        "train",
+        "--rollout-backend",
+        "vllm",
+        "--dataset",
+        str(data),
+        "--reward",
+        reward,
+        "--steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--group-size",
+        "4",
+        "--max-new-tokens",
+        "12",
+        "--model-lr",
+        "1e-4",
+        "--eval-size",
+        "2",
+        "--eval-samples",
+        "1",
+        "--save-every",
+        "0",
+        "--vllm-memory",
+        "0.1",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--output",
+        str(tmp_path / "run"),
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stderr.count("2 process(es)") == 1 and out.stdout.count("final checkpoint") == 1
@@ -174,11 +237,22 @@ def test_vllm_dtype_same_means_the_training_precision(monkeypatch):
         return SimpleNamespace(engine=SimpleNamespace(dtype=dtype), sync=lambda: 0.0)
 
     monkeypatch.setattr(vllm_rollout, "VLLMRollouts", fake)
-    for vllm_dtype, train_dtype, expected in (("same", "float32", "float32"), ("same", "auto", "auto"),
-                                              ("bfloat16", "float32", "bfloat16")):
+    for vllm_dtype, train_dtype, expected in (
+        ("same", "float32", "float32"),
+        ("same", "auto", "auto"),
+        ("bfloat16", "float32", "bfloat16"),
+    ):
         cfg = RolloutConfig(rollout_backend="vllm", vllm_dtype=vllm_dtype)
-        vllm_rollout.build_rollout_engine(cfg, checkpoint=default_checkpoint(), model=None, head=None, device=torch.device("cpu"),
-                                          dtype=train_dtype, model_trains=True, max_batch=8)
+        vllm_rollout.build_rollout_engine(
+            cfg,
+            checkpoint=default_checkpoint(),
+            model=None,
+            head=None,
+            device=torch.device("cpu"),
+            dtype=train_dtype,
+            model_trains=True,
+            max_batch=8,
+        )
         assert asked[-1] == expected
 
 
@@ -199,19 +273,42 @@ def test_bfloat16_rollouts_of_a_float32_trainer_sync_by_rounding_and_tis_correct
     weights stay near 1."""
     ck = load_model(device="cpu", dtype="float32")
     model, head, tok = ck.model, ck.head, ck.tokenizer
-    rollouts = VLLMRollouts(default_checkpoint(), model, head, memory=0.05, dtype="bfloat16", eager=True,
-                            max_batch=16, engine_args={"max_model_len": 512})
+    rollouts = VLLMRollouts(
+        default_checkpoint(),
+        model,
+        head,
+        memory=0.05,
+        dtype="bfloat16",
+        eager=True,
+        max_batch=16,
+        engine_args={"max_model_len": 512},
+    )
     assert rollouts.engine.dtype == "bfloat16" and next(model.parameters()).dtype == torch.float32
     ids = [tok(p)["input_ids"] for p in PROMPTS]
-    sample = lambda seed: [s for g in rollouts.generate(ids, SamplingParams(max_new_tokens=16, policy="learned", seed=seed), n=4) for s in g]  # noqa: E731
+    sample = lambda seed: [
+        s
+        for g in rollouts.generate(ids, SamplingParams(max_new_tokens=16, policy="learned", seed=seed), n=4)
+        for s in g
+    ]  # noqa: E731
     seqs = sample(3)
     rounding = _logp_gap(model, seqs)
     adv = group_advantages(torch.tensor([float(i % 2) for i in range(len(seqs))]), 4)
     model.train()
-    opts = {"optimizer_model": torch.optim.AdamW(model.parameters(), lr=2e-3),
-            "optimizer_head": torch.optim.AdamW(head.parameters(), lr=5e-2)}
-    stats = update(PolicyScorer(model, head), model, head, build_policy("learned", head), seqs, adv,
-                   optimizers=opts, pad_id=tok.pad_token_id or 0, optim=OptimConfig(micro_batch_size=6))
+    opts = {
+        "optimizer_model": torch.optim.AdamW(model.parameters(), lr=2e-3),
+        "optimizer_head": torch.optim.AdamW(head.parameters(), lr=5e-2),
+    }
+    stats = update(
+        PolicyScorer(model, head),
+        model,
+        head,
+        build_policy("learned", head),
+        seqs,
+        adv,
+        optimizers=opts,
+        pad_id=tok.pad_token_id or 0,
+        optim=OptimConfig(micro_batch_size=6),
+    )
     model.eval()
     assert stats.logp_mismatch_mean == pytest.approx(rounding, rel=1e-3)  # update() measures the same gap
     assert 1e-4 < rounding < 0.1, rounding  # bf16 rounding: visible, yet small (0.04 in the benchmark)
@@ -230,16 +327,39 @@ def test_bench_train_times_vllm_rollouts_in_bfloat16_against_torch_rollouts(tmp_
     import sys
 
     out = tmp_path / "bench.json"
-    cmd = [sys.executable, "-m", "introllm", "bench", "--train", "--rollout-backend", "vllm", "--vllm-eager",
-           "--vllm-dtype", "bfloat16", "--prompts", "1", "--group-size", "2", "--new-tokens", "4", "--repeats", "1",
-           "--json", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "introllm",
+        "bench",
+        "--train",
+        "--rollout-backend",
+        "vllm",
+        "--vllm-eager",
+        "--vllm-dtype",
+        "bfloat16",
+        "--prompts",
+        "1",
+        "--group-size",
+        "2",
+        "--new-tokens",
+        "4",
+        "--repeats",
+        "1",
+        "--json",
+        str(out),
+    ]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "vLLM rollouts in bfloat16, training in float32" in run.stderr
     result = json.loads(out.read_text())
     assert result["vllm_dtype"] == "bfloat16" and result["train_dtype"] == "float32"
-    assert all(result["rollout_tokens_per_s"][b] > 0 and result["median_seconds"][b]["step"] > 0 for b in ("torch", "vllm"))
+    assert all(
+        result["rollout_tokens_per_s"][b] > 0 and result["median_seconds"][b]["step"] > 0 for b in ("torch", "vllm")
+    )
     assert result["median_seconds"]["vllm"]["sync"] > 0 and result["median_seconds"]["torch"]["sync"] == 0
     gap = result["vllm_logp_gap"]
-    assert 0 < gap["mismatch_mean"] < 0.5 and gap["mismatch_max"] >= gap["mismatch_mean"]  # bf16 rounding, not float error
+    assert (
+        0 < gap["mismatch_mean"] < 0.5 and gap["mismatch_max"] >= gap["mismatch_mean"]
+    )  # bf16 rounding, not float error
     assert 0 < result["vllm_tis"]["weight_mean"] <= 2

@@ -76,7 +76,7 @@ def answer_phrase_span(text: str) -> str | None:
         pass
     if last is None:
         return None
-    line, _, tail = text[last.end():].partition("\n")
+    line, _, tail = text[last.end() :].partition("\n")
     if line.strip(" \t*_:"):
         return line
     return tail.lstrip("\n").split("\n\n", 1)[0]
@@ -208,7 +208,12 @@ def is_plain_number(expr) -> bool:
         a, b = expr.args
         if a == -1:  # -(x)
             return is_plain_number(b)
-        if isinstance(a, sympy.Integer) and isinstance(b, sympy.Pow) and isinstance(b.base, sympy.Integer) and b.exp == -1:
+        if (
+            isinstance(a, sympy.Integer)
+            and isinstance(b, sympy.Pow)
+            and isinstance(b.base, sympy.Integer)
+            and b.exp == -1
+        ):
             return True  # a/b written without \frac
         if isinstance(a, sympy.Number) and isinstance(b, sympy.UnevaluatedExpr) and b.args[0] == sympy.Rational(1, 100):
             return True  # a percentage

@@ -16,10 +16,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 
 class ConfigError(ValueError):
@@ -47,7 +48,9 @@ class DataConfig:
     """Split of a Hugging Face dataset."""
     num_problems: int = 2000
     """How many problems each reasoning-gym generator makes (files: all rows are used)."""
-    rg_args: dict = field(default_factory=lambda: {"basic_arithmetic": {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}})
+    rg_args: dict = field(
+        default_factory=lambda: {"basic_arithmetic": {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}}
+    )
     """Keyword arguments of the reasoning-gym generators, as JSON: {"arg": value} for one task, or
     {"task": {"arg": value}, ...} per task of a mix; a task not named uses its generator's own
     defaults. The default makes basic_arithmetic two-term one-digit arithmetic, where SmolLM2-135M
@@ -77,8 +80,11 @@ class DataConfig:
         _check(self.template in ("chat", "plain"), "template", f"must be chat or plain, got {self.template!r}")
         from .rewards import reward_names
 
-        _check(self.reward in ("auto", *reward_names()) or ":" in self.reward, "reward",
-               f"must be auto, {', '.join(reward_names())} or your own module:function / file.py:function, got {self.reward!r}")
+        _check(
+            self.reward in ("auto", *reward_names()) or ":" in self.reward,
+            "reward",
+            f"must be auto, {', '.join(reward_names())} or your own module:function / file.py:function, got {self.reward!r}",
+        )
         _check(self.reward_timeout > 0, "reward_timeout", f"must be > 0 seconds, got {self.reward_timeout}")
         _check(isinstance(self.rg_args, dict), "rg_args", "must be a table of generator arguments")
         if self.template == "plain":
@@ -120,13 +126,29 @@ class RolloutConfig:
     sync rounds the trainer's weights to it."""
 
     def __post_init__(self) -> None:
-        _check(self.rollout_backend in ("torch", "vllm", "auto"), "rollout_backend", f"must be torch, vllm or auto, got {self.rollout_backend!r}")
+        _check(
+            self.rollout_backend in ("torch", "vllm", "auto"),
+            "rollout_backend",
+            f"must be torch, vllm or auto, got {self.rollout_backend!r}",
+        )
         _check(0 < self.vllm_memory < 1, "vllm_memory", f"must be in (0, 1), got {self.vllm_memory}")
-        _check(self.vllm_dtype in VLLM_DTYPES, "vllm_dtype", f"must be one of {', '.join(VLLM_DTYPES)}, got {self.vllm_dtype!r}")
+        _check(
+            self.vllm_dtype in VLLM_DTYPES,
+            "vllm_dtype",
+            f"must be one of {', '.join(VLLM_DTYPES)}, got {self.vllm_dtype!r}",
+        )
         _check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
-        _check(self.group_size >= 2, "group_size", f"must be >= 2 (advantages compare samples of a group), got {self.group_size}")
+        _check(
+            self.group_size >= 2,
+            "group_size",
+            f"must be >= 2 (advantages compare samples of a group), got {self.group_size}",
+        )
         _check(self.max_new_tokens >= 1, "max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
-        _check(0 < self.tau_min < self.tau_max, "tau_min", f"need 0 < tau_min < tau_max, got tau_min={self.tau_min}, tau_max={self.tau_max}")
+        _check(
+            0 < self.tau_min < self.tau_max,
+            "tau_min",
+            f"need 0 < tau_min < tau_max, got tau_min={self.tau_min}, tau_max={self.tau_max}",
+        )
 
 
 @dataclass
@@ -160,9 +182,17 @@ class MethodConfig:
     def __post_init__(self) -> None:
         from .methods import method_names
 
-        _check(self.method in method_names(), "method", f"unknown method {self.method!r}; valid: {', '.join(method_names())}")
+        _check(
+            self.method in method_names(),
+            "method",
+            f"unknown method {self.method!r}; valid: {', '.join(method_names())}",
+        )
         _check(math.isfinite(self.fixed_tau) and self.fixed_tau > 0, "fixed_tau", f"must be > 0, got {self.fixed_tau}")
-        _check(0 < self.ead_tau_min <= self.ead_tau_start, "ead_tau_min", f"need 0 < ead_tau_min <= ead_tau_start, got {self.ead_tau_min}, {self.ead_tau_start}")
+        _check(
+            0 < self.ead_tau_min <= self.ead_tau_start,
+            "ead_tau_min",
+            f"need 0 < ead_tau_min <= ead_tau_start, got {self.ead_tau_min}, {self.ead_tau_start}",
+        )
         _check(self.ead_c0 >= 0, "ead_c0", f"must be >= 0, got {self.ead_c0}")
         _check(self.ead_warmup_tokens >= 0, "ead_warmup_tokens", f"must be >= 0, got {self.ead_warmup_tokens}")
         _check(0 < self.tampo_top_p <= 1, "tampo_top_p", f"must be in (0, 1], got {self.tampo_top_p}")
@@ -171,8 +201,11 @@ class MethodConfig:
         _check(self.tampo_sharpness > 0, "tampo_sharpness", f"must be > 0, got {self.tampo_sharpness}")
         from .methods import build_method_class
 
-        _check(not self.freeze_model or build_method_class(self.method).trains_head, "freeze_model",
-               f"head-only training needs a method that learns the head (introllm, always-update, prompt-level), got {self.method!r}")
+        _check(
+            not self.freeze_model or build_method_class(self.method).trains_head,
+            "freeze_model",
+            f"head-only training needs a method that learns the head (introllm, always-update, prompt-level), got {self.method!r}",
+        )
 
 
 @dataclass
@@ -211,7 +244,11 @@ class OptimConfig:
         _check(self.head_lr >= 0, "head_lr", f"must be >= 0, got {self.head_lr}")
         _check(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
         self.adam_betas = tuple(float(b) for b in self.adam_betas)
-        _check(len(self.adam_betas) == 2 and all(0 <= b < 1 for b in self.adam_betas), "adam_betas", f"need two values in [0, 1), got {self.adam_betas}")
+        _check(
+            len(self.adam_betas) == 2 and all(0 <= b < 1 for b in self.adam_betas),
+            "adam_betas",
+            f"need two values in [0, 1), got {self.adam_betas}",
+        )
         _check(self.warmup_steps >= 0, "warmup_steps", f"must be >= 0, got {self.warmup_steps}")
         _check(0 < self.clip_eps < 1, "clip_eps", f"must be in (0, 1), got {self.clip_eps}")
         _check(self.max_grad_norm >= 0, "max_grad_norm", f"must be >= 0, got {self.max_grad_norm}")
@@ -256,11 +293,21 @@ class RunConfig:
         for name in ("save_every", "eval_every", "sample_every"):
             _check(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
         _check(self.eval_samples >= 1, "eval_samples", f"must be >= 1, got {self.eval_samples}")
-        _check(self.dtype in ("auto", "float32", "bfloat16"), "dtype", f"must be auto, float32 or bfloat16, got {self.dtype!r}")
+        _check(
+            self.dtype in ("auto", "float32", "bfloat16"),
+            "dtype",
+            f"must be auto, float32 or bfloat16, got {self.dtype!r}",
+        )
         _check(bool(self.output), "output", "must not be empty")
 
 
-SECTIONS: dict[str, type] = {"data": DataConfig, "rollout": RolloutConfig, "method": MethodConfig, "optim": OptimConfig, "run": RunConfig}
+SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "rollout": RolloutConfig,
+    "method": MethodConfig,
+    "optim": OptimConfig,
+    "run": RunConfig,
+}
 
 
 @dataclass
@@ -275,14 +322,18 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.method.freeze_model:
-            _check(self.optim.kl_coef == 0, "kl_coef", "must be 0 with freeze_model (the base does not move, there is nothing to regularise)")
+            _check(
+                self.optim.kl_coef == 0,
+                "kl_coef",
+                "must be 0 with freeze_model (the base does not move, there is nothing to regularise)",
+            )
             _check(self.optim.head_lr > 0, "head_lr", "must be > 0 with freeze_model (the head is all that learns)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_flat(cls, values: dict[str, Any]) -> "TrainConfig":
+    def from_flat(cls, values: dict[str, Any]) -> TrainConfig:
         """Build from a flat table of field names (``{"group_size": 8, "head_lr": 1e-3}``: the names
         of ``introllm train``'s flags with underscores, as an experiment's [train] table holds them),
         each routed to its section; an unknown name is a ConfigError that names it."""
@@ -296,7 +347,7 @@ class TrainConfig:
         return cls.from_dict(sections)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         """Build from {section: {field: value}}; unknown sections or fields are errors that name them."""
         unknown = sorted(set(values) - set(SECTIONS))
         if unknown:
@@ -321,7 +372,9 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     try:
         values = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
-        raise ConfigError(f"config file {path} is not valid {'JSON' if path.suffix == '.json' else 'TOML'}: {e}") from None
+        raise ConfigError(
+            f"config file {path} is not valid {'JSON' if path.suffix == '.json' else 'TOML'}: {e}"
+        ) from None
     if not isinstance(values, dict):
         raise ConfigError(f"config file {path} must hold a table of sections")
     return values

@@ -12,9 +12,10 @@ from __future__ import annotations
 import csv
 import json
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .config import ConfigError, DataConfig
 
@@ -76,18 +77,26 @@ def load_problems(cfg: DataConfig, *, seed: int = 0) -> tuple[list[Problem], lis
     random.Random(seed).shuffle(unique)
     n_eval = min(cfg.eval_size, len(unique) - 1)
     if cfg.eval_size and len(unique) - cfg.eval_size < 1:
-        raise DataError(f"dataset {cfg.dataset} has {len(unique)} distinct problems: too few to hold out eval_size={cfg.eval_size}")
+        raise DataError(
+            f"dataset {cfg.dataset} has {len(unique)} distinct problems: too few to hold out eval_size={cfg.eval_size}"
+        )
     sources = list(dict.fromkeys(p.source for p in problems))  # task order
-    if len(sources) > 1 and cfg.eval_size:  # a mix of tasks: hold out the same number of each (the first get the remainder)
-        share = {src: cfg.eval_size // len(sources) + (i < cfg.eval_size % len(sources)) for i, src in enumerate(sources)}
+    if (
+        len(sources) > 1 and cfg.eval_size
+    ):  # a mix of tasks: hold out the same number of each (the first get the remainder)
+        share = {
+            src: cfg.eval_size // len(sources) + (i < cfg.eval_size % len(sources)) for i, src in enumerate(sources)
+        }
         held = []
         for p in reversed(unique):
             if share[p.source] > 0:
                 share[p.source] -= 1
                 held.append(p)
         if any(share.values()):
-            raise DataError(f"dataset {cfg.dataset}: too few distinct problems of {', '.join(s for s, n in share.items() if n)} "
-                            f"to hold out eval_size={cfg.eval_size} evenly")
+            raise DataError(
+                f"dataset {cfg.dataset}: too few distinct problems of {', '.join(s for s, n in share.items() if n)} "
+                f"to hold out eval_size={cfg.eval_size} evenly"
+            )
         ids = {id(p) for p in held}
         held_out = [p for p in unique if id(p) in ids]
         return [p for p in unique if id(p) not in ids], held_out
@@ -104,7 +113,9 @@ def rg_tasks(dataset: str) -> list[str]:
     for task in tasks:
         if task not in reasoning_gym.factory.DATASETS:
             close = [n for n in sorted(reasoning_gym.factory.DATASETS) if task[:4] in n][:8]
-            raise DataError(f"unknown reasoning-gym task {task!r}" + (f"; similar: {', '.join(close)}" if close else ""))
+            raise DataError(
+                f"unknown reasoning-gym task {task!r}" + (f"; similar: {', '.join(close)}" if close else "")
+            )
     if len(set(tasks)) != len(tasks):
         raise DataError(f"{dataset!r} names a task twice")
     return tasks
@@ -116,12 +127,16 @@ def rg_task_args(tasks: list[str], rg_args: dict) -> dict[str, dict]:
     defaults; named tasks not in the mix are ignored) or flat ({"arg": value}: the one task's)."""
     import reasoning_gym
 
-    keyed = bool(rg_args) and all(k in reasoning_gym.factory.DATASETS and isinstance(v, dict) for k, v in rg_args.items())
+    keyed = bool(rg_args) and all(
+        k in reasoning_gym.factory.DATASETS and isinstance(v, dict) for k, v in rg_args.items()
+    )
     if keyed or not rg_args:
         return {t: dict(rg_args.get(t, {})) for t in tasks}
     if len(tasks) > 1:
-        raise DataError(f"rg_args {rg_args} is one task's arguments, but the dataset mixes {', '.join(tasks)}; "
-                        'give them per task: {"task": {"arg": value}, ...}')
+        raise DataError(
+            f"rg_args {rg_args} is one task's arguments, but the dataset mixes {', '.join(tasks)}; "
+            'give them per task: {"task": {"arg": value}, ...}'
+        )
     return {tasks[0]: dict(rg_args)}
 
 
@@ -145,7 +160,9 @@ def _reasoning_gym(cfg: DataConfig, dataset: str) -> list[Problem]:
                     id=f"{task}-{i}",
                     prompt=str(entry["question"]),
                     answer=str(entry["answer"]),
-                    level=None if len(tasks) > 1 or level is None else (json.dumps(level, sort_keys=True, default=str) if isinstance(level, dict) else str(level)),
+                    level=None
+                    if len(tasks) > 1 or level is None
+                    else (json.dumps(level, sort_keys=True, default=str) if isinstance(level, dict) else str(level)),
                     subject=task if len(tasks) > 1 else None,
                     source=f"rg:{task}",
                     metadata=json.loads(json.dumps(entry, default=str)),
@@ -169,10 +186,14 @@ def _rows_to_problems(rows: list[dict], cfg: DataConfig, where: str) -> list[Pro
         if cfg.answer_boxed and answer is not None:
             answer = last_boxed(str(answer))
             if answer is None:
-                raise DataError(f"{label}: no \\boxed{{...}} in field {cfg.answer_field!r} (answer_boxed takes the answer from there)")
+                raise DataError(
+                    f"{label}: no \\boxed{{...}} in field {cfg.answer_field!r} (answer_boxed takes the answer from there)"
+                )
         if answer is None or str(answer).strip() == "":
             rid = row.get("id", row.get("unique_id"))
-            raise DataError(f"{label}{f' (id {rid})' if rid is not None else ''}: no answer in field {cfg.answer_field!r}")
+            raise DataError(
+                f"{label}{f' (id {rid})' if rid is not None else ''}: no answer in field {cfg.answer_field!r}"
+            )
         out.append(
             Problem(
                 id=str(row.get("id", row.get("unique_id", i))),
@@ -258,13 +279,17 @@ def _hub(cfg: DataConfig, name: str) -> list[Problem]:
     try:
         import datasets
     except ImportError:
-        raise DataError(f"{name!r} is not a local file; Hugging Face datasets need the 'datasets' package "
-                        "(pip install datasets) and a reachable hub, or pass a local .jsonl/.csv/.parquet file") from None
+        raise DataError(
+            f"{name!r} is not a local file; Hugging Face datasets need the 'datasets' package "
+            "(pip install datasets) and a reachable hub, or pass a local .jsonl/.csv/.parquet file"
+        ) from None
     try:
         ds = datasets.load_dataset(name, split=cfg.split)
     except Exception as e:  # network, auth and missing-dataset errors all end here
-        raise DataError(f"could not load Hugging Face dataset {name!r} ({type(e).__name__}); offline, pass a local "
-                        ".jsonl/.csv/.parquet file instead") from None
+        raise DataError(
+            f"could not load Hugging Face dataset {name!r} ({type(e).__name__}); offline, pass a local "
+            ".jsonl/.csv/.parquet file instead"
+        ) from None
     return _rows_to_problems(list(ds), cfg, name)
 
 

@@ -20,9 +20,10 @@ import json
 import math
 import statistics
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .config import ConfigError, DataConfig
 
@@ -107,8 +108,16 @@ class Summary:
     avg_at_k_ci95: float | None = None  # half-width of a 95 % interval of avg_at_k over problems (normal approximation)
 
 
-def summarize(records: list[dict[str, Any]], *, k: int, name: str = "", dataset: str = "", checkpoint: str = "", policy: str = "",
-              head: str = "") -> Summary:
+def summarize(
+    records: list[dict[str, Any]],
+    *,
+    k: int,
+    name: str = "",
+    dataset: str = "",
+    checkpoint: str = "",
+    policy: str = "",
+    head: str = "",
+) -> Summary:
     """Avg@k / Pass@k overall and per level and subject, from per-sample records; with per-token
     traces in the records, also the mean tau and the update rate (token-weighted)."""
     by_problem: dict[str, list[dict]] = defaultdict(list)
@@ -123,7 +132,9 @@ def summarize(records: list[dict[str, Any]], *, k: int, name: str = "", dataset:
         avg = statistics.mean(per_problem)
         pas = statistics.mean(pass_at_k(len(p), sum(bool(s["correct"]) for s in p), min(k, len(p))) for p in problems)
         # normal-approximation 95 % interval of Avg@k over problems (problems are the sampling unit)
-        half = 1.96 * statistics.stdev(per_problem) / math.sqrt(len(per_problem)) if len(per_problem) > 1 else float("nan")
+        half = (
+            1.96 * statistics.stdev(per_problem) / math.sqrt(len(per_problem)) if len(per_problem) > 1 else float("nan")
+        )
         out = {"avg_at_k": avg, "pass_at_k": pas, "num_problems": len(problems), "avg_at_k_ci95": half}
         out.update(_trace_stats([s for p in problems for s in p]))
         return out
@@ -136,9 +147,19 @@ def summarize(records: list[dict[str, Any]], *, k: int, name: str = "", dataset:
                 subsets[key][str(p[0][key])].append(p)
     overall = scores(groups)
     return Summary(
-        name=name, dataset=dataset, checkpoint=checkpoint, policy=policy, k=k, n=n, num_problems=len(groups),
-        avg_at_k=overall["avg_at_k"], pass_at_k=overall["pass_at_k"], head=head,
-        tau_mean=overall.get("tau_mean"), update_rate=overall.get("update_rate"), avg_at_k_ci95=overall["avg_at_k_ci95"],
+        name=name,
+        dataset=dataset,
+        checkpoint=checkpoint,
+        policy=policy,
+        k=k,
+        n=n,
+        num_problems=len(groups),
+        avg_at_k=overall["avg_at_k"],
+        pass_at_k=overall["pass_at_k"],
+        head=head,
+        tau_mean=overall.get("tau_mean"),
+        update_rate=overall.get("update_rate"),
+        avg_at_k_ci95=overall["avg_at_k_ci95"],
         mean_tokens=statistics.mean(r["num_tokens"] for r in records),
         by_level={lv: scores(ps) for lv, ps in sorted(subsets["level"].items())},
         by_subject={sj: scores(ps) for sj, ps in sorted(subsets["subject"].items())},
@@ -184,12 +205,19 @@ def run_name(checkpoint: str, head: str, policy: str) -> str:
     return f"{name} ({policy})"
 
 
-def evaluate(cfg: EvalConfig, data: DataConfig, output: str | Path, *, on_progress: Callable[[int, int, float], None] | None = None) -> Summary:
+def evaluate(
+    cfg: EvalConfig,
+    data: DataConfig,
+    output: str | Path,
+    *,
+    on_progress: Callable[[int, int, float], None] | None = None,
+) -> Summary:
     """Sample, check, write records and summary; returns the summary."""
     import torch
 
     from introllm.sampler import Engine, SamplingParams
     from introllm.sampler.models import load_model
+
     from .data import encode_prompt, read_problems
     from .rewards import RewardWorker, load_scorer, resolve_reward
 
@@ -210,21 +238,37 @@ def evaluate(cfg: EvalConfig, data: DataConfig, output: str | Path, *, on_progre
         for start in range(0, len(problems), cfg.batch_prompts):
             batch = problems[start : start + cfg.batch_prompts]
             ids = [encode_prompt(p, data, ck.tokenizer) for p in batch]
-            params = [SamplingParams(max_new_tokens=cfg.max_new_tokens, policy=cfg.policy, seed=cfg.seed * 1_000_003 + start + i) for i in range(len(batch))]
+            params = [
+                SamplingParams(
+                    max_new_tokens=cfg.max_new_tokens, policy=cfg.policy, seed=cfg.seed * 1_000_003 + start + i
+                )
+                for i in range(len(batch))
+            ]
             for problem, group in zip(batch, engine.generate(ids, params, n=cfg.n)):
                 texts = [ck.tokenizer.decode(s.token_ids, skip_special_tokens=True) for s in group]
-                result = worker.score(reward_name, texts, [problem.answer] * len(texts), [problem.metadata] * len(texts))
+                result = worker.score(
+                    reward_name, texts, [problem.answer] * len(texts), [problem.metadata] * len(texts)
+                )
                 for j, (s, text, reward) in enumerate(zip(group, texts, result.rewards)):
                     rec = eval_record(problem, j, s, text, reward, ck.tokenizer)
                     correct_so_far += rec["correct"]
                     records.append(rec)
                     f.write(json.dumps(rec) + "\n")
             if on_progress:
-                on_progress(min(start + cfg.batch_prompts, len(problems)), len(problems), correct_so_far / max(len(records), 1))
+                on_progress(
+                    min(start + cfg.batch_prompts, len(problems)), len(problems), correct_so_far / max(len(records), 1)
+                )
     tmp.replace(output)
     name = cfg.name or run_name(cfg.checkpoint, cfg.head, cfg.policy)
-    summary = summarize(records, k=cfg.k, name=name, dataset=data.dataset, checkpoint=cfg.checkpoint or "embedded", policy=cfg.policy,
-                        head=cfg.head)
+    summary = summarize(
+        records,
+        k=cfg.k,
+        name=name,
+        dataset=data.dataset,
+        checkpoint=cfg.checkpoint or "embedded",
+        policy=cfg.policy,
+        head=cfg.head,
+    )
     summary_path(output).write_text(json.dumps(asdict(summary), indent=2) + "\n")
     return summary
 
@@ -241,11 +285,20 @@ def eval_record(problem, sample: int, seq, text: str, reward: float, tokenizer) 
     from .answers import extract_answer
 
     return {
-        "problem_id": problem.id, "sample": sample, "level": problem.level, "subject": problem.subject,
-        "answer": problem.answer, "extracted": extract_answer(text), "correct": reward >= 1.0, "reward": reward,
-        "text": text, "finish_reason": seq.finish_reason, "num_tokens": len(seq.token_ids),
+        "problem_id": problem.id,
+        "sample": sample,
+        "level": problem.level,
+        "subject": problem.subject,
+        "answer": problem.answer,
+        "extracted": extract_answer(text),
+        "correct": reward >= 1.0,
+        "reward": reward,
+        "text": text,
+        "finish_reason": seq.finish_reason,
+        "num_tokens": len(seq.token_ids),
         "tokens": token_pieces(tokenizer, seq.token_ids, skip_special_tokens=False),
-        "tau": [round(t, 4) for t in seq.trace.tau], "updated": seq.trace.updated,
+        "tau": [round(t, 4) for t in seq.trace.tau],
+        "updated": seq.trace.updated,
         "entropy": [round(e, 3) if e == e else None for e in seq.trace.entropy],
     }
 
@@ -295,8 +348,10 @@ def distinct_rows(summaries: list[Summary]) -> list[Summary]:
     for s in out:
         key = (s.name, benchmark_name(s.dataset))
         if key in seen:
-            raise ValueError(f"two results for {s.name!r} on {key[1]} (checkpoint {s.checkpoint}); give them different --name "
-                             "or compare one of them")
+            raise ValueError(
+                f"two results for {s.name!r} on {key[1]} (checkpoint {s.checkpoint}); give them different --name "
+                "or compare one of them"
+            )
         seen[key] = s
     return out
 
@@ -325,8 +380,10 @@ def compare_table(summaries: list[Summary]) -> str:
 
     best = {c: max((v for m in methods if (v := value(m, *c)) is not None), default=None) for c in columns}
     label = {"avg_at_k": f"Avg@{k}" if k else "Avg@k", "pass_at_k": f"Pass@{k}" if k else "Pass@k"}
-    lines = ["| Method | " + " | ".join(f"{b} {label[metric]}" for b, metric in columns) + " |",
-             "|---|" + "---:|" * len(columns)]
+    lines = [
+        "| Method | " + " | ".join(f"{b} {label[metric]}" for b, metric in columns) + " |",
+        "|---|" + "---:|" * len(columns),
+    ]
     for m in methods:
         cells = []
         for c in columns:

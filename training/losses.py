@@ -83,8 +83,16 @@ def aggregate(values: Tensor, mask: Tensor, *, num_sequences: int, weights: Tens
 
 
 def policy_loss(
-    logp: Tensor, old_logp: Tensor, adv: Tensor, mask: Tensor, *, eps: float, num_sequences: int,
-    ref_logp: Tensor | None = None, kl_coef: float = 0.0, is_weights: Tensor | None = None,
+    logp: Tensor,
+    old_logp: Tensor,
+    adv: Tensor,
+    mask: Tensor,
+    *,
+    eps: float,
+    num_sequences: int,
+    ref_logp: Tensor | None = None,
+    kl_coef: float = 0.0,
+    is_weights: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """GRPO loss to minimise: -aggregate(surrogate) [+ kl_coef * aggregate(k3)]; also the clipped mask.
 

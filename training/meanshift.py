@@ -50,7 +50,9 @@ def token_mean_tau(records_path: str | Path) -> float:
     return total / count
 
 
-def meanshift_policy(records_path: str | Path, *, checkpoint: str | None = None, dataset: str | None = None) -> tuple[str, float]:
+def meanshift_policy(
+    records_path: str | Path, *, checkpoint: str | None = None, dataset: str | None = None
+) -> tuple[str, float]:
     """(policy spec ``fixed:T``, T) for the MeanShift baseline of a learned evaluation.
 
     When ``checkpoint`` / ``dataset`` are given they must match the learned evaluation's summary

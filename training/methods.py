@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-_METHODS: dict[str, type["Method"]] = {}
+_METHODS: dict[str, type[Method]] = {}
 
 
 def register(name: str):
@@ -36,14 +36,14 @@ def method_names() -> list[str]:
     return sorted(_METHODS)
 
 
-def build_method_class(name: str) -> type["Method"]:
+def build_method_class(name: str) -> type[Method]:
     """The method class registered under ``name`` (ValueError listing the valid names)."""
     if name not in _METHODS:
         raise ValueError(f"unknown method {name!r}; valid: {', '.join(method_names())}")
     return _METHODS[name]
 
 
-def build_method(cfg, total_steps: int) -> "Method":
+def build_method(cfg, total_steps: int) -> Method:
     """The method named by ``cfg.method`` (a MethodConfig); unknown names list the valid ones."""
     if cfg.method not in _METHODS:
         raise ValueError(f"unknown method {cfg.method!r}; valid: {', '.join(method_names())}")
@@ -174,7 +174,9 @@ class TAMPO(Method):
     def observe(self, step, *, adv, lengths, tau_loglik=None):
         if tau_loglik is None:
             raise ValueError("tampo needs the per-temperature likelihoods of the rollouts")
-        self.probs = tampo_update(self.probs, adv, tau_loglik, ema=self.cfg.tampo_ema, sharpness=self.cfg.tampo_sharpness)
+        self.probs = tampo_update(
+            self.probs, adv, tau_loglik, ema=self.cfg.tampo_ema, sharpness=self.cfg.tampo_sharpness
+        )
         mean_tau = float((self.probs * self.temperatures).sum())
         return {"tampo_probs": [round(float(p), 4) for p in self.probs], "tampo_mean_tau": mean_tau}
 

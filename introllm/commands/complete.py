@@ -31,7 +31,11 @@ def add_parser(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     comp.add_argument("prompt", help="the prompt text")
-    comp.add_argument("--url", default=os.environ.get("INTROLLM_URL", "http://127.0.0.1:8000"), help="server URL [$INTROLLM_URL or http://127.0.0.1:8000]")
+    comp.add_argument(
+        "--url",
+        default=os.environ.get("INTROLLM_URL", "http://127.0.0.1:8000"),
+        help="server URL [$INTROLLM_URL or http://127.0.0.1:8000]",
+    )
     comp.add_argument("--api-key", default=os.environ.get("INTROLLM_API_KEY"), help="bearer key [$INTROLLM_API_KEY]")
     comp.add_argument("--model", help="model id (default: the server's first model)")
     comp.add_argument("--chat", action="store_true", help="use /v1/chat/completions (the prompt is the user message)")
@@ -57,7 +61,9 @@ def run(args: argparse.Namespace) -> int:
     from introllm.clients.render import TraceView, coloured_text, legend, summary, tau_colour
 
     client = Client(args.url, api_key=args.api_key, model=args.model)
-    options = dict(max_tokens=args.max_tokens, temperature=args.temperature, policy=args.policy, seed=args.seed, stop=args.stop)
+    options = dict(
+        max_tokens=args.max_tokens, temperature=args.temperature, policy=args.policy, seed=args.seed, stop=args.stop
+    )
     console = Console(highlight=False)
     start = time.perf_counter()
     if args.stream:

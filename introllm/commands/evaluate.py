@@ -21,7 +21,17 @@ from .common import add_config_flags, config_from_args, epilog_parser
 
 log = logging.getLogger(__name__)
 
-DATA_FIELDS = ("dataset", "prompt_field", "answer_field", "answer_boxed", "reward", "template", "instruction", "num_problems", "rg_args")
+DATA_FIELDS = (
+    "dataset",
+    "prompt_field",
+    "answer_field",
+    "answer_boxed",
+    "reward",
+    "template",
+    "instruction",
+    "num_problems",
+    "rg_args",
+)
 """The DataConfig fields that are eval flags (the rest are training's)."""
 DATA_DEFAULTS: dict[str, Any] = {"dataset": None, "num_problems": 200, "rg_args": {}}
 """Where eval's defaults differ from training's: a benchmark file, 200 problems of an rg: task, each
@@ -52,8 +62,12 @@ def eval_configs(values: dict[str, Any]) -> tuple[EvalConfig, DataConfig, EvalFi
     data = {**DATA_DEFAULTS, "eval_size": 0, **{k: v for k, v in values.items() if k in DATA_FIELDS}}
     if not data.get("dataset"):
         data["dataset"] = "rg:basic_arithmetic"  # the dataset comes from --heldout's run (checked in run_eval)
-    return (EvalConfig(**{k: v for k, v in values.items() if k in names[EvalConfig]}), DataConfig(**data),
-            EvalFiles(**{k: v for k, v in values.items() if k in names[EvalFiles]}))
+    return (
+        EvalConfig(**{k: v for k, v in values.items() if k in names[EvalConfig]}),
+        DataConfig(**data),
+        EvalFiles(**{k: v for k, v in values.items() if k in names[EvalFiles]}),
+    )
+
 
 EVAL_EXAMPLES = """\
 examples:
@@ -72,26 +86,47 @@ benchmark files: JSONL, one problem per line: {"problem": ..., "answer": ..., "l
 
 
 def add_parsers(sub) -> None:
-    ev = epilog_parser(sub, "eval", help="Avg@k / Pass@k of a checkpoint on a benchmark, with per-token traces",
-                       description="Sample k completions per problem, check each answer, report Avg@k and Pass@k "
-                       "overall and per level / subject; every sample (text, correctness, trace) goes to a JSONL file.",
-                       epilog=EVAL_EXAMPLES)
+    ev = epilog_parser(
+        sub,
+        "eval",
+        help="Avg@k / Pass@k of a checkpoint on a benchmark, with per-token traces",
+        description="Sample k completions per problem, check each answer, report Avg@k and Pass@k "
+        "overall and per level / subject; every sample (text, correctness, trace) goes to a JSONL file.",
+        epilog=EVAL_EXAMPLES,
+    )
     add_config_flags(ev, EvalConfig, defaults={"head": None})
     add_config_flags(ev, DataConfig, only=DATA_FIELDS, defaults=DATA_DEFAULTS)
     add_config_flags(ev, EvalFiles)
     ev.set_defaults(func=cmd_eval)
 
-    cmp_ = sub.add_parser("compare", help="Markdown table of evaluation results (the paper's Table 1 shape)",
-                          description="Benchmarks x methods with Avg@k and Pass@k in percent, the best of each column in bold.")
-    cmp_.add_argument("results", nargs="+", metavar="RESULT", help="summary files (or the records files beside them) from introllm eval")
+    cmp_ = sub.add_parser(
+        "compare",
+        help="Markdown table of evaluation results (the paper's Table 1 shape)",
+        description="Benchmarks x methods with Avg@k and Pass@k in percent, the best of each column in bold.",
+    )
+    cmp_.add_argument(
+        "results",
+        nargs="+",
+        metavar="RESULT",
+        help="summary files (or the records files beside them) from introllm eval",
+    )
     cmp_.add_argument("--output", metavar="FILE", help="also write the table to FILE")
     cmp_.set_defaults(func=cmd_compare)
 
-    pl = sub.add_parser("plot", help="the paper's figures for training runs and an evaluation, plus index.html",
-                        description="Figures 2-7 of the paper as PNG files and an index.html that shows them.")
-    pl.add_argument("--run", action="append", default=[], metavar="DIR", help="training run directory; repeat to compare runs")
-    pl.add_argument("--eval", metavar="FILE", help="records file from introllm eval for the token-level figures [the run's samples]; "
-                    "alone (no --run), the evaluation figures only")
+    pl = sub.add_parser(
+        "plot",
+        help="the paper's figures for training runs and an evaluation, plus index.html",
+        description="Figures 2-7 of the paper as PNG files and an index.html that shows them.",
+    )
+    pl.add_argument(
+        "--run", action="append", default=[], metavar="DIR", help="training run directory; repeat to compare runs"
+    )
+    pl.add_argument(
+        "--eval",
+        metavar="FILE",
+        help="records file from introllm eval for the token-level figures [the run's samples]; "
+        "alone (no --run), the evaluation figures only",
+    )
     pl.add_argument("--output", required=True, metavar="DIR", help="where the PNG files and index.html go")
     pl.set_defaults(func=cmd_plot)
 
@@ -111,9 +146,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         data = config_from_args(DataConfig, args, eval_size=0)
         if data.dataset.startswith("rg:"):
-            log.warning("%s: reasoning-gym problems are drawn with the generator seed `introllm train` uses, so a model "
-                        "trained on %s is scored on problems it trained on; --heldout RUN evaluates on the problems that "
-                        "run held out instead", data.dataset, data.dataset)
+            log.warning(
+                "%s: reasoning-gym problems are drawn with the generator seed `introllm train` uses, so a model "
+                "trained on %s is scored on problems it trained on; --heldout RUN evaluates on the problems that "
+                "run held out instead",
+                data.dataset,
+                data.dataset,
+            )
     return run_eval(cfg, data, files)
 
 
@@ -125,8 +164,14 @@ def run_eval(cfg: EvalConfig, data: DataConfig, files: EvalFiles) -> int:
 
     output = files.output or f"eval/{benchmark_name(data.dataset)}-{cfg.policy.replace(':', '')}.jsonl"
     tty = sys.stderr.isatty()
-    with Progress(TextColumn("eval"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[acc]}"), TimeRemainingColumn(),
-                  disable=not tty) as bar:
+    with Progress(
+        TextColumn("eval"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[acc]}"),
+        TimeRemainingColumn(),
+        disable=not tty,
+    ) as bar:
         task = bar.add_task("eval", total=None, acc="")
 
         def progress(done: int, total: int, acc: float) -> None:
@@ -141,19 +186,28 @@ def run_eval(cfg: EvalConfig, data: DataConfig, files: EvalFiles) -> int:
 
             spec, tau = resolve_for_eval(cfg, data, output, source=files.meanshift_from, on_progress=progress)
             log.info("MeanShift: the learned policy's token-mean tau is %.4f; sampling at %s", tau, spec)
-            cfg = replace(cfg, policy=spec, name=cfg.name or f"{Path(cfg.checkpoint).name if cfg.checkpoint else 'smollm2-135m-instruct'} (MeanShift {tau:.4f})")
+            cfg = replace(
+                cfg,
+                policy=spec,
+                name=cfg.name
+                or f"{Path(cfg.checkpoint).name if cfg.checkpoint else 'smollm2-135m-instruct'} (MeanShift {tau:.4f})",
+            )
         s = evaluate(cfg, data, output, on_progress=progress)
 
     def trace(v) -> str:
         return f"  tau {v['tau_mean']:.3f}  update rate {v['update_rate']:.3f}" if v.get("tau_mean") is not None else ""
 
-    print(f"{s.name} on {benchmark_name(s.dataset)}: Avg@{s.k} {100 * s.avg_at_k:.2f} ± {100 * s.avg_at_k_ci95:.2f}  "
-          f"Pass@{s.k} {100 * s.pass_at_k:.2f}  ({s.num_problems} problems x {s.n} samples, mean {s.mean_tokens:.0f} tokens)"
-          f"{trace({'tau_mean': s.tau_mean, 'update_rate': s.update_rate})}")
+    print(
+        f"{s.name} on {benchmark_name(s.dataset)}: Avg@{s.k} {100 * s.avg_at_k:.2f} ± {100 * s.avg_at_k_ci95:.2f}  "
+        f"Pass@{s.k} {100 * s.pass_at_k:.2f}  ({s.num_problems} problems x {s.n} samples, mean {s.mean_tokens:.0f} tokens)"
+        f"{trace({'tau_mean': s.tau_mean, 'update_rate': s.update_rate})}"
+    )
     for title, rows in (("level", s.by_level), ("subject", s.by_subject)):
         for key, v in rows.items():
-            print(f"  {title} {key}: Avg@{s.k} {100 * v['avg_at_k']:.2f} ± {100 * v['avg_at_k_ci95']:.2f}  "
-                  f"Pass@{s.k} {100 * v['pass_at_k']:.2f}  ({v['num_problems']} problems){trace(v)}")
+            print(
+                f"  {title} {key}: Avg@{s.k} {100 * v['avg_at_k']:.2f} ± {100 * v['avg_at_k_ci95']:.2f}  "
+                f"Pass@{s.k} {100 * v['pass_at_k']:.2f}  ({v['num_problems']} problems){trace(v)}"
+            )
     print(f"(± : half-width of a 95 % normal interval of Avg@{s.k} over problems)")
     print(f"records: {output}")
     return 0

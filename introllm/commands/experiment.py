@@ -13,7 +13,6 @@ from introllm.training.config import ConfigError
 
 from .common import epilog_parser
 
-
 EXAMPLES = """\
 examples:
   introllm experiment experiments/training.toml --dry-run    the plan: every job, its state and command
@@ -26,11 +25,20 @@ a stopped training resumes from its last checkpoint. Report: OUTPUT/report.md.
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    p = epilog_parser(sub, "experiment", help="a grid of train and eval runs (methods x seeds x benchmarks) and a Markdown report",
-                      description=(runner.__doc__ or "").split("\n\n")[0].replace("``", ""), epilog=EXAMPLES)
+    p = epilog_parser(
+        sub,
+        "experiment",
+        help="a grid of train and eval runs (methods x seeds x benchmarks) and a Markdown report",
+        description=(runner.__doc__ or "").split("\n\n")[0].replace("``", ""),
+        epilog=EXAMPLES,
+    )
     p.add_argument("config", metavar="CONFIG.toml", help="experiment config file (format: docs/results.md)")
     p.add_argument("--output", default="", metavar="DIR", help="override [experiment] output")
-    p.add_argument("--dry-run", action="store_true", help="print the plan (jobs, their state, commands) and check the commands' flags; run nothing")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the plan (jobs, their state, commands) and check the commands' flags; run nothing",
+    )
     p.add_argument("--report-only", action="store_true", help="write the report from the finished jobs; run nothing")
     p.set_defaults(func=run)
     return p
@@ -44,8 +52,10 @@ def run(args: argparse.Namespace) -> int:
     problems = runner.check_tables(cfg)
     job_runner = runner.Runner(cfg, jobs)
     if args.dry_run:
-        print(f"experiment {cfg.name!r}: {len(jobs)} jobs in {cfg.output} "
-              f"({sum(j.kind == 'train' for j in jobs)} train, {sum(j.kind == 'eval' for j in jobs)} eval)")
+        print(
+            f"experiment {cfg.name!r}: {len(jobs)} jobs in {cfg.output} "
+            f"({sum(j.kind == 'train' for j in jobs)} train, {sum(j.kind == 'eval' for j in jobs)} eval)"
+        )
         for i, job in enumerate(jobs, 1):
             print(f"[{i}/{len(jobs)}] {job.id} ({job_runner.status(job)})\n    {job.command()}")
         for line in problems:
@@ -53,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
         return 2 if problems else 0
     if problems:
         raise ConfigError("these commands would fail:\n  " + "\n  ".join(problems))
+
     def stop(signum, frame):  # SIGTERM: stop the running job cleanly, as Ctrl-C does
         raise KeyboardInterrupt
 

@@ -55,9 +55,13 @@ class GenerateConfig(ModelArgs):
 
 
 def add_parser(sub) -> None:
-    p = epilog_parser(sub, "generate", help="generate a completion and show the temperature of every token",
-                      description="Generate from a prompt and show each token coloured by its sampling temperature.",
-                      epilog=EXAMPLES)
+    p = epilog_parser(
+        sub,
+        "generate",
+        help="generate a completion and show the temperature of every token",
+        description="Generate from a prompt and show each token coloured by its sampling temperature.",
+        epilog=EXAMPLES,
+    )
     add_config_flags(p, GenerateConfig)
     p.set_defaults(func=run)
 
@@ -70,7 +74,9 @@ def run(args: argparse.Namespace) -> int:
     from introllm.sampler.text import prompt_ids, token_pieces
 
     cfg = config_from_args(GenerateConfig, args, keep_none=True)
-    params = SamplingParams(max_new_tokens=cfg.max_new_tokens, policy=cfg.policy, seed=cfg.seed, top_p=cfg.top_p, top_k=cfg.top_k)
+    params = SamplingParams(
+        max_new_tokens=cfg.max_new_tokens, policy=cfg.policy, seed=cfg.seed, top_p=cfg.top_p, top_k=cfg.top_k
+    )
     ck = cfg.load()
     engine = Engine(ck.model, ck.head)
     engine.policy(params.policy)  # fail on a bad policy before tokenizing
@@ -109,5 +115,7 @@ def run(args: argparse.Namespace) -> int:
         if cfg.n > 1:
             console.rule(f"sample {s.sample_index + 1} of {cfg.n}", style="dim")
         view = TraceView(token_pieces(ck.tokenizer, s.token_ids), s.trace.tau, s.trace.updated)
-        console.print(render(view, table=not cfg.no_table, seconds=seconds / len(seqs), tau_min=bounds[0], tau_max=bounds[1]))
+        console.print(
+            render(view, table=not cfg.no_table, seconds=seconds / len(seqs), tau_min=bounds[0], tau_max=bounds[1])
+        )
     return 0

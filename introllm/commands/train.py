@@ -40,15 +40,20 @@ config file (TOML, or JSON with the same shape):
 
 def add_parser(sub) -> argparse.ArgumentParser:
     p = epilog_parser(
-        sub, "train",
+        sub,
+        "train",
         help="RL fine-tuning (GRPO with a learned temperature head, or a baseline) producing checkpoints",
         description="Train model and temperature head with hierarchical GRPO and coordinate ascent "
         "(paper §4.3, Algorithm 1), or a baseline method. Defaults follow the paper's Table 5 where "
         "they fit a CPU run (batch size and length are smaller). Flags override the --config file.",
         epilog=EXAMPLES,
     )
-    p.add_argument("--config", metavar="FILE", help="TOML or JSON file with [data], [rollout], [method], [optim], [run] tables")
-    p.add_argument("--resume", metavar="DIR", help="continue a run: its directory (latest checkpoint) or one checkpoint-N")
+    p.add_argument(
+        "--config", metavar="FILE", help="TOML or JSON file with [data], [rollout], [method], [optim], [run] tables"
+    )
+    p.add_argument(
+        "--resume", metavar="DIR", help="continue a run: its directory (latest checkpoint) or one checkpoint-N"
+    )
     p.add_argument("--print-config", action="store_true", help="print the resolved configuration as JSON and exit")
     p.add_argument("--no-progress", action="store_true", help="one log line per step instead of a progress bar")
     for section, cls in SECTIONS.items():

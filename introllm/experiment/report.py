@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from .runner import ExperimentConfig, Job, slug
 from .stats import Interval, bootstrap_interval, problem_scores, resample_indices
 
@@ -62,7 +60,10 @@ def collect(cfg: ExperimentConfig, jobs: list[Job], done: set[str]) -> dict[str,
                 ks.add(s.k), ns.add(s.n), policies.append(s.policy)
                 for pid, v in scores.items():
                     per_problem.setdefault(pid, []).append(v)
-                per_seed[j.seed] = (statistics.mean(v[0] for v in scores.values()), statistics.mean(v[1] for v in scores.values()))
+                per_seed[j.seed] = (
+                    statistics.mean(v[0] for v in scores.values()),
+                    statistics.mean(v[1] for v in scores.values()),
+                )
                 for r in records:
                     tau_sum += sum(r.get("tau") or [])
                     tau_count += len(r.get("tau") or [])
@@ -72,9 +73,18 @@ def collect(cfg: ExperimentConfig, jobs: list[Job], done: set[str]) -> dict[str,
             if incomplete:
                 raise ValueError(f"{b.name}: row {row}'s seeds evaluated different problems (e.g. {incomplete[0]})")
             rows[row] = RowData(
-                row=row, seeds=[j.seed for j in finished], missing=[j.seed for j in evals if j.id not in done],
-                scores={pid: (statistics.mean(a for a, _ in v), statistics.mean(p for _, p in v)) for pid, v in per_problem.items()},
-                per_seed=per_seed, tau_mean=tau_sum / tau_count if tau_count else None, policies=policies, k=ks.pop(), n=min(ns),
+                row=row,
+                seeds=[j.seed for j in finished],
+                missing=[j.seed for j in evals if j.id not in done],
+                scores={
+                    pid: (statistics.mean(a for a, _ in v), statistics.mean(p for _, p in v))
+                    for pid, v in per_problem.items()
+                },
+                per_seed=per_seed,
+                tau_mean=tau_sum / tau_count if tau_count else None,
+                policies=policies,
+                k=ks.pop(),
+                n=min(ns),
             )
         out[b.name] = rows
     return out
@@ -114,8 +124,11 @@ def write_report(cfg: ExperimentConfig, jobs: list[Job], done: set[str]) -> Path
     lines = [f"# Experiment: {cfg.name}", ""]
     todo = [j.id for j in jobs if j.id not in done]
     if todo:
-        lines += [f"**Incomplete: {len(todo)} of {len(jobs)} jobs have not finished** ({', '.join(todo[:6])}{', ...' if len(todo) > 6 else ''}); "
-                  "rows below use the finished ones only.", ""]
+        lines += [
+            f"**Incomplete: {len(todo)} of {len(jobs)} jobs have not finished** ({', '.join(todo[:6])}{', ...' if len(todo) > 6 else ''}); "
+            "rows below use the finished ones only.",
+            "",
+        ]
     lines += [
         f"Seeds: {', '.join(map(str, cfg.seeds))}. Baseline of the paired differences: **{cfg.baseline}**. "
         f"Scores in percent. Intervals: {conf} percentile bootstrap over problems ({cfg.bootstrap_resamples} resamples, "
@@ -132,9 +145,14 @@ def write_report(cfg: ExperimentConfig, jobs: list[Job], done: set[str]) -> Path
         any_row = next(iter(rows.values()))
         k, n = any_row.k, any_row.n
         num_problems = len(any_row.scores)
-        lines += [f"## {b.name}", "", f"`{b.dataset}`, {num_problems} problems, k = {k}, n = {n} samples per problem.", "",
-                  f"| Row | Seeds | Avg@{k} ({conf} CI) | Pass@{k} ({conf} CI) | Avg@{k} per seed | Mean tau |",
-                  "|---|---:|---|---|---|---:|"]
+        lines += [
+            f"## {b.name}",
+            "",
+            f"`{b.dataset}`, {num_problems} problems, k = {k}, n = {n} samples per problem.",
+            "",
+            f"| Row | Seeds | Avg@{k} ({conf} CI) | Pass@{k} ({conf} CI) | Avg@{k} per seed | Mean tau |",
+            "|---|---:|---|---|---|---:|",
+        ]
         for r in rows.values():
             avg = _interval([v[0] for v in r.scores.values()], cfg)
             pas = _interval([v[1] for v in r.scores.values()], cfg)
@@ -147,30 +165,60 @@ def write_report(cfg: ExperimentConfig, jobs: list[Job], done: set[str]) -> Path
         if base is None:
             lines += [f"Baseline {cfg.baseline} has no finished evaluation on {b.name}: no paired differences.", ""]
         else:
-            lines += [f"Paired differences against **{cfg.baseline}** (row minus baseline, percentage points; "
-                      "an interval that excludes 0 is a difference these problems support):", "",
-                      f"| Row | Problems | Δ Avg@{k} ({conf} CI) | Δ Pass@{k} ({conf} CI) |", "|---|---:|---|---|"]
+            lines += [
+                f"Paired differences against **{cfg.baseline}** (row minus baseline, percentage points; "
+                "an interval that excludes 0 is a difference these problems support):",
+                "",
+                f"| Row | Problems | Δ Avg@{k} ({conf} CI) | Δ Pass@{k} ({conf} CI) |",
+                "|---|---:|---|---|",
+            ]
             for r in rows.values():
                 if r.row == cfg.baseline:
                     continue
                 d = paired(r, base, cfg)
-                lines.append(f"| {r.row} | – | – | – |" if d is None else f"| {r.row} | {d[0]} | {_pct(d[1], True)} | {_pct(d[2], True)} |")
+                lines.append(
+                    f"| {r.row} | – | – | – |"
+                    if d is None
+                    else f"| {r.row} | {d[0]} | {_pct(d[1], True)} | {_pct(d[2], True)} |"
+                )
             lines.append("")
-        ms_rows = [(m.name, f"{m.name} MeanShift") for m in cfg.methods if m.meanshift and m.name in rows and f"{m.name} MeanShift" in rows]
+        ms_rows = [
+            (m.name, f"{m.name} MeanShift")
+            for m in cfg.methods
+            if m.meanshift and m.name in rows and f"{m.name} MeanShift" in rows
+        ]
         if ms_rows:
-            lines += ["Per-token temperature against its own mean (learned row minus its MeanShift row: the same checkpoints "
-                      "at one fixed tau equal to their token-mean tau on this benchmark; > 0 means per-token control adds "
-                      "something beyond the mean):", "",
-                      f"| Method | MeanShift tau per seed | Δ Avg@{k} ({conf} CI) | Δ Pass@{k} ({conf} CI) |", "|---|---|---|---|"]
+            lines += [
+                "Per-token temperature against its own mean (learned row minus its MeanShift row: the same checkpoints "
+                "at one fixed tau equal to their token-mean tau on this benchmark; > 0 means per-token control adds "
+                "something beyond the mean):",
+                "",
+                f"| Method | MeanShift tau per seed | Δ Avg@{k} ({conf} CI) | Δ Pass@{k} ({conf} CI) |",
+                "|---|---|---|---|",
+            ]
             for learned, ms in ms_rows:
                 taus = ", ".join(p.split(":", 1)[1] if p.startswith("fixed:") else p for p in rows[ms].policies)
                 d = paired(rows[learned], rows[ms], cfg)
-                lines.append(f"| {learned} | {taus} | – | – |" if d is None else f"| {learned} | {taus} | {_pct(d[1], True)} | {_pct(d[2], True)} |")
+                lines.append(
+                    f"| {learned} | {taus} | – | – |"
+                    if d is None
+                    else f"| {learned} | {taus} | {_pct(d[1], True)} | {_pct(d[2], True)} |"
+                )
             lines.append("")
     lines += _training_section(cfg, jobs, done, out)
-    lines += ["## How this was produced", "", "Config file:", "", "```toml", cfg.source.rstrip(), "```", "",
-              "Commands, in the order they ran (`introllm experiment` adds `--resume RUN` to a stopped training, "
-              "`--overwrite` to a restarted one; each job's output is in `logs/`):", ""]
+    lines += [
+        "## How this was produced",
+        "",
+        "Config file:",
+        "",
+        "```toml",
+        cfg.source.rstrip(),
+        "```",
+        "",
+        "Commands, in the order they ran (`introllm experiment` adds `--resume RUN` to a stopped training, "
+        "`--overwrite` to a restarted one; each job's output is in `logs/`):",
+        "",
+    ]
     lines += [f"{i}. `{j.command()}`" for i, j in enumerate(jobs, 1)]
     lines.append("")
     path = out / "report.md"
@@ -184,9 +232,15 @@ def _training_section(cfg: ExperimentConfig, jobs: list[Job], done: set[str], ou
     trains = [j for j in jobs if j.kind == "train" and j.id in done]
     if not trains:
         return []
-    lines = ["## Training runs", "", "From each run's `metrics.jsonl` (held-out accuracy: the trainer's own held-out split, "
-             "Avg over its samples).", "", "| Method | Seed | Steps | Held-out accuracy, start → end | Reward, last step | "
-             "Mean tau, last step | Update rate, last step |", "|---|---:|---:|---|---:|---:|---:|"]
+    lines = [
+        "## Training runs",
+        "",
+        "From each run's `metrics.jsonl` (held-out accuracy: the trainer's own held-out split, Avg over its samples).",
+        "",
+        "| Method | Seed | Steps | Held-out accuracy, start → end | Reward, last step | "
+        "Mean tau, last step | Update rate, last step |",
+        "|---|---:|---:|---|---:|---:|---:|",
+    ]
     for j in trains:
         metrics = _read_jsonl(Path(j.run_dir) / "metrics.jsonl")
         evals = [m["eval_accuracy"] for m in metrics if m.get("eval_accuracy") is not None]
@@ -196,7 +250,9 @@ def _training_section(cfg: ExperimentConfig, jobs: list[Job], done: set[str], ou
         def num(key: str, scale: float = 1.0, fmt: str = "{:.3f}") -> str:
             return fmt.format(scale * last[key]) if isinstance(last.get(key), (int, float)) else "–"
 
-        lines.append(f"| {j.method} | {j.seed} | {last.get('step', '–')} | {acc} | {num('reward')} | {num('tau_mean')} | {num('update_rate')} |")
+        lines.append(
+            f"| {j.method} | {j.seed} | {last.get('step', '–')} | {acc} | {num('reward')} | {num('tau_mean')} | {num('update_rate')} |"
+        )
     lines.append("")
     from introllm.training.plots import FIGURES, make_plots
 
@@ -208,13 +264,19 @@ def _training_section(cfg: ExperimentConfig, jobs: list[Job], done: set[str], ou
         target = out / "figures" / slug(m.name)
         lines += [f"### Figures: {m.name}", ""]
         try:
-            with warnings.catch_warnings():  # tokens outside the font (CJK, control characters) draw as boxes; not worth a warning each
+            with (
+                warnings.catch_warnings()
+            ):  # tokens outside the font (CJK, control characters) draw as boxes; not worth a warning each
                 warnings.simplefilter("ignore", UserWarning)
                 make_plots(runs, target, Path(evals[0].records) if evals else None)
         except ValueError as e:
             lines += [f"No figures: {e}", ""]
             continue
-        source = f"token-level figures from `{Path(evals[0].records).relative_to(out)}`" if evals else "token-level figures from the first run's samples"
+        source = (
+            f"token-level figures from `{Path(evals[0].records).relative_to(out)}`"
+            if evals
+            else "token-level figures from the first run's samples"
+        )
         lines += [f"Runs: {', '.join(f'`{r.relative_to(out)}`' for r in runs)}; {source}.", ""]
         lines += [f"![{caption}](figures/{slug(m.name)}/{name})" for name, caption in FIGURES.items()]
         lines.append("")

@@ -63,10 +63,11 @@ import signal
 import subprocess
 import sys
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from introllm.training.config import ConfigError
 
@@ -119,16 +120,27 @@ class MethodSpec:
 
     def __post_init__(self) -> None:
         _check(bool(self.name), "method.name", "must not be empty")
-        _check(self.train is None or isinstance(self.train, dict), f"method {self.name}: train", "must be a table of train flags")
+        _check(
+            self.train is None or isinstance(self.train, dict),
+            f"method {self.name}: train",
+            "must be a table of train flags",
+        )
         _check(isinstance(self.eval, dict), f"method {self.name}: eval", "must be a table of eval flags")
         fixed = self.policy.startswith("fixed") or self.policy in ("greedy", "meanshift")
-        _check(not (self.meanshift and fixed), f"method {self.name}: meanshift",
-               f"needs a policy whose temperature varies, not {self.policy!r}")
+        _check(
+            not (self.meanshift and fixed),
+            f"method {self.name}: meanshift",
+            f"needs a policy whose temperature varies, not {self.policy!r}",
+        )
         for table, reserved in ((self.train or {}, RUNNER_TRAIN_FLAGS), (self.eval, RUNNER_EVAL_FLAGS)):
             bad = sorted(set(table) & reserved)
             _check(not bad, f"method {self.name}", f"{', '.join(bad)} are set by the experiment, not per method")
         if self.seeds is not None:
-            _check(bool(self.seeds) and all(isinstance(s, int) for s in self.seeds), f"method {self.name}: seeds", "must be a non-empty list of integers")
+            _check(
+                bool(self.seeds) and all(isinstance(s, int) for s in self.seeds),
+                f"method {self.name}: seeds",
+                "must be a non-empty list of integers",
+            )
 
 
 @dataclass
@@ -162,8 +174,11 @@ class ExperimentConfig:
 
     def __post_init__(self) -> None:
         _check(bool(self.output), "experiment.output", "must not be empty")
-        _check(bool(self.seeds) and all(isinstance(s, int) and 0 <= s < 2**31 for s in self.seeds), "experiment.seeds",
-               f"must be a non-empty list of integers in [0, 2**31), got {self.seeds!r}")
+        _check(
+            bool(self.seeds) and all(isinstance(s, int) and 0 <= s < 2**31 for s in self.seeds),
+            "experiment.seeds",
+            f"must be a non-empty list of integers in [0, 2**31), got {self.seeds!r}",
+        )
         _check(len(set(self.seeds)) == len(self.seeds), "experiment.seeds", "must not repeat")
         _check(bool(self.benchmarks), "benchmark", "at least one [[benchmark]] table is needed")
         _check(bool(self.methods), "method", "at least one [[method]] table is needed")
@@ -173,9 +188,16 @@ class ExperimentConfig:
             _check(not dup, kind, f"names must differ (as file names): {', '.join(dup)}")
         rows = self.row_names()
         _check(self.baseline in rows, "experiment.baseline", f"{self.baseline!r} is not a row; rows: {', '.join(rows)}")
-        _check(self.bootstrap_resamples >= 100, "experiment.bootstrap_resamples", f"must be >= 100, got {self.bootstrap_resamples}")
+        _check(
+            self.bootstrap_resamples >= 100,
+            "experiment.bootstrap_resamples",
+            f"must be >= 100, got {self.bootstrap_resamples}",
+        )
         _check(0 < self.confidence < 1, "experiment.confidence", f"must be in (0, 1), got {self.confidence}")
-        for table, reserved, where in ((self.train, RUNNER_TRAIN_FLAGS, "train"), (self.eval, RUNNER_EVAL_FLAGS, "eval")):
+        for table, reserved, where in (
+            (self.train, RUNNER_TRAIN_FLAGS, "train"),
+            (self.eval, RUNNER_EVAL_FLAGS, "eval"),
+        ):
             bad = sorted(set(table) & reserved)
             _check(not bad, f"[{where}]", f"{', '.join(bad)} are set by the experiment")
 
@@ -203,9 +225,19 @@ def load_experiment(path: str | Path, output: str = "") -> ExperimentConfig:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path} is not valid TOML: {e}") from None
     unknown = sorted(set(raw) - {"experiment", "train", "eval", "benchmark", "method"})
-    _check(not unknown, str(path), f"unknown table(s) {', '.join(unknown)}; valid: experiment, train, eval, benchmark, method")
+    _check(
+        not unknown,
+        str(path),
+        f"unknown table(s) {', '.join(unknown)}; valid: experiment, train, eval, benchmark, method",
+    )
     exp = dict(raw.get("experiment") or {})
-    allowed = {f.name for f in dataclasses.fields(ExperimentConfig)} - {"benchmarks", "methods", "train", "eval", "source"}
+    allowed = {f.name for f in dataclasses.fields(ExperimentConfig)} - {
+        "benchmarks",
+        "methods",
+        "train",
+        "eval",
+        "source",
+    }
     bad = sorted(set(exp) - allowed)
     _check(not bad, "[experiment]", f"unknown key(s) {', '.join(bad)}; valid: {', '.join(sorted(allowed))}")
     for key in ("name", "output", "seeds", "baseline"):
@@ -217,10 +249,17 @@ def load_experiment(path: str | Path, output: str = "") -> ExperimentConfig:
         out = []
         for t in tables:
             if cls is BenchmarkSpec:  # a benchmark's other keys are its eval flags
-                t = {"name": t.get("name", ""), "dataset": t.get("dataset", ""),
-                     "eval": {k: v for k, v in t.items() if k not in ("name", "dataset")}}
+                t = {
+                    "name": t.get("name", ""),
+                    "dataset": t.get("dataset", ""),
+                    "eval": {k: v for k, v in t.items() if k not in ("name", "dataset")},
+                }
             bad = sorted(set(t) - valid)
-            _check(not bad, f"[[{kind}]] {t.get('name', '')}", f"unknown key(s) {', '.join(bad)}; valid: {', '.join(sorted(valid))}")
+            _check(
+                not bad,
+                f"[[{kind}]] {t.get('name', '')}",
+                f"unknown key(s) {', '.join(bad)}; valid: {', '.join(sorted(valid))}",
+            )
             _check("name" in t, f"[[{kind}]]", "every table needs a name")
             out.append(cls(**t))
         return out
@@ -228,9 +267,12 @@ def load_experiment(path: str | Path, output: str = "") -> ExperimentConfig:
     if output:
         exp["output"] = output
     return ExperimentConfig(
-        **exp, train=dict(raw.get("train") or {}), eval=dict(raw.get("eval") or {}),
+        **exp,
+        train=dict(raw.get("train") or {}),
+        eval=dict(raw.get("eval") or {}),
         benchmarks=build(BenchmarkSpec, raw.get("benchmark") or [], "benchmark"),
-        methods=build(MethodSpec, raw.get("method") or [], "method"), source=text,
+        methods=build(MethodSpec, raw.get("method") or [], "method"),
+        source=text,
     )
 
 
@@ -299,7 +341,9 @@ def plan(cfg: ExperimentConfig) -> list[Job]:
                 if cfg.base and "model" not in train_flags:
                     train_flags["model"] = cfg.base
                 argv = ["train", *flags(train_flags), "--seed", str(seed), "--output", str(run_dir), "--no-progress"]
-                jobs.append(Job(f"train.{slug(m.name)}.s{seed}", "train", argv, method=m.name, seed=seed, run_dir=str(run_dir)))
+                jobs.append(
+                    Job(f"train.{slug(m.name)}.s{seed}", "train", argv, method=m.name, seed=seed, run_dir=str(run_dir))
+                )
                 after = [jobs[-1].id]
                 checkpoint = places["final"]
             else:
@@ -311,16 +355,61 @@ def plan(cfg: ExperimentConfig) -> list[Job]:
                 ev["dataset"] = b.dataset
                 base_dir = out / "evals" / slug(b.name)
                 records = base_dir / slug(m.name) / f"seed{seed}.jsonl"
-                argv = ["eval", *flags(ev), "--policy", m.policy, "--seed", str(seed), "--name", m.name, "--output", str(records)]
-                jobs.append(Job(f"eval.{slug(b.name)}.{slug(m.name)}.s{seed}", "eval", argv, row=m.name, method=m.name, seed=seed,
-                                benchmark=b.name, records=str(records), after=list(after)))
+                argv = [
+                    "eval",
+                    *flags(ev),
+                    "--policy",
+                    m.policy,
+                    "--seed",
+                    str(seed),
+                    "--name",
+                    m.name,
+                    "--output",
+                    str(records),
+                ]
+                jobs.append(
+                    Job(
+                        f"eval.{slug(b.name)}.{slug(m.name)}.s{seed}",
+                        "eval",
+                        argv,
+                        row=m.name,
+                        method=m.name,
+                        seed=seed,
+                        benchmark=b.name,
+                        records=str(records),
+                        after=list(after),
+                    )
+                )
                 if m.meanshift:
                     row = f"{m.name} MeanShift"
                     ms_records = base_dir / slug(row) / f"seed{seed}.jsonl"
-                    argv = ["eval", *flags(ev), "--policy", "meanshift", "--meanshift-from", str(records), "--seed", str(seed),
-                            "--name", row, "--output", str(ms_records)]
-                    jobs.append(Job(f"eval.{slug(b.name)}.{slug(row)}.s{seed}", "eval", argv, row=row, method=m.name, seed=seed,
-                                    benchmark=b.name, records=str(ms_records), after=[jobs[-1].id]))
+                    argv = [
+                        "eval",
+                        *flags(ev),
+                        "--policy",
+                        "meanshift",
+                        "--meanshift-from",
+                        str(records),
+                        "--seed",
+                        str(seed),
+                        "--name",
+                        row,
+                        "--output",
+                        str(ms_records),
+                    ]
+                    jobs.append(
+                        Job(
+                            f"eval.{slug(b.name)}.{slug(row)}.s{seed}",
+                            "eval",
+                            argv,
+                            row=row,
+                            method=m.name,
+                            seed=seed,
+                            benchmark=b.name,
+                            records=str(ms_records),
+                            after=[jobs[-1].id],
+                        )
+                    )
     return jobs
 
 
@@ -415,7 +504,9 @@ class Runner:
             if status == "done":
                 log.info("[%d/%d] %s: done, skipped", i, total, job.id)
                 continue
-            if status == "resume final":  # stopped after its final checkpoint was written (atomically), before its marker
+            if (
+                status == "resume final"
+            ):  # stopped after its final checkpoint was written (atomically), before its marker
                 self._write(self.marker(job), {"argv": job.argv, **self._result(job), "after": {}})
                 log.info("[%d/%d] %s: finished before the stop, recorded", i, total, job.id)
                 continue
@@ -427,7 +518,14 @@ class Runner:
             self._write(self.marker(job, "started"), {"argv": job.argv})
             self.logs.mkdir(parents=True, exist_ok=True)
             log_path = self.logs / f"{job.id}.log"
-            log.info("[%d/%d] %s: %s (log: %s)", i, total, job.id, "resuming from " + status.split()[1] if status.startswith("resume") else "running", log_path)
+            log.info(
+                "[%d/%d] %s: %s (log: %s)",
+                i,
+                total,
+                job.id,
+                "resuming from " + status.split()[1] if status.startswith("resume") else "running",
+                log_path,
+            )
             t0 = time.monotonic()
             rc = self._subprocess(argv, log_path)
             if rc != 0:
@@ -452,8 +550,13 @@ class Runner:
         with open(log_path, "a") as logf:
             logf.write(f"\n$ introllm {shlex.join(argv)}\n")
             logf.flush()
-            proc = subprocess.Popen([sys.executable, "-m", "introllm", *argv], stdout=logf, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "introllm", *argv],
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent,
+            )
             try:
                 return proc.wait()
             except BaseException:

@@ -11,8 +11,9 @@ Guide to Testing Statistical Significance in NLP", ACL 2018, on paired bootstrap
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
