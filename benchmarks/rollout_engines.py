@@ -11,7 +11,7 @@ of ``new_tokens`` tokens (EOS ignored, so every run decodes the same number of t
 after one warm-up each; medians are reported. "hooks" is the time spent in what the learned head
 adds to vLLM (its logits processor and the trace bookkeeping: ``VLLMEngine.hook_seconds``).
 This separates vLLM's own decode speed (fixed tau) from our processor's cost (learned - fixed),
-which is what issue 14's rollout target (vLLM >= 1.3x the torch engine) depends on.
+which the rollout target (vLLM >= 1.3x the torch engine, docs/training.md) depends on.
 """
 
 from __future__ import annotations

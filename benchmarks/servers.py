@@ -1,4 +1,4 @@
-"""The servers benchmark (issue 15): every OpenAI-compatible server a user could put in front of
+"""The servers benchmark: every OpenAI-compatible server a user could put in front of
 the embedded model, one at a time on this machine, driven by the same streaming client.
 
     python benchmarks/servers.py                  # the full table (about 30-60 min on 2 cores)

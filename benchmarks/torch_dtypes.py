@@ -9,7 +9,7 @@ Both dtypes of the embedded model are loaded in one process and stepped alternat
 median of the per-pair ratios t_float32 / t_bfloat16, reported with its quartiles. The learned
 head's overhead in the bf16 engine is ``bench.step_overhead`` (learned vs fixed:1.0, paired). The
 batch-1 step is also shown as a share of the memory-bandwidth limit (bandwidth / bytes of
-weights, as in benchmarks/servers.py). Issue 15's targets: bf16 >= 1.5x float32 at batch 1 and
+weights, as in benchmarks/servers.py). The targets: bf16 >= 1.5x float32 at batch 1 and
 16 on a CPU with native bf16, batch 1 >= 50 % of the bandwidth limit, head overhead <= 2 %.
 """
 
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     loaded = {dt: load_model(str(checkpoint), "cpu", dt) for dt in ("float32", "bfloat16")}
     engines = {dt: Engine(ck.model, ck.head) for dt, ck in loaded.items()}
-    # bf16 as before issue 15: the same fused step on F.linear (no packed oneDNN bf16 weights).
+    # bf16 as before the packed kernels: the same fused step on F.linear (no packed oneDNN bf16 weights).
     engines["bfloat16 unpacked"] = Engine(loaded["bfloat16"].model, loaded["bfloat16"].head, fast_cpu_kernels=False)
     tokenizer = loaded["float32"].tokenizer
     out = {"cpu": cpu, "memory_bandwidth_gbs": bandwidth, "steps": args.steps, "results": []}

@@ -8,7 +8,7 @@ the hidden states, its optimizer). The two steps alternate (ABBA order) and the 
 the median of the per-pair ratios, so both see the same machine load.
 
 ``rollout_backend_comparison`` times whole IntroLLM steps with torch-engine rollouts against
-colocated-vLLM rollouts (issue 14).
+colocated-vLLM rollouts.
 
 ``methods=("head-only", "introllm")`` instead compares a head-only step (``--freeze-model``: the
 learned rollout, then step B alone with the base under no_grad) with a joint IntroLLM step.

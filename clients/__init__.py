@@ -1,4 +1,6 @@
-"""Clients for an IntroLLM server: ``Client`` / ``AsyncClient`` (httpx), with temperature traces."""
+"""Clients for an IntroLLM server (installed as ``introllm.clients``; depends on nothing else of
+ours): ``Client`` / ``AsyncClient`` (httpx) with temperature traces, terminal and HTML rendering,
+and the streaming load driver (``loadtest``)."""
 
 from .client import (
     AsyncClient,

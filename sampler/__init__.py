@@ -1,5 +1,6 @@
-"""Learned-temperature decoding: the temperature head, temperature policies, the KV-cached engine
-and the checkpoint format. Training rollouts and the server run this very code."""
+"""Learned-temperature decoding (installed as ``introllm.sampler``): the temperature head, temperature
+policies, the KV-cached engine, the backends and the checkpoint format. Training rollouts and the
+server run this very code. Depends on no other package of ours."""
 
 from .engine import DecodeBatch, Engine
 from .head import HeadConfig, TemperatureHead, action_log_prob

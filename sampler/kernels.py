@@ -2,8 +2,7 @@
 
 At decode batch sizes (a handful of rows) PyTorch's default CPU ``linear`` leaves much of the
 memory bandwidth unused; oneDNN with pre-packed ("reordered") weights is what ``torch.compile``'s
-CPU backend uses for the same reason. Measured on this project's 2-core machines: SmolLM2-135M's
-output projection (576 x 49152) at 8 rows takes 22 ms with ``F.linear`` and 7.7 ms packed.
+CPU backend uses for the same reason (the measurements: docs/benchmarks.md, "Pre-packed oneDNN weights").
 
 ``Projection`` is one (possibly fused) linear layer on packed weights, for code that calls
 projections itself (the engine's output layer, the fused decode step). ``packed_linears(model)``
@@ -14,10 +13,6 @@ tensor's version counter), so the same model object can be trained in between; t
 extra copy of the weights in memory. Float32 on CPU, and bfloat16 on CPUs with native bfloat16
 (AVX512_BF16 or AMX, where oneDNN's bf16 kernels run on them; elsewhere they are emulated); other
 cases get a plain ``F.linear`` from ``Projection`` and a no-op from ``packed_linears``.
-
-Measured on this project's 2-core Intel Xeon (AVX512_BF16 + AMX), 1 thread, median of 30, a busy
-machine: the 3072 x 576 gate/up projection at 16 rows takes 3.0 ms with ``F.linear`` in float32,
-2.3 ms packed float32, 1.5 ms ``F.linear`` bfloat16 and 0.30 ms packed bfloat16.
 """
 
 from __future__ import annotations

@@ -95,7 +95,7 @@ def choose_dtype(dtype: str, device: torch.device | str) -> tuple[torch.dtype, s
 
     ``auto``: bfloat16 on GPU; on CPU bfloat16 when the CPU has native bfloat16 instructions (AMX
     or AVX512_BF16, see ``kernels.cpu_native_bf16``), float32 otherwise (without them bf16 matmuls are
-    emulated and slower than float32). Issue 15 has the measurements behind the CPU rule.
+    emulated and slower than float32). docs/benchmarks.md has the measurements behind the CPU rule.
 
     Raises ValueError for a dtype other than auto, float32, bfloat16, float16.
 

@@ -1,4 +1,4 @@
-"""The OpenAI-compatible HTTP server.
+"""The OpenAI-compatible HTTP server (installed as ``introllm.server``; depends on ``introllm.sampler``).
 
 app.py ``create_app`` / ``serve``; routes.py the handlers; prepare.py a request checked once into
 a ``Plan``; scheduler.py continuous batching, producing one ``records.Token`` per generated token;

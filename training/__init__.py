@@ -1,5 +1,5 @@
-"""RLVR training: hierarchical GRPO with coordinate ascent (paper §4.3, Algorithm 1) and the
-baselines, as ``introllm train``.
+"""RLVR training (installed as ``introllm.training``; depends on ``introllm.sampler``): hierarchical
+GRPO with coordinate ascent (paper §4.3, Algorithm 1) and the baselines, run by ``introllm train``.
 
     config    typed dataclasses, one per concern (flags are generated from them)
     data      problems from files, reasoning-gym or the hub; prompts; the seeded order

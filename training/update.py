@@ -212,7 +212,7 @@ def update(
     step; every loss is divided by ``num_sequences`` (default: len(sequences)), so the accumulated
     gradient equals the full batch's.
 
-    Rollout consistency (issue 14): on the first epoch the trainer's recomputed token log-probs
+    Rollout consistency: on the first epoch the trainer's recomputed token log-probs
     (theta_old, recorded tau) are compared with those the rollout engine reported
     (``Trace.logp``): max / mean |diff| and the fraction over ``MISMATCH_TOLERANCE`` go into the
     stats, and min(exp(diff), tis_cap) weights each token's loss terms (losses.truncated_is_weights).
