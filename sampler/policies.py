@@ -114,9 +114,12 @@ def build_policy(spec: str, head: H.TemperatureHead | None = None) -> Temperatur
     if getattr(cls, "uses_head", False):
         if head is None:
             raise ValueError(f"policy {name!r} needs a temperature head, and this model has none")
-        if positional or named:
+        if (positional or named) and not getattr(cls, "takes_args", False):
             raise ValueError(f"policy {name!r} takes no arguments (its bounds come from the head)")
-        return cls(head)
+        try:
+            return cls(head, *positional, **named)
+        except TypeError as e:
+            raise ValueError(f"bad arguments for policy {name!r}: {e}") from None
     try:
         return cls(*positional, **named)
     except TypeError as e:
@@ -210,6 +213,41 @@ class LearnedPolicy(_HeadPolicy):
         return rand[:, SLOT_GATE] < H.update_prob(u)
 
 
+TAU_FLOOR = 0.01
+"""The lowest tau a shifted policy samples at (a shift must not reach 0, which means greedy)."""
+
+
+@register("shifted")
+class ShiftedPolicy(LearnedPolicy):
+    """The learned policy with every temperature it draws moved by ``delta``:
+    tau = max(TAU_FLOOR, tau_min + z (tau_max - tau_min) + delta) where the gate updates, the
+    previous (already shifted) tau where it keeps. Same gate, same Beta draws, same random numbers
+    as ``learned``: only the level moves, not the per-token variation.
+
+    The mean-matched row of Study 3 (``introllm eval --policy mean-matched:T``): delta = T minus
+    the learned policy's token-mean tau on the same benchmark, so that per-token variation is
+    compared with a fixed tau *at the same mean*. Evaluation only: the trainer never scores it."""
+
+    takes_args = True
+
+    def __init__(self, head: H.TemperatureHead, delta: float = 0.0):
+        super().__init__(head)
+        if not math.isfinite(delta):
+            raise ValueError(f"shifted needs a finite delta, got {delta}")
+        self.delta = float(delta)
+        self.initial_tau = max(TAU_FLOOR, head.config.tau_init + self.delta)
+
+    def act(self, h, step, tau_prev, rand):
+        a = super().act(h, step, tau_prev, rand)
+        drawn = (H.z_to_tau(a.z, self.tau_min, self.tau_max) + self.delta).clamp_min(TAU_FLOOR)
+        a.tau = torch.where(a.updated, drawn, tau_prev)
+        return a
+
+    @property
+    def spec(self):
+        return f"shifted:delta={self.delta!r}"
+
+
 @register("always-update")
 class AlwaysUpdatePolicy(_HeadPolicy):
     gated = False
@@ -268,6 +306,10 @@ class _SchedulePolicy(TemperaturePolicy):
         return action
 
 
+EAD_REFERENCE_LENGTH = 512
+"""The answer length (tokens) EAD's default schedule is tuned for: c0 = 25 over 512-token answers."""
+
+
 @register("ead")
 class EADPolicy(_SchedulePolicy):
     """Exploratory annealed decoding as the paper describes it (appendix D.2):
@@ -275,31 +317,51 @@ class EADPolicy(_SchedulePolicy):
 
     The paper adapts gamma during training, gamma_n = exp(-(c0 / L_avg) · n / N_total); see
     ``ead_gamma``. The default gamma here is that formula at the end of training for c0 = 25 and
-    a 512-token average response.
+    a 512-token average response (``EAD_REFERENCE_LENGTH``).
+
+    ``length``: the schedule scaled to answers of that many tokens. The whole schedule (warm-up and
+    decay) is stretched along the token axis by length / 512, tau_t = schedule(t · 512 / length):
+    on 20-token answers the temperature falls over 20 tokens as the default falls over 512,
+    instead of sampling everything at tau_start (0 = unscaled, the default).
+
+    >>> [round(v, 3) for v in EADPolicy().schedule(torch.tensor([0, 9, 10, 32])).tolist()]
+    [1.2, 1.2, 0.736, 0.252]
+    >>> [round(v, 3) for v in EADPolicy(length=64).schedule(torch.tensor([0, 1, 2, 4])).tolist()]
+    [1.2, 1.2, 0.549, 0.252]
     """
 
     def __init__(
-        self, tau_start: float = 1.2, tau_min: float = 0.1, gamma: float = math.exp(-25 / 512), warmup: float = 10
+        self,
+        tau_start: float = 1.2,
+        tau_min: float = 0.1,
+        gamma: float = math.exp(-25 / EAD_REFERENCE_LENGTH),
+        warmup: float = 10,
+        length: float = 0,
     ):
         if not 0 < tau_min <= tau_start:
             raise ValueError(f"ead needs 0 < tau_min <= tau_start, got tau_min={tau_min}, tau_start={tau_start}")
         if not 0 < gamma <= 1:
             raise ValueError(f"ead needs 0 < gamma <= 1, got {gamma}")
+        if length < 0:
+            raise ValueError(f"ead needs length >= 0 (0: unscaled), got {length}")
         self.tau_start, self.tau_min, self.gamma, self.warmup = (
             float(tau_start),
             float(tau_min),
             float(gamma),
             int(warmup),
         )
+        self.length = float(length)
         self.initial_tau = self.tau_start
 
     def schedule(self, step):
-        decayed = self.tau_start * torch.pow(self.gamma, step.double())
-        return torch.where(step < self.warmup, self.tau_start, decayed.clamp_min(self.tau_min))
+        t = step.double() * (EAD_REFERENCE_LENGTH / self.length if self.length else 1.0)
+        decayed = self.tau_start * torch.pow(self.gamma, t)
+        return torch.where(t < self.warmup, self.tau_start, decayed.clamp_min(self.tau_min))
 
     @property
     def spec(self):
-        return f"ead:tau_start={self.tau_start:g},tau_min={self.tau_min:g},gamma={self.gamma!r},warmup={self.warmup}"
+        scaled = f",length={self.length:g}" if self.length else ""
+        return f"ead:tau_start={self.tau_start:g},tau_min={self.tau_min:g},gamma={self.gamma!r},warmup={self.warmup}{scaled}"
 
 
 def ead_gamma(c0: float, avg_len: float, step: int, total_steps: int) -> float:

@@ -59,6 +59,16 @@ def weights(ckpt):
     }
 
 
+def start_weights(ckpt, seed=0):
+    """What a run of ``seed`` starts from: the checkpoint's model and the fresh head of that seed
+    (MethodConfig.head_init = "fresh", the default, for methods that train the head)."""
+    from introllm.sampler.head import HeadConfig
+    from introllm.training.trainer import fresh_head
+
+    head = fresh_head(HeadConfig(32), seed)
+    return {**weights(ckpt), **{f"head.{k}": v for k, v in head.state_dict().items()}}
+
+
 def test_a_run_writes_metrics_samples_and_checkpoints(tiny_ckpt, problems, tmp_path):
     final = train(config(tiny_ckpt, problems, tmp_path / "run"), show_progress=False)
     run = tmp_path / "run"
@@ -94,7 +104,7 @@ def test_a_run_writes_metrics_samples_and_checkpoints(tiny_ckpt, problems, tmp_p
     assert final == run / "final" and (final / "trainer_state" / "state.json").is_file()
     assert json.loads((run / "config.json").read_text())["method"]["method"] == "introllm"
     # every weight tensor of model and head moved; the head's bounds are the run's
-    before, after = weights(tiny_ckpt), weights(final)
+    before, after = start_weights(tiny_ckpt), weights(final)
     unchanged = [k for k in before if torch.equal(before[k], after[k])]
     assert unchanged == []
 
@@ -135,11 +145,12 @@ def test_resume_continues_exactly(tiny_ckpt, problems, tmp_path):
 def test_every_method_trains(tiny_ckpt, problems, tmp_path, method):
     final = train(config(tiny_ckpt, problems, tmp_path / "run", method=method, steps=2), show_progress=False)
     metrics = read_jsonl(tmp_path / "run" / "metrics.jsonl")[1:]
-    before, after = weights(tiny_ckpt), weights(final)
+    trains_head = method in ("introllm", "prompt-level", "always-update")
+    before, after = (start_weights(tiny_ckpt) if trains_head else weights(tiny_ckpt)), weights(final)
     head_moved = any(not torch.equal(before[k], after[k]) for k in before if k.startswith("head."))
     model_moved = any(not torch.equal(before[k], after[k]) for k in before if not k.startswith("head."))
     assert model_moved
-    assert head_moved == (method in ("introllm", "prompt-level", "always-update"))
+    assert head_moved == trains_head
     taus = {m["tau_mean"] for m in metrics}
     if method == "grpo":
         assert metrics[0]["policy"] == "fixed:1" and taus == {1.0}
@@ -245,3 +256,26 @@ def test_the_optional_grpo_features_run_in_the_loop(tiny_ckpt, problems, tmp_pat
     for m in metrics:
         assert not m["skipped"] and m["grad_norm_model"] > 0 and m["grad_norm_head"] > 0
         assert all(math.isfinite(m[k]) for k in ("loss_token", "loss_temp", "clip_frac"))
+
+
+def test_head_init_checkpoint_keeps_the_checkpoints_head(tiny_ckpt, problems, tmp_path):
+    keep = config(tiny_ckpt, problems, tmp_path / "keep", steps=1, seed=1)
+    keep.method.head_init = "checkpoint"
+    keep.optim.head_lr = 0.0  # nothing moves the head: the saved one must be the checkpoint's
+    final = train(keep, show_progress=False)
+    saved = load_file(str(final / "temperature_head.safetensors"))
+    start = load_file(str(tiny_ckpt / "temperature_head.safetensors"))
+    assert all(torch.equal(saved[k], start[k]) for k in start)
+
+
+def test_a_null_control_run_sees_the_same_rollouts_with_shuffled_rewards(tiny_ckpt, problems, tmp_path):
+    train(config(tiny_ckpt, problems, tmp_path / "real", steps=1), show_progress=False)
+    null = config(tiny_ckpt, problems, tmp_path / "null", steps=1)
+    null.method.null_control = True
+    train(null, show_progress=False)
+    real = read_jsonl(tmp_path / "real" / "metrics.jsonl")[1]
+    shuffled = read_jsonl(tmp_path / "null" / "metrics.jsonl")[1]
+    # the same samples (same seed, same start): same mean reward, tau and lengths; other advantages
+    for key in ("reward", "tau_mean", "response_length", "update_rate"):
+        assert shuffled[key] == pytest.approx(real[key]), key
+    assert json.loads((tmp_path / "null" / "config.json").read_text())["method"]["null_control"] is True

@@ -175,6 +175,16 @@ class MethodConfig:
     """Head-only training: learn the temperature head alone on a frozen base model (step B only,
     hidden states under no-grad, no model optimizer); checkpoints hold the head files and the base
     model's fingerprint, not a copy of the base weights. Needs a method that trains the head."""
+    head_init: str = "fresh"
+    """Where the temperature head starts: fresh (the paper's initialisation, P(update) = 0.5 and z ~
+    Uniform, its weights drawn with the run's seed, so seeds differ in their heads too; seed 0 is
+    the head the embedded checkpoint carries) or checkpoint (the start checkpoint's own head, to
+    go on training it). A resumed run always continues its own head."""
+    null_control: bool = False
+    """A null control: the rewards of each step are shuffled over its samples (with a generator
+    seeded by run seed and step) before the advantages, so they carry no information about the
+    temperatures or tokens that earned them; every other setting as in the real run. A head
+    trained so moves only by noise: its spread over seeds is the yardstick of a real head's."""
     tampo_sharpness: float = 5.0
     """tampo: inverse temperature of the softmax that turns a step's temperature-specific
     advantages into a target distribution (our choice; the paper does not give one)."""
@@ -199,6 +209,11 @@ class MethodConfig:
         _check(0 <= self.tampo_warmup < 1, "tampo_warmup", f"must be in [0, 1), got {self.tampo_warmup}")
         _check(0 <= self.tampo_ema < 1, "tampo_ema", f"must be in [0, 1), got {self.tampo_ema}")
         _check(self.tampo_sharpness > 0, "tampo_sharpness", f"must be > 0, got {self.tampo_sharpness}")
+        _check(
+            self.head_init in ("fresh", "checkpoint"),
+            "head_init",
+            f"must be fresh or checkpoint, got {self.head_init!r}",
+        )
         from .methods import build_method_class
 
         _check(

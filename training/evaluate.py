@@ -62,8 +62,12 @@ class EvalConfig:
     n: int = 0
     """Samples per problem (0: k). With n > k, Pass@k uses the unbiased estimator."""
     policy: str = "learned"
-    """Temperature policy of the samples: learned, fixed:T, greedy, ead, tampo, ..., or meanshift (fixed
-    at the learned policy's token-mean tau on this benchmark)."""
+    """Temperature policy of the samples: learned, fixed:T, greedy, ead, tampo, ..., meanshift (fixed
+    at the learned policy's token-mean tau on this benchmark) or mean-matched:T (the learned policy's
+    temperatures moved so that their token mean is T)."""
+    dtype: str = "auto"
+    """auto: a trained checkpoint in the dtype it was trained in (its saved weights'), anything else as
+    serving does (bfloat16 on GPU and on CPUs with native bfloat16, else float32); or float32, bfloat16."""
     max_new_tokens: int = 512
     """Most tokens per sample."""
     limit: int = 0
@@ -226,7 +230,8 @@ def evaluate(
     problems = read_problems(data) if not cfg.heldout else heldout_problems(cfg.heldout)[1]
     if cfg.limit:
         problems = problems[: cfg.limit]
-    ck = load_model(cfg.checkpoint or None, device="auto", dtype="auto", head=cfg.head or None)
+    dtype = eval_dtype(cfg.checkpoint, cfg.dtype)
+    ck = load_model(cfg.checkpoint or None, device="auto", dtype=dtype, head=cfg.head or None)
     engine = Engine(ck.model, ck.head)
     engine.policy(cfg.policy)  # an unknown policy fails here, before any sampling
     output = Path(output)
@@ -271,6 +276,21 @@ def evaluate(
     )
     summary_path(output).write_text(json.dumps(asdict(summary), indent=2) + "\n")
     return summary
+
+
+def eval_dtype(checkpoint: str, dtype: str) -> str:
+    """The dtype an evaluation loads ``checkpoint`` in: ``dtype`` unless it is auto; for auto, a
+    checkpoint written by ``introllm train`` (it holds trainer_state/) in the dtype of its saved
+    weights (config.json), so that a float32 run's small updates are not rounded away in
+    bfloat16; any other checkpoint "auto" (as serving)."""
+    if dtype != "auto" or not checkpoint:
+        return dtype
+    path = Path(checkpoint)
+    if not (path / "trainer_state").is_dir() or not (path / "config.json").is_file():
+        return "auto"
+    saved = json.loads((path / "config.json").read_text())
+    saved = saved.get("dtype") or saved.get("torch_dtype")
+    return saved if saved in ("float32", "bfloat16", "float16") else "auto"
 
 
 def eval_record(problem, sample: int, seq, text: str, reward: float, tokenizer) -> dict[str, Any]:

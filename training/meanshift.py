@@ -70,8 +70,24 @@ def meanshift_policy(
     return f"fixed:{tau:.{DECIMALS}f}", tau
 
 
+def mean_matched_policy(
+    records_path: str | Path, target: float, *, checkpoint: str | None = None, dataset: str | None = None
+) -> tuple[str, float]:
+    """(policy spec ``shifted:delta=D``, D) for the mean-matched row: the learned policy with its
+    temperatures moved by D = target - its token-mean tau on this benchmark (the records of a
+    learned evaluation, checked as for ``meanshift_policy``), so that per-token variation is
+    compared with a fixed tau at the same mean. Raises ValueError as meanshift_policy does, and for
+    a target that is not a positive number."""
+    if not (target > 0):
+        raise ValueError(f"mean-matched needs a target tau > 0, got {target}")
+    _, mean = meanshift_policy(records_path, checkpoint=checkpoint, dataset=dataset)
+    delta = round(target - token_mean_tau(records_path), DECIMALS)
+    return f"shifted:delta={delta}", delta
+
+
 def resolve_for_eval(cfg, data, output: str | Path, *, source: str = "", on_progress=None) -> tuple[str, float]:
-    """The ``fixed:T`` spec that ``introllm eval --policy meanshift`` samples with.
+    """The spec that ``introllm eval --policy meanshift`` (``fixed:T``) or ``--policy
+    mean-matched:T`` (``shifted:delta=D``) samples with, and T or D.
 
     ``source`` is the records file of a learned evaluation of the same checkpoint on the same
     benchmark (``--meanshift-from``); without one, a first pass with the learned policy is run
@@ -88,4 +104,16 @@ def resolve_for_eval(cfg, data, output: str | Path, *, source: str = "", on_prog
         if not summary_path(source_path).is_file():
             evaluate(replace(cfg, policy="learned", name=""), data, source_path, on_progress=on_progress)
         source = str(source_path)
+    if cfg.policy.startswith("mean-matched"):
+        target = cfg.policy.partition(":")[2]
+        try:
+            value = float(target)
+        except ValueError:
+            raise ValueError(f"--policy mean-matched:T needs a temperature T, got {cfg.policy!r}") from None
+        return mean_matched_policy(source, value, checkpoint=cfg.checkpoint, dataset=data.dataset)
     return meanshift_policy(source, checkpoint=cfg.checkpoint, dataset=data.dataset)
+
+
+def derived(policy: str) -> bool:
+    """Whether ``policy`` is resolved from a learned evaluation first (meanshift, mean-matched:T)."""
+    return policy == "meanshift" or policy.startswith("mean-matched")

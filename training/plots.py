@@ -2,7 +2,8 @@
 
     fig2_tau_by_level.png     tau distribution by difficulty level (Fig. 2)
     fig3_token_tau.png        per-token tau of one completion minus the mean tau at each position (Fig. 3)
-    fig4_hot_tokens.png       the 100 highest-temperature tokens as a word cloud (Fig. 4)
+    fig4_hot_tokens.png       the 100 hottest contexts (previous token) as a word cloud (Fig. 4)
+    fig4b_tau_context.png     mean tau by position and by sampling entropy
     fig5_tau_training.png     tau mean and extremes over training, overall and by level (Fig. 5)
     fig6_runs.png             entropy, reward and held-out accuracy of the runs on shared axes (Fig. 6)
     fig7_length.png           response length over training (Fig. 7)
@@ -24,7 +25,9 @@ from typing import Any
 FIGURES = {
     "fig2_tau_by_level.png": "Temperature distribution by difficulty level (paper Fig. 2).",
     "fig3_token_tau.png": "Per-token temperature of one completion, minus the mean temperature at each position (Fig. 3).",
-    "fig4_hot_tokens.png": "The 100 tokens with the highest mean temperature; size grows with temperature (Fig. 4).",
+    "fig4_hot_tokens.png": "The 100 contexts (the token before) with the highest mean temperature chosen after them, "
+    "seen at least 5 times; size grows with temperature (Fig. 4).",
+    "fig4b_tau_context.png": "Mean temperature by position, and by the entropy of the sampling distribution (Fig. 4, context).",
     "fig5_tau_training.png": "Mean, minimum and maximum temperature over training, overall and by level (Fig. 5).",
     "fig6_runs.png": "Token entropy, reward and held-out accuracy of each run (Fig. 6).",
     "fig7_length.png": "Mean response length over training (Fig. 7).",
@@ -51,6 +54,7 @@ def traces_from(eval_file: Path | None, run_dirs: list[Path]) -> list[dict[str, 
                     "updated": r["updated"],
                     "level": r.get("level") if r.get("level") is not None else r.get("subject"),
                     "correct": r.get("correct"),
+                    "entropy": r.get("entropy"),
                 }
                 for r in rows
             ]
@@ -131,14 +135,10 @@ def make_plots(run_dirs: list[Path], output: Path, eval_file: Path | None = None
     ax.set_title("Per-token temperature of one completion")
     save(fig, "fig3_token_tau.png")
 
-    # Fig. 4: word cloud of the hottest tokens
-    tok_taus: dict[str, list[float]] = defaultdict(list)
-    for t in traces:
-        for tok, tau in zip(t["tokens"], t["tau"]):
-            if tok.strip():
-                tok_taus[tok.strip()].append(tau)
-    hottest = sorted(((statistics.mean(v), tok) for tok, v in tok_taus.items()), reverse=True)[:100]
-    save(_word_cloud(plt, hottest), "fig4_hot_tokens.png", tight=False)
+    # Fig. 4: the contexts tau was chosen in (previous token, position)
+    hottest = hot_contexts(traces, min_count=MIN_TOKEN_COUNT, top=100)
+    save(_word_cloud(plt, [(tau, tok) for tau, tok, _ in hottest]), "fig4_hot_tokens.png", tight=False)
+    save(_context_figure(plt, traces), "fig4b_tau_context.png")
 
     if not runs:
         return _write_index(output, written, run_dirs, eval_file)
@@ -189,6 +189,66 @@ def make_plots(run_dirs: list[Path], output: Path, eval_file: Path | None = None
     save(fig, "fig7_length.png")
 
     return _write_index(output, written, run_dirs, eval_file)
+
+
+MIN_TOKEN_COUNT = 5
+"""Fig. 4 leaves out context tokens seen fewer times: a mean over one or two draws is noise."""
+
+
+def hot_contexts(
+    traces: list[dict[str, Any]], *, min_count: int = MIN_TOKEN_COUNT, top: int = 100
+) -> list[tuple[float, str, int]]:
+    """(mean tau, context token, count) of the ``top`` hottest contexts, hottest first.
+
+    The head chooses tau_t from h_t, the hidden state *after* the previous token y_{t-1}, before
+    y_t is drawn; so tau_t is paired with y_{t-1} (its context; ``<start>`` for the first token),
+    not with y_t, which was drawn *at* tau_t (a high tau mechanically yields rare words, which
+    would then look "hot"). Contexts seen fewer than ``min_count`` times are left out.
+
+    >>> hot_contexts([{"tokens": ["a", "b", "a", "b", "a"], "tau": [1.0, 0.5, 1.5, 0.7, 1.3]}], min_count=2)
+    [(1.4, 'b', 2), (0.6, 'a', 2)]
+    """
+    taus: dict[str, list[float]] = defaultdict(list)
+    for t in traces:
+        previous = ["<start>", *[tok.strip() or repr(tok) for tok in t["tokens"][:-1]]]
+        for ctx, tau in zip(previous, t["tau"]):
+            taus[ctx].append(tau)
+    rows = [(round(statistics.mean(v), 6), tok, len(v)) for tok, v in taus.items() if len(v) >= min_count]
+    return sorted(rows, reverse=True)[:top]
+
+
+def _context_figure(plt, traces: list[dict[str, Any]]):
+    """Mean tau by position in the answer, and by the entropy of the distribution each token was
+    drawn from (where the records hold it; that entropy is at the token's own tau, so it rises
+    with tau by construction: read it as a description, not as a cause)."""
+    by_pos: dict[int, list[float]] = defaultdict(list)
+    pairs = []
+    for t in traces:
+        for i, tau in enumerate(t["tau"]):
+            by_pos[min(i // 8, 15)].append(tau)
+        for tau, ent in zip(t["tau"], t.get("entropy") or []):
+            if ent is not None:
+                pairs.append((ent, tau))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    keys = sorted(by_pos)
+    axes[0].plot([8 * k for k in keys], [statistics.mean(by_pos[k]) for k in keys], marker="o")
+    axes[0].set_xlabel("token position (bins of 8; the last bin holds the rest)")
+    axes[0].set_ylabel("mean tau")
+    axes[0].set_title("tau by position")
+    if pairs:
+        pairs.sort()
+        size = max(1, len(pairs) // 10)
+        bins = [pairs[i : i + size] for i in range(0, len(pairs), size)]
+        axes[1].plot(
+            [statistics.mean(e for e, _ in b) for b in bins],
+            [statistics.mean(t for _, t in b) for b in bins],
+            marker="o",
+        )
+        axes[1].set_xlabel("entropy of the sampling distribution (nats, deciles)")
+        axes[1].set_title("tau by entropy (at the token's own tau)")
+    else:
+        axes[1].text(0.5, 0.5, "no entropies in these records", ha="center", va="center")
+    return fig
 
 
 def _write_index(output: Path, written: list[Path], run_dirs: list[Path], eval_file: Path | None) -> list[Path]:

@@ -82,6 +82,22 @@ def collect(
     )
 
 
+def shuffle_rewards(rollout: Rollout, *, seed: int) -> Rollout:
+    """The null control's rollout: its rewards permuted over all its samples (a generator seeded
+    with ``seed``), advantages recomputed (eq. 3), everything else unchanged. The step's mean
+    reward stays the same; which sample, token or temperature earned a reward is forgotten.
+
+    >>> import torch
+    >>> ro = Rollout([], [], [], torch.tensor([1.0, 0.0, 0.0, 0.0]), torch.zeros(4))
+    >>> sorted(shuffle_rewards(ro, seed=0).rewards.tolist()) == [0.0, 0.0, 0.0, 1.0]
+    True
+    """
+    G = len(rollout.rewards) // max(len(rollout.problems), 1) if rollout.problems else len(rollout.rewards)
+    order = torch.randperm(len(rollout.rewards), generator=torch.Generator().manual_seed(seed % (2**63)))
+    rewards = rollout.rewards[order]
+    return dataclasses.replace(rollout, rewards=rewards, adv=group_advantages(rewards, max(G, 1)))
+
+
 @dataclass
 class SequenceStats:
     """Per-sequence numbers the step metrics are built from, one float64 tensor [N] each.

@@ -98,13 +98,17 @@ def train(cfg: TrainConfig, *, resume_from: str | None = None, show_progress: bo
     if tokenizer is None:
         raise ConfigError(f"model: {start} has no tokenizer files")
     hidden = model.config.get_text_config(decoder=True).hidden_size
+    method = build_method(cfg.method, cfg.run.steps)
     head_cfg = HeadConfig(
         hidden, cfg.rollout.tau_min, cfg.rollout.tau_max, min(max(1.0, cfg.rollout.tau_min), cfg.rollout.tau_max)
     )
-    head = ck.head if ck.head is not None else TemperatureHead(head_cfg).to(device)
+    fresh = method.trains_head and cfg.method.head_init == "fresh"  # a head no one trains stays as it was
+    if resume_dir is None and (fresh or ck.head is None):
+        head = fresh_head(head_cfg, cfg.run.seed).to(device)
+    else:  # the start checkpoint's own head (head_init = checkpoint), or the resumed run's
+        head = ck.head
     head.config = head_cfg  # the bounds are the run's; the weights do not depend on them
     head.to(device=device, dtype=torch.float32)
-    method = build_method(cfg.method, cfg.run.steps)
     _disable_dropout(model)
     if cfg.optim.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -269,6 +273,8 @@ def train(cfg: TrainConfig, *, resume_from: str | None = None, show_progress: bo
                 first_index=rank * P,
                 score=score,
             )
+            if cfg.method.null_control:  # rewards that say nothing about what earned them
+                ro = R.shuffle_rewards(ro, seed=R.rollout_seed(cfg.run.seed, step, rank))
             t_rollout = time.perf_counter() - t0
             # 4. steps A and B
             stats = update(
@@ -330,6 +336,15 @@ def train(cfg: TrainConfig, *, resume_from: str | None = None, show_progress: bo
         progress.close()
         rewards.close()
     return final
+
+
+def fresh_head(config: HeadConfig, seed: int) -> TemperatureHead:
+    """The paper's initial head (B.1: P(update) = 0.5, z ~ Uniform(0, 1) for any input) with its
+    weights drawn from a generator seeded with ``seed``; seed 0 gives the head the embedded
+    checkpoint is converted with (``sampler.models.initial_head``)."""
+    head = TemperatureHead(config)
+    head.reset_parameters(torch.Generator().manual_seed(seed))
+    return head
 
 
 def _write_eval_records(

@@ -16,6 +16,7 @@ from typing import Any
 
 from introllm.training.config import ConfigError, DataConfig
 from introllm.training.evaluate import EvalConfig
+from introllm.training.meanshift import derived
 
 from .common import add_config_flags, config_from_args, epilog_parser
 
@@ -179,19 +180,20 @@ def run_eval(cfg: EvalConfig, data: DataConfig, files: EvalFiles) -> int:
             if not tty:  # a log file gets one line per batch instead of a bar
                 log.info("eval: %d/%d problems, running accuracy %.3f", done, total, acc)
 
-        if cfg.policy == "meanshift":
+        if derived(cfg.policy):
             from dataclasses import replace
 
             from introllm.training.meanshift import resolve_for_eval
 
-            spec, tau = resolve_for_eval(cfg, data, output, source=files.meanshift_from, on_progress=progress)
-            log.info("MeanShift: the learned policy's token-mean tau is %.4f; sampling at %s", tau, spec)
-            cfg = replace(
-                cfg,
-                policy=spec,
-                name=cfg.name
-                or f"{Path(cfg.checkpoint).name if cfg.checkpoint else 'smollm2-135m-instruct'} (MeanShift {tau:.4f})",
-            )
+            spec, value = resolve_for_eval(cfg, data, output, source=files.meanshift_from, on_progress=progress)
+            base = Path(cfg.checkpoint).name if cfg.checkpoint else "smollm2-135m-instruct"
+            if cfg.policy == "meanshift":
+                log.info("MeanShift: the learned policy's token-mean tau is %.4f; sampling at %s", value, spec)
+                label = f"{base} (MeanShift {value:.4f})"
+            else:
+                log.info("mean-matched: the learned policy's temperatures moved by %+.4f (%s)", value, spec)
+                label = f"{base} ({cfg.policy}, delta {value:+.4f})"
+            cfg = replace(cfg, policy=spec, name=cfg.name or label)
         s = evaluate(cfg, data, output, on_progress=progress)
 
     def trace(v) -> str:

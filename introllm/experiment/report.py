@@ -205,6 +205,11 @@ def write_report(cfg: ExperimentConfig, jobs: list[Job], done: set[str]) -> Path
                     else f"| {learned} | {taus} | {_pct(d[1], True)} | {_pct(d[2], True)} |"
                 )
             lines.append("")
+        lines += _seed_section(cfg, rows, k, conf)
+        lines += _comparison_section(cfg, rows, k, conf)
+        pareto = _pareto_figure(rows, b.name, k, out / "figures" / f"pareto-{slug(b.name)}.png")
+        if pareto is not None:
+            lines += [f"![Avg@{k} against Pass@{k} on {b.name}]({pareto.relative_to(out)})", ""]
     lines += _training_section(cfg, jobs, done, out)
     lines += [
         "## How this was produced",
@@ -225,6 +230,149 @@ def write_report(cfg: ExperimentConfig, jobs: list[Job], done: set[str]) -> Path
     tmp = path.with_name("report.md.tmp")
     tmp.write_text("\n".join(lines))
     tmp.replace(path)
+    return path
+
+
+def _seed_line(values: list[float], cfg: ExperimentConfig) -> str:
+    from .stats import seed_interval
+
+    iv = seed_interval(values, confidence=cfg.confidence)
+    if len(values) < 2:
+        return f"{100 * iv.mean:+.1f} (one seed)"
+    return f"{100 * iv.mean:+.1f} [{100 * iv.lo:+.1f}, {100 * iv.hi:+.1f}]"
+
+
+def _seed_section(cfg: ExperimentConfig, rows: dict[str, RowData], k: int, conf: str) -> list[str]:
+    """Rows with several seeds: mean over seeds with a t-interval over seeds."""
+    from .stats import seed_interval
+
+    multi = [r for r in rows.values() if len(r.seeds) > 1]
+    if not multi:
+        return []
+    lines = [
+        f"Over seeds (each seed's score over all problems; mean and {conf} t-interval over seeds: what another "
+        "training run or sampling seed would give):",
+        "",
+        f"| Row | Seeds | Avg@{k} ({conf} t over seeds) | Pass@{k} ({conf} t over seeds) |",
+        "|---|---:|---|---|",
+    ]
+    for r in multi:
+        cells = []
+        for i in (0, 1):
+            iv = seed_interval([r.per_seed[s][i] for s in r.seeds], confidence=cfg.confidence)
+            cells.append(f"{100 * iv.mean:.1f} [{100 * iv.lo:.1f}, {100 * iv.hi:.1f}]")
+        lines.append(f"| {r.row} | {len(r.seeds)} | {cells[0]} | {cells[1]} |")
+    return lines + [""]
+
+
+def seed_differences(a: RowData, b: RowData, metric: int) -> tuple[list[float], bool]:
+    """Per-seed differences a - b of Avg@k (metric 0) or Pass@k (1): paired on the seeds both rows
+    have; if b has a single seed (a fixed row evaluated once), each of a's seeds minus that value.
+    Returns (differences, paired)."""
+    common = [s for s in a.seeds if s in b.per_seed]
+    if len(common) >= 2 or len(b.seeds) != 1:
+        return [a.per_seed[s][metric] - b.per_seed[s][metric] for s in common], True
+    only = b.per_seed[b.seeds[0]][metric]
+    return [a.per_seed[s][metric] - only for s in a.seeds], False
+
+
+def _comparison_section(cfg: ExperimentConfig, rows: dict[str, RowData], k: int, conf: str) -> list[str]:
+    """The config's comparisons a - b with both kinds of interval."""
+    pairs = [(a, b) for a, b in cfg.comparisons if a in rows and b in rows]
+    if not pairs:
+        return []
+    lines = [
+        "Comparisons (a - b, percentage points) with both kinds of interval: the paired bootstrap over problems "
+        f"(these problems, these seeds) and a {conf} t-interval over seeds (another run), with the per-seed differences:",
+        "",
+        f"| a - b | Δ Avg@{k}, bootstrap over problems | Δ Avg@{k}, t over seeds | per seed | "
+        f"Δ Pass@{k}, bootstrap | Δ Pass@{k}, t over seeds |",
+        "|---|---|---|---|---|---|",
+    ]
+    for a, b in pairs:
+        d = paired(rows[a], rows[b], cfg)
+        boot = ("–", "–") if d is None else (_pct(d[1], True), _pct(d[2], True))
+        avg, was_paired = seed_differences(rows[a], rows[b], 0)
+        pas, _ = seed_differences(rows[a], rows[b], 1)
+        note = "" if was_paired else f" (vs {b}'s one seed)"
+        per_seed = ", ".join(f"{100 * v:+.1f}" for v in avg) + note
+        lines.append(
+            f"| {a} - {b} | {boot[0]} | {_seed_line(avg, cfg)} | {per_seed} | {boot[1]} | {_seed_line(pas, cfg)} |"
+        )
+    return lines + [""]
+
+
+def fixed_tau(policies: list[str]) -> float | None:
+    """The temperature of a row whose evaluations all used one fixed policy (greedy: 0), else None."""
+    taus = set()
+    for p in policies:
+        if p == "greedy":
+            taus.add(0.0)
+        elif p.startswith("fixed:"):
+            taus.add(float(p.split(":", 1)[1]))
+        else:
+            return None
+    return taus.pop() if len(taus) == 1 else None
+
+
+def _pareto_figure(rows: dict[str, RowData], bench: str, k: int, path: Path) -> Path | None:
+    """Avg@k (x) against Pass@k (y): the fixed-temperature rows as a line labelled with tau, every
+    other row as a point (its seeds as small points). None when matplotlib is missing or no row has
+    both."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fixed, other = [], []
+    for r in rows.values():
+        avg = statistics.mean(v[0] for v in r.scores.values())
+        pas = statistics.mean(v[1] for v in r.scores.values())
+        tau = fixed_tau(r.policies) if "MeanShift" not in r.row else None
+        (fixed if tau is not None else other).append((tau, r, avg, pas))
+    if not fixed and not other:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 5.5))
+    fixed.sort(key=lambda x: x[0])
+    if fixed:
+        ax.plot(
+            [100 * x[2] for x in fixed], [100 * x[3] for x in fixed], "-o", color="0.45", label="fixed tau (greedy = 0)"
+        )
+        for tau, _, avg, pas in fixed:
+            ax.annotate(
+                f"{tau:g}", (100 * avg, 100 * pas), textcoords="offset points", xytext=(4, 4), fontsize=8, color="0.3"
+            )
+    markers = "s^Dv<>P*Xh"
+    for i, (_, r, avg, pas) in enumerate(other):
+        colour = f"C{i % 10}"
+        ax.scatter(
+            [100 * v[0] for v in r.per_seed.values()],
+            [100 * v[1] for v in r.per_seed.values()],
+            s=12,
+            color=colour,
+            alpha=0.45,
+        )
+        ax.scatter(
+            [100 * avg],
+            [100 * pas],
+            s=70,
+            marker=markers[i % len(markers)],
+            color=colour,
+            label=r.row,
+            edgecolor="black",
+            linewidth=0.6,
+        )
+    ax.set_xlabel(f"Avg@{k} (%)")
+    ax.set_ylabel(f"Pass@{k} (%)")
+    ax.set_title(f"{bench}: exploitation (Avg@{k}) against exploration (Pass@{k})")
+    ax.legend(fontsize=7, loc="best")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
     return path
 
 

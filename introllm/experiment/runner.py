@@ -111,6 +111,9 @@ class MethodSpec:
     """Temperature policy of its evaluations (``introllm eval --policy``)."""
     meanshift: bool = False
     """Also evaluate at the token-mean tau of its ``policy`` evaluation: a row ``NAME MeanShift``."""
+    mean_matched: float | None = None
+    """Also evaluate its ``policy`` with every temperature moved so that their token mean is this tau
+    (``eval --policy mean-matched:T``): a row ``NAME mean-matched T``."""
     eval: dict = field(default_factory=dict)
     """Further eval flags (e.g. checkpoint = "{base}", head = "{final}" for a head-only run)."""
     checkpoint: str = ""
@@ -127,10 +130,16 @@ class MethodSpec:
         )
         _check(isinstance(self.eval, dict), f"method {self.name}: eval", "must be a table of eval flags")
         fixed = self.policy.startswith("fixed") or self.policy in ("greedy", "meanshift")
+        for flag in ("meanshift", "mean_matched"):
+            _check(
+                not (getattr(self, flag) not in (None, False) and fixed),
+                f"method {self.name}: {flag}",
+                f"needs a policy whose temperature varies, not {self.policy!r}",
+            )
         _check(
-            not (self.meanshift and fixed),
-            f"method {self.name}: meanshift",
-            f"needs a policy whose temperature varies, not {self.policy!r}",
+            self.mean_matched is None or (isinstance(self.mean_matched, (int, float)) and self.mean_matched > 0),
+            f"method {self.name}: mean_matched",
+            f"must be a temperature > 0, got {self.mean_matched!r}",
         )
         for table, reserved in ((self.train or {}, RUNNER_TRAIN_FLAGS), (self.eval, RUNNER_EVAL_FLAGS)):
             bad = sorted(set(table) & reserved)
@@ -169,6 +178,9 @@ class ExperimentConfig:
     """Seed of the resampling (equal seeds give equal intervals)."""
     confidence: float = 0.95
     """Coverage of the intervals."""
+    comparisons: list = field(default_factory=list)
+    """Pairs of rows [a, b] whose difference a - b the report gives with both kinds of interval:
+    the bootstrap over problems and a t-interval over seeds (paired where both rows have the seed)."""
     source: str = ""
     """The config file's text, reproduced in the report."""
 
@@ -187,6 +199,18 @@ class ExperimentConfig:
             dup = sorted({n for n in names if names.count(n) > 1})
             _check(not dup, kind, f"names must differ (as file names): {', '.join(dup)}")
         rows = self.row_names()
+        for pair in self.comparisons:
+            _check(
+                isinstance(pair, list) and len(pair) == 2,
+                "experiment.comparisons",
+                f"each entry is [row a, row b], got {pair!r}",
+            )
+            unknown = [r for r in pair if r not in rows]
+            _check(
+                not unknown,
+                "experiment.comparisons",
+                f"{', '.join(map(repr, unknown))} is not a row; rows: {', '.join(rows)}",
+            )
         _check(self.baseline in rows, "experiment.baseline", f"{self.baseline!r} is not a row; rows: {', '.join(rows)}")
         _check(
             self.bootstrap_resamples >= 100,
@@ -207,10 +231,17 @@ class ExperimentConfig:
             rows.append(m.name)
             if m.meanshift:
                 rows.append(f"{m.name} MeanShift")
+            if m.mean_matched is not None:
+                rows.append(mean_matched_row(m))
         return rows
 
     def seeds_of(self, method: MethodSpec) -> list[int]:
         return list(method.seeds if method.seeds is not None else self.seeds)
+
+
+def mean_matched_row(method: MethodSpec) -> str:
+    """The report row of a method's mean-matched evaluation: ``NAME mean-matched T``."""
+    return f"{method.name} mean-matched {method.mean_matched:g}"
 
 
 def load_experiment(path: str | Path, output: str = "") -> ExperimentConfig:
@@ -380,14 +411,19 @@ def plan(cfg: ExperimentConfig) -> list[Job]:
                         after=list(after),
                     )
                 )
+                learned_job = jobs[-1].id
+                derived = []
                 if m.meanshift:
-                    row = f"{m.name} MeanShift"
-                    ms_records = base_dir / slug(row) / f"seed{seed}.jsonl"
+                    derived.append((f"{m.name} MeanShift", "meanshift"))
+                if m.mean_matched is not None:
+                    derived.append((mean_matched_row(m), f"mean-matched:{m.mean_matched:g}"))
+                for row, policy in derived:  # resolved from the learned evaluation's records
+                    row_records = base_dir / slug(row) / f"seed{seed}.jsonl"
                     argv = [
                         "eval",
                         *flags(ev),
                         "--policy",
-                        "meanshift",
+                        policy,
                         "--meanshift-from",
                         str(records),
                         "--seed",
@@ -395,7 +431,7 @@ def plan(cfg: ExperimentConfig) -> list[Job]:
                         "--name",
                         row,
                         "--output",
-                        str(ms_records),
+                        str(row_records),
                     ]
                     jobs.append(
                         Job(
@@ -406,8 +442,8 @@ def plan(cfg: ExperimentConfig) -> list[Job]:
                             method=m.name,
                             seed=seed,
                             benchmark=b.name,
-                            records=str(ms_records),
-                            after=[jobs[-1].id],
+                            records=str(row_records),
+                            after=[learned_job],
                         )
                     )
     return jobs

@@ -85,3 +85,34 @@ def bootstrap_interval(values: np.ndarray | list[float], indices: np.ndarray, *,
     alpha = (1 - confidence) / 2
     lo, hi = np.percentile(means, [100 * alpha, 100 * (1 - alpha)])
     return Interval(float(v.mean()), float(lo), float(hi))
+
+
+@dataclass(frozen=True)
+class SeedInterval:
+    """Mean over seeds with a Student-t interval (n - 1 degrees of freedom), and the values."""
+
+    mean: float
+    lo: float
+    hi: float
+    values: tuple
+
+
+def seed_interval(values: list[float], *, confidence: float = 0.95) -> SeedInterval:
+    """Mean of per-seed values with a two-sided t-interval over seeds: what varies between training
+    runs (and evaluation seeds), which the bootstrap over problems does not see. With one value the
+    interval is undefined (NaN ends). Needs scipy (``pip install scipy``: the dev extra has it).
+
+    >>> iv = seed_interval([1.0, 2.0, 3.0])
+    >>> iv.mean, round(iv.lo, 3), round(iv.hi, 3)
+    (2.0, -0.484, 4.484)
+    """
+    n = len(values)
+    mean = float(np.mean(values)) if n else float("nan")
+    if n < 2:
+        return SeedInterval(mean, float("nan"), float("nan"), tuple(values))
+    try:
+        from scipy import stats
+    except ImportError:
+        raise ValueError("the report's intervals over seeds need scipy: pip install scipy") from None
+    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * np.std(values, ddof=1) / np.sqrt(n))
+    return SeedInterval(mean, mean - half, mean + half, tuple(values))
