@@ -42,6 +42,8 @@ class BenchResult:
     tokens_per_s: dict[str, list[float]] = field(default_factory=dict)
     overhead: dict[str, float] = field(default_factory=dict)
     """The learned policy's step cost against fixed:1.0, from paired steps (see step_overhead)."""
+    compile_seconds: float = 0.0
+    """Time the compiled engine spent compiling this batch size's graphs (its warm-up run)."""
 
     def median(self, name: str) -> float:
         return statistics.median(self.tokens_per_s[name])
@@ -120,8 +122,11 @@ def run_bench(
     include_generate: bool = True,
     include_plain: bool = True,
     on_measure: Callable[[str, int, float], None] | None = None,
+    compiled: Engine | None = None,
 ) -> list[BenchResult]:
-    """Measure tokens/s for each batch size and configuration, interleaved, ``repeats`` times."""
+    """Measure tokens/s for each batch size and configuration, interleaved, ``repeats`` times.
+    ``compiled``: the same model behind a compiled engine (``Engine(..., compile=...)``), measured
+    beside the eager one after a warm-up run that compiles its graphs (timed into compile_seconds)."""
     model = engine.model
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     results = []
@@ -147,7 +152,22 @@ def run_bench(
             configs["engine learned, HF forward"] = engine_run("learned", fast=False)
         if include_generate:
             configs["HF generate"] = lambda: _hf_generate(model, prompts, new_tokens, pad_id)
-        result = BenchResult(batch_size, new_tokens, {name: [] for name in configs})
+        result = BenchResult(batch_size, new_tokens, {})
+        if compiled is not None:
+            for policy in ("learned", "fixed:1.0"):
+                configs[f"compiled {policy}"] = (
+                    lambda p: (
+                        lambda: compiled.generate(
+                            prompts, SamplingParams(max_new_tokens=new_tokens, policy=p, seed=0, ignore_eos=True)
+                        )
+                    )
+                )(policy)
+            before = compiled.compiled.compile_seconds
+            configs["compiled learned"]()  # warm-up: every graph this batch size's run needs
+            result.compile_seconds = compiled.compiled.compile_seconds - before
+            if on_measure:
+                on_measure("compile seconds", batch_size, result.compile_seconds)
+        result.tokens_per_s = {name: [] for name in configs}
         engine.generate(prompts[:1], SamplingParams(max_new_tokens=4, seed=0))  # warm-up (packing, allocators)
         for _ in range(repeats):
             for name, run in configs.items():

@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from .backends import VLLM_INSTALL
+from .batch import check_rows
 from .checkpoint import HEAD_CONFIG, HEAD_WEIGHTS, CheckpointError, load_head
-from .engine import check_rows, run_to_completion
+from .engine import run_to_completion
 from .models import resolve_dtype
 from .policies import FixedPolicy, PolicyCache, TemperaturePolicy
 from .records import PromptRow, SamplingParams, Sequence

@@ -249,7 +249,7 @@ def test_a_failing_request_fails_alone_and_a_failing_step_does_not_kill_the_serv
         assert "internal error while decoding the text" in results[1]
 
         # A decode step that raises fails the requests in it, and the server goes on serving.
-        from introllm.sampler.engine import DecodeBatch
+        from introllm.sampler.batch import DecodeBatch
 
         original_step, calls = DecodeBatch.step, []
 

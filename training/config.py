@@ -107,6 +107,11 @@ class RolloutConfig:
     """Lower temperature bound of the learned head (paper: 0.6)."""
     tau_max: float = 1.5
     """Upper temperature bound of the learned head (paper: 1.5)."""
+    compile: bool = False
+    """torch rollouts through the compiled static-shape decode step (CUDA graphs on a GPU; see
+    sampler/compiled.py): compiles once per batch/context size at the start; pays on a GPU."""
+    compile_max_len: int = 1024
+    """compile: positions per sequence (prompt + completion) of the static KV cache."""
     rollout_backend: str = "torch"
     """Rollout engine: torch (the in-process engine), vllm (a colocated vLLM engine that gets the
     new weights in place after each optimizer step) or auto (vllm on CUDA when installed, else torch)."""
@@ -144,6 +149,11 @@ class RolloutConfig:
             f"must be >= 2 (advantages compare samples of a group), got {self.group_size}",
         )
         _check(self.max_new_tokens >= 1, "max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
+        _check(
+            not self.compile or self.compile_max_len > self.max_new_tokens,
+            "compile_max_len",
+            f"must exceed max_new_tokens ({self.max_new_tokens}), got {self.compile_max_len}",
+        )
         _check(
             0 < self.tau_min < self.tau_max,
             "tau_min",

@@ -24,6 +24,7 @@ from torch import nn
 
 from introllm.sampler import Engine, GenerationEngine
 from introllm.sampler.backends import VLLM_INSTALL, choose_backend, vllm_installed
+from introllm.sampler.compiled import CompileConfig
 
 from .config import ConfigError, RolloutConfig
 
@@ -146,7 +147,10 @@ def build_rollout_engine(
     backend, why = resolve_rollout_backend(cfg.rollout_backend, device)
     log.info("rollouts on the %s engine (%s)", backend, why)
     if backend == "torch":
-        return Engine(model, head), (lambda: 0.0), backend
+        compile = CompileConfig(max_len=cfg.compile_max_len, max_slots=max_batch) if cfg.compile else None
+        return Engine(model, head, compile=compile), (lambda: 0.0), backend
+    if cfg.compile:
+        raise ConfigError("compile: applies to torch rollouts; vLLM compiles its own step (vllm_eager turns it off)")
     engine_args = {"distributed_executor_backend": "external_launcher"} if world > 1 else None
     vllm_dtype = dtype if cfg.vllm_dtype == "same" else cfg.vllm_dtype
     rollouts = VLLMRollouts(

@@ -18,7 +18,7 @@ import argparse
 import json
 from dataclasses import dataclass, field
 
-from .common import ModelArgs, add_config_flags, config_from_args, epilog_parser, quiet_transformers
+from .common import CompileArgs, ModelArgs, add_config_flags, config_from_args, epilog_parser, quiet_transformers
 
 DESCRIPTION = """\
 With --server, drives a running server instead: N concurrent streaming clients, requests/s,
@@ -41,7 +41,7 @@ qwen3-1.7b runs it on a Qwen3-1.7B-shaped model with random weights (the paper's
 
 
 @dataclass
-class EngineBench(ModelArgs):
+class EngineBench(CompileArgs, ModelArgs):
     """The torch engine (learned, fixed 1.0, speed-ups off) and Hugging Face generate, at each batch size."""
 
     batch_sizes: list[int] = field(default_factory=lambda: [1, 8, 32])
@@ -69,7 +69,8 @@ class EngineBench(ModelArgs):
         from introllm.sampler import Engine
 
         ck = self.load()
-        engine = Engine(ck.model, ck.head)
+        engine = Engine(ck.model, ck.head)  # eager, the reference
+        compiled = self.engine(ck, max_slots=max(self.batch_sizes)) if self.compile else None
         device = next(ck.model.parameters()).device
         console = Console(stderr=True)
         console.print(
@@ -86,6 +87,7 @@ class EngineBench(ModelArgs):
             include_generate=not self.no_generate,
             include_plain=not self.no_plain,
             on_measure=lambda name, b, v: console.print(f"  batch {b:>3}  {name:<36} {v:8.1f}", style="dim"),
+            compiled=compiled,
         )
         table = Table(
             title=f"tokens/s, median of {self.repeats} (higher is better)",
@@ -98,11 +100,17 @@ class EngineBench(ModelArgs):
         table.add_column("learned overhead", justify="right")
         if not self.no_generate:
             table.add_column("engine / generate", justify="right")
+        if compiled is not None:
+            table.add_column("compiled / eager (learned)", justify="right")
+            table.add_column("compile s", justify="right")
         for r in results:
             row = [str(r.batch_size)] + [f"{r.median(n):.1f}" for n in names]
             row.append(f"{r.overhead['overhead'] * 100:+.1f} %")
             if not self.no_generate:
                 row.append(f"{r.median('engine learned') / r.median('HF generate'):.2f}x")
+            if compiled is not None:
+                row.append(f"{r.median('compiled learned') / r.median('engine learned'):.2f}x")
+                row.append(f"{r.compile_seconds:.0f}")
             table.add_row(*row)
         Console().print(table)
         if self.json:

@@ -249,6 +249,25 @@ class ModelArgs:
         return load_model(self.checkpoint, self.device, self.dtype, self.trust_remote_code, head=self.head)
 
 
+@dataclass
+class CompileArgs:
+    """The torch engine's compiled decode step (generate, bench)."""
+
+    compile: bool = False
+    """decode through the compiled static-shape step (torch.compile; CUDA graphs on a GPU): each batch
+    and context size compiles once, at its first use (logged); pays on a GPU, rarely on a CPU"""
+    compile_max_len: int = 2048
+    """--compile: positions per sequence (prompt + completion) of the static KV cache"""
+
+    def engine(self, ck, max_slots: int):
+        """``sampler.Engine`` over a loaded checkpoint, compiled when asked (``max_slots`` sequences)."""
+        from introllm.sampler import Engine
+        from introllm.sampler.compiled import CompileConfig
+
+        compile = CompileConfig(max_len=self.compile_max_len, max_slots=max_slots) if self.compile else None
+        return Engine(ck.model, ck.head, compile=compile)
+
+
 def quiet_transformers() -> None:
     """Commands print their own progress: silence transformers' warnings and loading bars."""
     from introllm.sampler.models import quiet_transformers as quiet

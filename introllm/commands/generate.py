@@ -8,7 +8,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from .common import ModelArgs, add_config_flags, config_from_args, epilog_parser
+from .common import CompileArgs, ModelArgs, add_config_flags, config_from_args, epilog_parser
 
 EXAMPLES = """\
 examples:
@@ -23,7 +23,7 @@ policies: learned, always-update, prompt-level, fixed:T, greedy, ead, ead-exp, t
 
 
 @dataclass
-class GenerateConfig(ModelArgs):
+class GenerateConfig(CompileArgs, ModelArgs):
     """What ``introllm generate`` decodes, and how it shows it."""
 
     prompt: str = field(default="", metadata={"flag": "prompt"})
@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from introllm.clients.render import TraceView, render
-    from introllm.sampler import Engine, SamplingParams
+    from introllm.sampler import SamplingParams
     from introllm.sampler.text import prompt_ids, token_pieces
 
     cfg = config_from_args(GenerateConfig, args, keep_none=True)
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         max_new_tokens=cfg.max_new_tokens, policy=cfg.policy, seed=cfg.seed, top_p=cfg.top_p, top_k=cfg.top_k
     )
     ck = cfg.load()
-    engine = Engine(ck.model, ck.head)
+    engine = cfg.engine(ck, max_slots=cfg.n)
     engine.policy(params.policy)  # fail on a bad policy before tokenizing
     chat = not cfg.raw and bool(getattr(ck.tokenizer, "chat_template", None))
     ids = prompt_ids(ck.tokenizer, cfg.prompt, chat=chat, system=cfg.system)
