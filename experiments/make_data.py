@@ -63,6 +63,38 @@ def write(name: str, items: list[dict]) -> None:
     print(f"{OUT / name}: {len(items)} problems")
 
 
+PRODUCTS_ARGS = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}  # Study 3 (issue 27)
+
+
+def split_by_key(items: list[dict], held_share: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """(train, held-out) with every key on one side only; about ``held_share`` of the keys held out."""
+    keys = sorted({r["_key"] for r in items})
+    random.Random(seed).shuffle(keys)
+    held_keys = set(keys[: round(held_share * len(keys))])
+    held = [r for r in items if r["_key"] in held_keys]
+    train = [r for r in items if r["_key"] not in held_keys]
+    assert not {r["_key"] for r in held} & {r["_key"] for r in train}
+    return train, held
+
+
+def study3() -> None:
+    """Study 3's families, chosen by the sweep (docs/results.md): one-digit products (100 distinct
+    questions; split by the unordered pair, so 3 * 4 and 4 * 3 fall on one side) and the GCD of two
+    numbers in [2, 30] (split by the unordered pair of numbers)."""
+    products = rows("products", PRODUCTS_ARGS, 4000, seed=20261205)
+    for r in products:  # "3 * 4" and "4 * 3" are one key
+        r["_key"] = tuple(sorted(r["_key"].replace(" ", "").split("*")))
+    train, held = split_by_key(products, 0.4, seed=3)
+    write("products-train.jsonl", train)
+    write("products-heldout.jsonl", held)
+    gcd = rows("gcd", GCD_ARGS, 4000, seed=20261205)
+    for r in gcd:
+        r["_key"] = tuple(sorted(int(x) for x in r["question"].split(":")[1].split(".")[0].split(",")))
+    train, held = split_by_key(gcd, 0.2, seed=3)
+    write("gcd-train.jsonl", train)
+    write("gcd-study3-heldout.jsonl", held[:128])
+
+
 def main() -> None:
     arith = rows("basic_arithmetic", ARITH_ARGS, 3000, seed=20261130)
     keys = sorted({r["_key"] for r in arith})
@@ -83,3 +115,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    study3()
