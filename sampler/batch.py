@@ -113,22 +113,9 @@ class DecodeBatch:
         policies = [engine.policy(p.policy) for p in params]
         device = engine.device
 
-        # Prefill, left-padded to the longest prompt.
-        length = max(len(r.prompt) for r in rows)
-        ids = torch.zeros(count, length, dtype=torch.long, device=device)
-        mask = torch.zeros_like(ids)
-        for i, r in enumerate(rows):
-            ids[i, length - len(r.prompt) :] = torch.as_tensor(r.prompt, dtype=torch.long)
-            mask[i, length - len(r.prompt) :] = 1
-        positions = (mask.cumsum(-1) - 1).clamp_min(0)
-        cache = BatchKVCache(engine.num_layers)
-        h = self._forward(ids, mask, positions, cache)
-
-        # One row per sample.
         ns = [r.n for r in rows]
         repeats = torch.tensor(ns, device=device)
-        cache.repeat(repeats)
-        mask, h = mask.repeat_interleave(repeats, 0), h.repeat_interleave(repeats, 0)
+        h, position, layout = self._prefill(rows)  # one row per sample
         seeds = [p.seed if p.seed is not None else secrets.randbits(63) for p in params]
         seqs = [
             [Sequence(r.request_id, j, list(r.prompt), seed, policy.spec) for j in range(r.n)]
@@ -144,7 +131,7 @@ class DecodeBatch:
             "stream": per_row([r.first_stream for r in rows]) + torch.cat([torch.arange(k, device=device) for k in ns]),
             "step": torch.zeros(len(flat), dtype=torch.long, device=device),
             "tau_prev": per_row([pol.initial_tau for pol in policies], torch.float32),
-            "position": mask.sum(-1),
+            "position": position,
             "max_new": per_row([p.max_new_tokens for p in params]),
             "top_k": per_row([p.top_k for p in params]),
             "top_p": per_row([p.top_p for p in params], torch.float32),
@@ -152,8 +139,28 @@ class DecodeBatch:
             "policy": per_row([self._policy_index(pol) for pol in policies]),
         }
         stops = [frozenset(p.stop_token_ids) | (frozenset() if p.ignore_eos else engine.eos_token_ids) for p in params]
-        self._join(flat, new_state, [stop for stop, k in zip(stops, ns) for _ in range(k)], cache, mask, h)
+        self._join(flat, new_state, [stop for stop, k in zip(stops, ns) for _ in range(k)], layout, h)
         return seqs
+
+    def _prefill(self, rows: Seq[PromptRow]) -> tuple[Tensor, Tensor, object]:
+        """Read the rows' prompts (one forward pass, left-padded to the longest) and give each of
+        their samples a row: (h [N, d] of each sample's last prompt token, its position int64 [N]
+        (= tokens in its cache), the layout ``_join`` takes: here (BatchKVCache, mask))."""
+        engine = self.engine
+        device = engine.device
+        length = max(len(r.prompt) for r in rows)
+        ids = torch.zeros(len(rows), length, dtype=torch.long, device=device)
+        mask = torch.zeros_like(ids)
+        for i, r in enumerate(rows):
+            ids[i, length - len(r.prompt) :] = torch.as_tensor(r.prompt, dtype=torch.long)
+            mask[i, length - len(r.prompt) :] = 1
+        positions = (mask.cumsum(-1) - 1).clamp_min(0)
+        cache = BatchKVCache(engine.num_layers)
+        h = self._forward(ids, mask, positions, cache)
+        repeats = torch.tensor([r.n for r in rows], device=device)
+        cache.repeat(repeats)
+        mask, h = mask.repeat_interleave(repeats, 0), h.repeat_interleave(repeats, 0)
+        return h, mask.sum(-1), (cache, mask)
 
     def _policy_index(self, policy: TemperaturePolicy) -> int:
         for i, known in enumerate(self._policies):
@@ -162,7 +169,8 @@ class DecodeBatch:
         self._policies.append(policy)
         return len(self._policies) - 1
 
-    def _join(self, rows, state, stops, cache, mask, h) -> None:
+    def _join(self, rows, state, stops, layout, h) -> None:
+        cache, mask = layout
         if not self.rows:
             self.rows, self.state, self._stops, self.cache, self.mask, self.h = rows, state, stops, cache, mask, h
             return
@@ -243,7 +251,7 @@ class DecodeBatch:
         sampling.Draw), each [B]; the eager path: the engine's logits, each policy on its rows, then
         inverse-CDF sampling (with top-k / top-p where a row asks)."""
         s = self.state
-        logits = self.engine.logits(self.h)  # [B, V] float32
+        logits = self._logits()  # [B, V] float32
         tau, updated, z, temp_logp = self._act(rand)
         filtering = self._filtering()
         draw = sample_tokens(
@@ -255,6 +263,10 @@ class DecodeBatch:
             num_top=num_top,
         )
         return tau, updated, z, temp_logp, draw
+
+    def _logits(self) -> Tensor:
+        """Each row's next-token logits, float32 [B, V]: the engine's output projection of h."""
+        return self.engine.logits(self.h)
 
     def _filtering(self) -> bool:
         s = self.state

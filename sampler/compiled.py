@@ -303,7 +303,8 @@ class CompiledBatch(DecodeBatch):
     def step(self):
         return self._step()
 
-    def _join(self, rows, state, stops, cache, mask, h) -> None:
+    def _join(self, rows, state, stops, layout, h) -> None:
+        cache, mask = layout
         if len(rows) > len(self._free):
             raise ValueError(
                 f"{len(rows)} new sequences do not fit: {len(self._free)} of "

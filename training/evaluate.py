@@ -65,6 +65,9 @@ class EvalConfig:
     """Temperature policy of the samples: learned, fixed:T, greedy, ead, tampo, ..., meanshift (fixed
     at the learned policy's token-mean tau on this benchmark) or mean-matched:T (the learned policy's
     temperatures moved so that their token mean is T)."""
+    backend: str = field(default="torch", metadata={"choices": ("torch", "llamacpp")})
+    """torch: the in-process PyTorch engine; llamacpp: llama.cpp (--checkpoint FILE.gguf, or the
+    embedded model from its GGUF as shipped; needs introllm[llamacpp])"""
     dtype: str = "auto"
     """auto: a trained checkpoint in the dtype it was trained in (its saved weights'), anything else as
     serving does (bfloat16 on GPU and on CPUs with native bfloat16, else float32); or float32, bfloat16."""
@@ -88,6 +91,8 @@ class EvalConfig:
         self.n = self.n or self.k
         if self.n < self.k:
             raise ConfigError(f"n: must be >= k ({self.k}), got {self.n}")
+        if self.backend not in ("torch", "llamacpp"):
+            raise ConfigError(f"backend: must be torch or llamacpp, got {self.backend!r}")
         if self.max_new_tokens < 1 or self.batch_prompts < 1 or self.limit < 0:
             raise ConfigError("max_new_tokens and batch_prompts must be >= 1, limit >= 0")
 
@@ -230,9 +235,19 @@ def evaluate(
     problems = read_problems(data) if not cfg.heldout else heldout_problems(cfg.heldout)[1]
     if cfg.limit:
         problems = problems[: cfg.limit]
-    dtype = eval_dtype(cfg.checkpoint, cfg.dtype)
-    ck = load_model(cfg.checkpoint or None, device="auto", dtype=dtype, head=cfg.head or None)
-    engine = Engine(ck.model, ck.head)
+    if cfg.backend == "llamacpp":
+        from introllm.sampler.llamacpp_engine import load_llamacpp
+
+        engine, tokenizer, _ = load_llamacpp(
+            cfg.checkpoint or None,
+            cfg.head or None,
+            max_batch=min(256, cfg.batch_prompts * cfg.n),
+            context=cfg.max_new_tokens + 2048,
+        )
+    else:
+        dtype = eval_dtype(cfg.checkpoint, cfg.dtype)
+        ck = load_model(cfg.checkpoint or None, device="auto", dtype=dtype, head=cfg.head or None)
+        engine, tokenizer = Engine(ck.model, ck.head), ck.tokenizer
     engine.policy(cfg.policy)  # an unknown policy fails here, before any sampling
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -242,7 +257,7 @@ def evaluate(
     with RewardWorker(timeout=data.reward_timeout) as worker, open(tmp, "w") as f, torch.inference_mode():
         for start in range(0, len(problems), cfg.batch_prompts):
             batch = problems[start : start + cfg.batch_prompts]
-            ids = [encode_prompt(p, data, ck.tokenizer) for p in batch]
+            ids = [encode_prompt(p, data, tokenizer) for p in batch]
             params = [
                 SamplingParams(
                     max_new_tokens=cfg.max_new_tokens, policy=cfg.policy, seed=cfg.seed * 1_000_003 + start + i
@@ -250,12 +265,12 @@ def evaluate(
                 for i in range(len(batch))
             ]
             for problem, group in zip(batch, engine.generate(ids, params, n=cfg.n)):
-                texts = [ck.tokenizer.decode(s.token_ids, skip_special_tokens=True) for s in group]
+                texts = [tokenizer.decode(s.token_ids, skip_special_tokens=True) for s in group]
                 result = worker.score(
                     reward_name, texts, [problem.answer] * len(texts), [problem.metadata] * len(texts)
                 )
                 for j, (s, text, reward) in enumerate(zip(group, texts, result.rewards)):
-                    rec = eval_record(problem, j, s, text, reward, ck.tokenizer)
+                    rec = eval_record(problem, j, s, text, reward, tokenizer)
                     correct_so_far += rec["correct"]
                     records.append(rec)
                     f.write(json.dumps(rec) + "\n")

@@ -18,7 +18,16 @@ import argparse
 import json
 from dataclasses import dataclass, field
 
-from .common import CompileArgs, ModelArgs, add_config_flags, config_from_args, epilog_parser, quiet_transformers
+from .common import (
+    CompileArgs,
+    LocalBackendArgs,
+    ModelArgs,
+    add_config_flags,
+    config_from_args,
+    epilog_parser,
+    load_engine,
+    quiet_transformers,
+)
 
 DESCRIPTION = """\
 With --server, drives a running server instead: N concurrent streaming clients, requests/s,
@@ -41,8 +50,9 @@ qwen3-1.7b runs it on a Qwen3-1.7B-shaped model with random weights (the paper's
 
 
 @dataclass
-class EngineBench(CompileArgs, ModelArgs):
-    """The torch engine (learned, fixed 1.0, speed-ups off) and Hugging Face generate, at each batch size."""
+class EngineBench(LocalBackendArgs, CompileArgs, ModelArgs):
+    """The engine (learned, fixed 1.0, speed-ups off) and Hugging Face generate, at each batch size; with
+    --backend llamacpp the llama.cpp engine, learned against fixed 1.0."""
 
     batch_sizes: list[int] = field(default_factory=lambda: [1, 8, 32])
     """comma-separated [1,8,32; with --vllm 8,64]"""
@@ -68,24 +78,33 @@ class EngineBench(CompileArgs, ModelArgs):
         from introllm.benchmarks.engine import run_bench
         from introllm.sampler import Engine
 
-        ck = self.load()
-        engine = Engine(ck.model, ck.head)  # eager, the reference
-        compiled = self.engine(ck, max_slots=max(self.batch_sizes)) if self.compile else None
-        device = next(ck.model.parameters()).device
         console = Console(stderr=True)
+        if self.backend == "llamacpp":
+            engine, tokenizer, _ = load_engine(
+                self, self, max_batch=max(self.batch_sizes), context=self.new_tokens + 256
+            )
+            compiled, device, dtype, name = None, "cpu", "GGUF", engine.path.name
+            include_generate = include_plain = False
+            threads = f"llama.cpp threads {engine.threads}"
+        else:
+            ck = self.load()
+            engine, tokenizer = Engine(ck.model, ck.head), ck.tokenizer  # eager, the reference
+            compiled = self.engine(ck, max_slots=max(self.batch_sizes)) if self.compile else None
+            device, dtype, name = next(ck.model.parameters()).device, ck.model.dtype, ck.path.name
+            include_generate, include_plain = not self.no_generate, not self.no_plain
+            threads = f"torch threads {__import__('torch').get_num_threads()}"
         console.print(
-            f"[bold]introllm bench[/]: {ck.path.name}, {device} ({ck.model.dtype}), torch threads "
-            f"{__import__('torch').get_num_threads()}, batch sizes {self.batch_sizes}, {self.new_tokens} new tokens, "
-            f"{self.repeats} repeats"
+            f"[bold]introllm bench[/]: {name}, {self.backend} on {device} ({dtype}), {threads}, batch sizes "
+            f"{self.batch_sizes}, {self.new_tokens} new tokens, {self.repeats} repeats"
         )
         results = run_bench(
             engine,
-            ck.tokenizer,
+            tokenizer,
             self.batch_sizes,
             new_tokens=self.new_tokens,
             repeats=self.repeats,
-            include_generate=not self.no_generate,
-            include_plain=not self.no_plain,
+            include_generate=include_generate,
+            include_plain=include_plain,
             on_measure=lambda name, b, v: console.print(f"  batch {b:>3}  {name:<36} {v:8.1f}", style="dim"),
             compiled=compiled,
         )
@@ -98,7 +117,7 @@ class EngineBench(CompileArgs, ModelArgs):
         for name in names:
             table.add_column(name, justify="right")
         table.add_column("learned overhead", justify="right")
-        if not self.no_generate:
+        if include_generate:
             table.add_column("engine / generate", justify="right")
         if compiled is not None:
             table.add_column("compiled / eager (learned)", justify="right")
@@ -106,7 +125,7 @@ class EngineBench(CompileArgs, ModelArgs):
         for r in results:
             row = [str(r.batch_size)] + [f"{r.median(n):.1f}" for n in names]
             row.append(f"{r.overhead['overhead'] * 100:+.1f} %")
-            if not self.no_generate:
+            if include_generate:
                 row.append(f"{r.median('engine learned') / r.median('HF generate'):.2f}x")
             if compiled is not None:
                 row.append(f"{r.median('compiled learned') / r.median('engine learned'):.2f}x")
@@ -116,7 +135,12 @@ class EngineBench(CompileArgs, ModelArgs):
         if self.json:
             with open(self.json, "w") as f:
                 json.dump(
-                    {"device": str(device), "dtype": str(ck.model.dtype), "results": [r.__dict__ for r in results]},
+                    {
+                        "backend": self.backend,
+                        "device": str(device),
+                        "dtype": str(dtype),
+                        "results": [r.__dict__ for r in results],
+                    },
                     f,
                     indent=2,
                 )

