@@ -104,12 +104,12 @@ def test_continuous_batching_frees_the_cells_of_leaving_sequences(llama, prompts
 
 
 def test_heads_that_do_not_fit_are_refused_and_a_bare_gguf_needs_a_head(tmp_path):
+    import types
+
     from introllm.sampler.checkpoint import CheckpointError, save_head
     from introllm.sampler.head import HeadConfig, TemperatureHead
     from introllm.sampler.llamacpp_engine import load_llamacpp
     from introllm.sampler.models import embedded_gguf
-
-    import types
 
     shape = types.SimpleNamespace(model_type="llama", hidden_size=64, num_hidden_layers=2, vocab_size=100)
     save_head(tmp_path / "h64", TemperatureHead(HeadConfig(64)), shape)
