@@ -13,7 +13,10 @@ fingerprint (model type, hidden size, layers, vocabulary) differs, and only warn
 weights digest does (the same architecture, other weights).
 
 Directories are written atomically: into a hidden sibling first, then renamed into place, so a
-crash leaves either the previous checkpoint or the new one, never half of one.
+crash leaves either the previous checkpoint or the new one, never half of one. A process killed
+while writing leaves its hidden sibling behind (``.NAME.tmp-XXXXXXXX``, up to a checkpoint's size);
+``remove_stale_temporaries`` clears them (a resumed or restarted training run calls it), and
+``safetensors_problem`` tells a truncated weights file from a whole one without loading it.
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
+import struct
 import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -118,6 +123,84 @@ def atomic_directory(final: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-[0-9a-f]{8}$")
+
+
+def is_write_temporary(name: str) -> bool:
+    """Whether a file name is one ``atomic_directory`` gives its temporaries (``.NAME.tmp-XXXXXXXX``,
+    ``.NAME.old-XXXXXXXX``)."""
+    return _TEMPORARY.match(name) is not None
+
+
+def remove_stale_temporaries(parent: str | os.PathLike) -> list[Path]:
+    """Remove what interrupted ``atomic_directory`` writes left in ``parent``; returns what was removed.
+
+    ``.NAME.tmp-*`` is a write that never finished: removed. ``.NAME.old-*`` is the previous
+    version of NAME, moved aside just before the new one took its place: removed when NAME
+    exists, renamed back to NAME when the process died between the two renames (NAME missing).
+    Call it only where no other process is writing (a training run's own output directory)."""
+    parent = Path(parent)
+    if not parent.is_dir():
+        return []
+    removed = []
+    for path in sorted(parent.iterdir()):
+        m = _TEMPORARY.match(path.name)
+        if m is None or not path.is_dir():
+            continue
+        final = parent / m.group("name")
+        if m.group("kind") == "old" and not final.exists():
+            os.replace(path, final)
+            log.warning("restored %s from %s (a checkpoint write was interrupted between its renames)", final, path)
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+def directory_size(path: str | os.PathLike) -> int:
+    """Bytes of the files under ``path`` (0 when it does not exist)."""
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def safetensors_problem(path: str | os.PathLike) -> str | None:
+    """What is wrong with a safetensors file, read from its header and its size only (nothing is
+    loaded): None for a whole file, else what is wrong, to follow "FILE is" ("truncated (1.2 MB
+    on disk of the 5.0 MB its header describes)", "damaged (its header is not valid JSON)"). A file cut short by a full disk or a killed write fails here, where
+    loading it would fail with an error that names no file."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                return f"truncated ({size} bytes, not even a header)"
+            (length,) = struct.unpack("<Q", head)
+            if length > size - 8:
+                return f"truncated ({format_size(size)} on disk, its header alone announces {format_size(length + 8)})"
+            header = json.loads(f.read(length))
+    except OSError as e:
+        return f"unreadable ({e.strerror or e})"
+    except (ValueError, UnicodeDecodeError):
+        return "damaged (its header is not valid JSON)"
+    try:
+        ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
+    except (AttributeError, KeyError, IndexError, TypeError, ValueError):
+        return "damaged (its header does not describe tensors)"
+    needed = 8 + length + max(ends, default=0)
+    if size < needed:
+        return f"truncated ({format_size(size)} on disk of the {format_size(needed)} its header describes)"
+    return None
+
+
+def format_size(num_bytes: float) -> str:
+    """``1.61 GB``, ``12.3 MB`` or ``4167 bytes``."""
+    if num_bytes >= 1e9:
+        return f"{num_bytes / 1e9:.2f} GB"
+    if num_bytes >= 1e6:
+        return f"{num_bytes / 1e6:.1f} MB"
+    return f"{int(num_bytes)} bytes"
 
 
 def write_head(

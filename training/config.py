@@ -309,6 +309,10 @@ class RunConfig:
     the weights in place, and bfloat16 weights without a float32 master copy lose small updates."""
     trust_remote_code: bool = False
     """Allow a checkpoint's own Python code (off by default)."""
+    report_to: str = "none"
+    """Experiment trackers that get every metrics.jsonl figure each step and the config: none,
+    tensorboard (event files in OUTPUT/<run name>/), wandb (W&B; WANDB_MODE=offline works without
+    network) or all. Extras: pip install 'introllm[tensorboard]' / 'introllm[wandb]'."""
     overwrite: bool = False
     """Replace an existing run directory instead of refusing to start."""
 
@@ -324,6 +328,11 @@ class RunConfig:
             f"must be auto, float32 or bfloat16, got {self.dtype!r}",
         )
         _check(bool(self.output), "output", "must not be empty")
+        from .tracking import REPORT_TO
+
+        _check(
+            self.report_to in REPORT_TO, "report_to", f"must be one of {', '.join(REPORT_TO)}, got {self.report_to!r}"
+        )
 
 
 SECTIONS: dict[str, type] = {

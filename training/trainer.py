@@ -23,7 +23,16 @@ from typing import Any
 import torch
 
 from introllm.sampler import build_policy
-from introllm.sampler.checkpoint import atomic_directory, load_checkpoint, load_head, write_head
+from introllm.sampler.checkpoint import (
+    atomic_directory,
+    directory_size,
+    format_size,
+    is_write_temporary,
+    load_checkpoint,
+    load_head,
+    remove_stale_temporaries,
+    write_head,
+)
 from introllm.sampler.head import HeadConfig, TemperatureHead
 from introllm.sampler.models import default_checkpoint, resolve_device, resolve_dtype
 from introllm.sampler.text import token_pieces
@@ -33,7 +42,17 @@ from .config import ConfigError, TrainConfig
 from .data import ProblemStream, check_data_config, encode_prompt, load_problems
 from .methods import build_method
 from .rewards import RewardWorker, load_scorer, resolve_reward
-from .state import latest_checkpoint, read_trainer_state, restore_optimizers_and_rng, write_trainer_state
+from .state import (
+    CHECKPOINT_RE,
+    CheckpointWriteError,
+    check_resumable,
+    is_disk_full,
+    latest_checkpoint,
+    read_trainer_state,
+    restore_optimizers_and_rng,
+    write_trainer_state,
+)
+from .tracking import check_trackers, flat_config, flat_metrics
 from .update import PolicyScorer, update
 from .vllm_rollout import build_rollout_engine
 
@@ -44,7 +63,12 @@ KEEP_CHECKPOINTS = 2  # older checkpoint-N directories are deleted (each holds t
 
 def check_output(cfg: TrainConfig, resume: bool) -> None:
     out = Path(cfg.run.output)
-    if not resume and not cfg.run.overwrite and out.exists() and any(out.iterdir()):
+    if (
+        not resume
+        and not cfg.run.overwrite
+        and out.exists()
+        and any(not is_write_temporary(p.name) for p in out.iterdir())
+    ):
         raise ConfigError(
             f"output: {out} exists and is not empty; pass --overwrite to replace it or --resume {out} to continue it"
         )
@@ -68,7 +92,8 @@ def train(cfg: TrainConfig, *, resume_from: str | None = None, show_progress: bo
     reward_name = resolve_reward(cfg.data.reward, cfg.data.dataset)
     load_scorer(reward_name)  # a bad reward fails now, not after the model has loaded
     device = resolve_device(cfg.run.device)
-    accelerator = Accelerator(cpu=device.type == "cpu")
+    trackers = check_trackers(cfg.run.report_to)  # a missing package fails now, not after loading
+    accelerator = Accelerator(cpu=device.type == "cpu", log_with=trackers or None, project_dir=cfg.run.output)
     device = accelerator.device
     world, rank = accelerator.num_processes, accelerator.process_index
     if cfg.rollout.batch_size % world:
@@ -76,6 +101,10 @@ def train(cfg: TrainConfig, *, resume_from: str | None = None, show_progress: bo
     main = accelerator.is_main_process
     if not main:  # one process speaks for all
         logging.getLogger("introllm").setLevel(logging.WARNING)
+    if main:  # what a killed checkpoint write left (they hold up to a whole checkpoint each)
+        for path in remove_stale_temporaries(Path(cfg.run.output)):
+            log.warning("removed %s, left by a checkpoint write that was interrupted", path)
+    accelerator.wait_for_everyone()
 
     # ---------------------------------------------------------------- data, model, head, method
     train_set, eval_set = load_problems(cfg.data, seed=cfg.run.seed)
@@ -84,6 +113,7 @@ def train(cfg: TrainConfig, *, resume_from: str | None = None, show_progress: bo
         resume_dir = latest_checkpoint(Path(resume_from))
         if resume_dir is None:
             raise ConfigError(f"resume: {resume_from} holds no checkpoint-N with a trainer_state/ directory")
+        check_resumable(resume_dir)  # a truncated file: one line naming it and the newest intact one
     frozen = cfg.method.freeze_model
     base_dir = Path(cfg.run.model) if cfg.run.model else default_checkpoint()
     # head-only checkpoints hold no base weights: a resumed head-only run reloads its base
@@ -161,6 +191,12 @@ def train(cfg: TrainConfig, *, resume_from: str | None = None, show_progress: bo
         (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
         _truncate_jsonl(run_dir / "metrics.jsonl", first_step)
         _truncate_jsonl(run_dir / "samples.jsonl", first_step)
+    if trackers:  # main process only (accelerate); the run's name is its directory's
+        accelerator.init_trackers(
+            run_dir.name,
+            config=flat_config(cfg.to_dict()),
+            init_kwargs={"wandb": {"name": run_dir.name, "dir": str(run_dir)}},
+        )
     rewards = RewardWorker(timeout=cfg.data.reward_timeout)
     score = functools.partial(rewards.score, reward_name)
     log.info(
@@ -181,37 +217,45 @@ def train(cfg: TrainConfig, *, resume_from: str | None = None, show_progress: bo
     def save(step: int, final: bool = False) -> Path:
         target = run_dir / ("final" if final else f"checkpoint-{step:06d}")
         if main:
-            with atomic_directory(target) as tmp:
-                if frozen:  # the head, the base's fingerprint and digest; not a copy of the base
-                    write_head(
-                        tmp,
-                        head,
-                        model.config,
-                        model,
-                        extra={
-                            "head_only": True,
-                            "base_checkpoint": str(base_dir),
-                            "trained_with": {"method": cfg.method.method, "dataset": cfg.data.dataset, "steps": step},
-                        },
-                    )
-                else:
-                    model.save_pretrained(tmp, safe_serialization=True)
-                    tokenizer.save_pretrained(tmp)
-                    write_head(tmp, head, model.config, model)
-                write_trainer_state(
-                    tmp,
-                    optimizers=optimizers,
-                    state={
-                        "step": step,
-                        "data": stream.state_dict(),
-                        "method": method.state_dict(),
-                        "method_name": cfg.method.method,
-                        "config": cfg.to_dict(),
-                    },
-                )
+            try:
+                write(target, step)
+            except Exception as e:
+                if not is_disk_full(e):
+                    raise
+                raise CheckpointWriteError(_disk_full_message(target, run_dir, model, head, optimizers)) from None
             _prune_checkpoints(run_dir)
         accelerator.wait_for_everyone()
         return target
+
+    def write(target: Path, step: int) -> None:
+        with atomic_directory(target) as tmp:  # a failed write leaves no part of target behind
+            if frozen:  # the head, the base's fingerprint and digest; not a copy of the base
+                write_head(
+                    tmp,
+                    head,
+                    model.config,
+                    model,
+                    extra={
+                        "head_only": True,
+                        "base_checkpoint": str(base_dir),
+                        "trained_with": {"method": cfg.method.method, "dataset": cfg.data.dataset, "steps": step},
+                    },
+                )
+            else:
+                model.save_pretrained(tmp, safe_serialization=True)
+                tokenizer.save_pretrained(tmp)
+                write_head(tmp, head, model.config, model)
+            write_trainer_state(
+                tmp,
+                optimizers=optimizers,
+                state={
+                    "step": step,
+                    "data": stream.state_dict(),
+                    "method": method.state_dict(),
+                    "method_name": cfg.method.method,
+                    "config": cfg.to_dict(),
+                },
+            )
 
     def evaluate(step: int) -> float:
         if not eval_set:
@@ -241,13 +285,19 @@ def train(cfg: TrainConfig, *, resume_from: str | None = None, show_progress: bo
         correct = accelerator.reduce(counts, "sum")
         return float(correct[0] / correct[1])
 
+    def record(row: dict) -> None:
+        """One row of metrics.jsonl, and the same figures to the trackers (report_to)."""
+        _append_jsonl(run_dir / "metrics.jsonl", row, main)
+        if trackers:
+            accelerator.log(flat_metrics(row), step=int(row["step"]))
+
     # ---------------------------------------------------------------- the loop
     progress = _Progress(
         cfg.run.steps, first_step, enabled=main and (sys.stderr.isatty() if show_progress is None else show_progress)
     )
     try:
         if first_step == 0 and eval_set:
-            _append_jsonl(run_dir / "metrics.jsonl", {"step": 0, "eval_accuracy": evaluate(0)}, main)
+            record({"step": 0, "eval_accuracy": evaluate(0)})
         for step in range(first_step, cfg.run.steps):
             t0 = time.perf_counter()
             for opt in optimizers.values():  # linear warm-up, a pure function of the step
@@ -323,7 +373,7 @@ def train(cfg: TrainConfig, *, resume_from: str | None = None, show_progress: bo
             last = step + 1 == cfg.run.steps
             if (cfg.run.eval_every and (step + 1) % cfg.run.eval_every == 0) or last:
                 metrics["eval_accuracy"] = evaluate(step + 1)
-            _append_jsonl(run_dir / "metrics.jsonl", metrics, main)
+            record(metrics)
             if cfg.run.sample_every and (step % cfg.run.sample_every == 0 or last):
                 _append_jsonl(run_dir / "samples.jsonl", _samples(step + 1, ro, tokenizer, G), main)
             progress.update(metrics)
@@ -335,6 +385,8 @@ def train(cfg: TrainConfig, *, resume_from: str | None = None, show_progress: bo
     finally:
         progress.close()
         rewards.close()
+        if trackers:
+            accelerator.end_training()
     return final
 
 
@@ -467,6 +519,26 @@ def _truncate_jsonl(path: Path, last_step: int) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(line + "\n" for line in keep))
     tmp.replace(path)
+
+
+def _disk_full_message(target: Path, run_dir: Path, model, head, optimizers) -> str:
+    """One line for a checkpoint write that filled the disk: which checkpoint, about how much it
+    needs (the previous checkpoint's size, else the tensors it holds) against what is free, and
+    the command that continues the run from the newest checkpoint written."""
+    import shutil as sh
+
+    previous = [p for p in run_dir.glob("checkpoint-*") if CHECKPOINT_RE.match(p.name) and p != target]
+    if previous:
+        needed = directory_size(max(previous, key=lambda p: p.name))
+    else:
+        tensors = [*model.state_dict().values(), *head.state_dict().values()]
+        tensors += [v for opt in optimizers.values() for st in opt.state.values() for v in st.values()]
+        needed = sum(t.numel() * t.element_size() for t in tensors if torch.is_tensor(t))
+    free = sh.disk_usage(run_dir).free
+    return (
+        f"no space left on the device while writing checkpoint {target} (it needs about {format_size(needed)}, "
+        f"{format_size(free)} are free in {run_dir}); make room, then continue with: introllm train --resume {run_dir}"
+    )
 
 
 def _prune_checkpoints(run_dir: Path) -> None:
