@@ -11,6 +11,11 @@ generated token; in a stream, each chunk carries the entries of the tokens it ad
 
 Every error is an OpenAI-style body ``{"error": {"message", "type", "param", "code"}}`` with a 4xx
 status that names the problem (5xx only for failures of the server itself).
+
+Limits for exposed deployments (docs/deployment.md): a request body over ``--max-body-mb`` is
+answered 413 before it is read, a head or body slower than ``--read-timeout`` 408, a connection
+beyond ``--max-connections`` 503 (connections.py), a request beyond the batch and the queue 429
+with ``Retry-After``; ``--api-key`` covers /v1/*, /metrics and /openapi.json.
 """
 
 from __future__ import annotations
@@ -26,9 +31,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import openapi, routes
 from .config import ServerConfig
+from .connections import server_config
 from .errors import APIError, describe_validation, error_body
 from .metrics import Metrics
-from .middleware import Auth, RequestLog
+from .middleware import Auth, BodyLimit, RequestLog
 from .state import ServerState
 from .ui import add_ui
 
@@ -36,7 +42,9 @@ log = logging.getLogger("introllm.server")
 
 
 async def _api_error(request: Request, exc: APIError):
-    return JSONResponse(error_body(exc.message, exc.type, exc.param, exc.code), status_code=exc.status)
+    return JSONResponse(
+        error_body(exc.message, exc.type, exc.param, exc.code), status_code=exc.status, headers=exc.headers
+    )
 
 
 async def _invalid(request: Request, exc: RequestValidationError):
@@ -45,8 +53,12 @@ async def _invalid(request: Request, exc: RequestValidationError):
 
 async def _http(request: Request, exc: StarletteHTTPException):
     message = {404: f"no route {request.url.path}", 405: f"{request.method} is not allowed on {request.url.path}"}
-    return JSONResponse(
-        error_body(message.get(exc.status_code, str(exc.detail)), "invalid_request_error"), status_code=exc.status_code
+    if exc.status_code == 400 and exc.__cause__ is not None:  # FastAPI could not parse the body
+        message[400] = f"the request body could not be parsed: {exc.__cause__}"
+    return JSONResponse(  # a 405 keeps its Allow header
+        error_body(message.get(exc.status_code, str(exc.detail)), "invalid_request_error"),
+        status_code=exc.status_code,
+        headers=getattr(exc, "headers", None),
     )
 
 
@@ -74,8 +86,10 @@ def create_app(config: ServerConfig, checkpoint=None, loader=None) -> FastAPI:
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(StarletteHTTPException, _http)
     app.add_exception_handler(Exception, _internal)
+    # innermost first: the body is read (within its limits) only once the key has been checked
+    app.add_middleware(BodyLimit, max_bytes=int(config.max_body_mb * 1e6), timeout=config.read_timeout)
     if config.api_key:
-        app.add_middleware(Auth, api_key=config.api_key)
+        app.add_middleware(Auth, api_key=config.api_key, public_metrics=config.public_metrics)
     app.add_middleware(RequestLog, metrics=metrics)  # outermost: logs and counts the 401s too
 
     app.add_api_route("/health", routes.health, methods=["GET"], responses=openapi.HEALTH)
@@ -100,7 +114,7 @@ def serve(config: ServerConfig) -> None:
     if config.host not in ("127.0.0.1", "localhost", "::1") and not config.api_key:
         log.warning("listening on %s without --api-key: anyone who can reach this port can use the model", config.host)
     app = create_app(config)
-    server = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level="info", access_log=False))
+    server = uvicorn.Server(server_config(app, config))
     state: ServerState = app.state.introllm
 
     def stop() -> None:

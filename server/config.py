@@ -29,17 +29,32 @@ class ServerConfig:
     for the untrained start [the checkpoint's own; for the embedded model the trained default head].
     A head for another hidden size or base model is refused"""
     api_key: str | None = field(default=None, metadata={"env": "INTROLLM_API_KEY"})
-    """require this bearer key on /v1/* (401 otherwise)"""
+    """require this bearer key on /v1/*, /metrics and /openapi.json (401 otherwise); /health and the
+    playground page stay open"""
+    public_metrics: bool = False
+    """with --api-key: serve /metrics without the key (for a Prometheus that cannot send it; the
+    request counts by status, 401s included, are then public)"""
     ui: bool = field(default=True, metadata={"flag": "--no-ui"})
     """do not serve the playground page at / (served by default)"""
     max_batch: int = 64
-    """most sequences decoded together; a request with n samples takes n of them"""
+    """most sequences decoded together (a request with n samples takes n of them); requests beyond
+    it wait in the queue"""
     max_queue: int = 64
-    """most requests waiting to join the batch; beyond it the server answers 429"""
+    """most requests waiting for room in the batch: with max_batch sequences decoding and max_queue
+    requests waiting, the next request is answered 429 with a Retry-After header"""
     max_tokens: int = 1024
     """cap on max_tokens / max_completion_tokens of one request"""
     max_n: int | None = None
     """cap on n, the samples per prompt [min(16, max batch)]"""
+    max_body_mb: float = field(default=4.0, metadata={"metavar": "MB"})
+    """largest request body in MB (10**6 bytes); a bigger one is answered 413 before it is read"""
+    read_timeout: float = field(default=30.0, metadata={"metavar": "SECONDS"})
+    """seconds a client has to send a request's head, and again its body; a slower one is answered
+    408 and its connection closed"""
+    keep_alive: float = field(default=5.0, metadata={"metavar": "SECONDS"})
+    """seconds an idle keep-alive connection stays open"""
+    max_connections: int = 512
+    """most open connections; a connection beyond it is answered 503 with Retry-After and closed"""
     default_max_tokens: int = field(default=256, metadata={"cli": False})
     """max_tokens when a chat request gives none (completions follow OpenAI's default of 16)."""
     backend: str = field(default="torch", metadata={"choices": BACKENDS})
@@ -63,7 +78,10 @@ class ServerConfig:
             raise ValueError(f"kv_cache_gib must be > 0, got {self.kv_cache_gib}")
         if self.max_n is None:
             self.max_n = min(16, self.max_batch)
-        for name in ("max_batch", "max_queue", "max_tokens", "max_n", "default_max_tokens"):
+        for name in ("max_body_mb", "read_timeout", "keep_alive"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("max_batch", "max_queue", "max_tokens", "max_n", "default_max_tokens", "max_connections"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.port < 65536:

@@ -7,6 +7,8 @@ from fastapi.exceptions import RequestValidationError
 
 
 class APIError(Exception):
+    """An error answered as ``error_body`` with ``status`` (and ``headers``, e.g. Retry-After)."""
+
     def __init__(
         self,
         status: int,
@@ -15,15 +17,36 @@ class APIError(Exception):
         type: str = "invalid_request_error",
         param: str | None = None,
         code: str | None = None,
+        headers: dict[str, str] | None = None,
     ):
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+        self.headers = headers
+
+
+def printable(text: str) -> str:
+    """``text`` with lone UTF-16 surrogates (``"\\ud800"`` in JSON, which is no character and cannot
+    be encoded as UTF-8) written as escapes, so that an error message quoting a client's input can
+    always be sent.
+
+    >>> printable("gpt-\\ud800")
+    'gpt-\\\\ud800'
+    """
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def error_body(
     message: str, type: str = "invalid_request_error", param: str | None = None, code: str | None = None
 ) -> dict:
-    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+    """OpenAI's error object. Message and param may quote the client's input: see ``printable``."""
+    return {
+        "error": {
+            "message": printable(message),
+            "type": type,
+            "param": None if param is None else printable(param),
+            "code": code,
+        }
+    }
 
 
 def describe_validation(exc: RequestValidationError) -> tuple[str, str, str | None]:
@@ -47,6 +70,21 @@ def describe_validation(exc: RequestValidationError) -> tuple[str, str, str | No
         return f"missing required field: {param}", "invalid_request_error", param
     if kind in ("model_attributes_type", "dict_type") and not loc:
         return "the request body must be a JSON object", "invalid_request_error", None
+    if kind == "finite_number":
+        return f"{param}: must be a finite number, not NaN or Infinity", "invalid_request_error", param
+    if kind in ("bool_type", "int_type", "float_type", "string_type") and "input" in e:
+        wanted = {"bool_type": "true or false", "int_type": "an integer", "float_type": "a number"}
+        got = type(e["input"]).__name__.replace("NoneType", "null").replace("str", "a string")
+        return (
+            f"{param}: must be {wanted.get(kind, 'a string')}, got {got} {_short(e['input'])}",
+            "invalid_request_error",
+            param,
+        )
     message = e.get("msg", "invalid value")
     message = message.removeprefix("Value error, ")
     return (f"{param}: {message}" if param else message), "invalid_request_error", param
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."

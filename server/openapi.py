@@ -15,6 +15,8 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 
+from .schemas import INT64_MAX, INT64_MIN, best_of_rule
+
 # ------------------------------------------------------------------------------ response models
 
 
@@ -160,16 +162,26 @@ class Health(BaseModel):
     message: str | None = None
 
 
+_RETRY_AFTER = {"schema": {"type": "string"}, "description": "Seconds to wait before retrying"}
+
+
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     meaning = {
         400: "The request is invalid (the message names the field)",
         401: "Missing or wrong API key (when the server has one)",
         404: "No such model",
-        429: "The waiting queue is full; retry later",
+        408: "The request body did not arrive within the server's read timeout",
+        413: "The request body is larger than the server takes",
+        429: "The batch and the waiting queue are full; retry after Retry-After seconds",
         500: "The server failed while generating",
-        503: "The model is loading, or failed to load",
+        503: "The model is loading (with Retry-After), or failed to load",
     }
-    return {s: {"model": ErrorBody, "description": meaning[s]} for s in statuses}
+    out: dict[int | str, dict[str, Any]] = {s: {"model": ErrorBody, "description": meaning[s]} for s in statuses}
+    if 429 in out:
+        out[429]["headers"] = {"Retry-After": {**_RETRY_AFTER, "required": True}}
+    if 503 in out:
+        out[503]["headers"] = {"Retry-After": _RETRY_AFTER}
+    return out
 
 
 def _sse(chunk: type[BaseModel]) -> dict[str, Any]:
@@ -196,16 +208,17 @@ HEALTH = {
     503: {"model": Health, "description": "Loading, or failed to load"},
 }
 METRICS = {
-    200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text exposition"}
+    200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text exposition"},
+    **_errors(401),
 }
-MODELS = {200: {"model": ModelList, "description": "The served model"}, **_errors(401, 503)}
+MODELS = {200: {"model": ModelList, "description": "The served model"}, **_errors(401, 408, 413, 503)}
 COMPLETION = {
     200: {
         "model": CompletionResponse,
         "description": "The completion, or a stream of chunks",
         "content": _sse(CompletionChunk),
     },
-    **_errors(400, 401, 404, 429, 500, 503),
+    **_errors(400, 401, 404, 408, 413, 429, 500, 503),
 }
 CHAT_COMPLETION = {
     200: {
@@ -213,7 +226,7 @@ CHAT_COMPLETION = {
         "description": "The chat completion, or a stream of chunks",
         "content": _sse(ChatCompletionChunk),
     },
-    **_errors(400, 401, 404, 429, 500, 503),
+    **_errors(400, 401, 404, 408, 413, 429, 500, 503),
 }
 
 
@@ -245,7 +258,7 @@ def _document_rules(props: dict[str, Any], state) -> None:
     """Rules the request models check in code, written into the document: fields accepted only
     at their neutral value (schemas._NEUTRAL), stop sequences (1-4, none empty), prompts (not
     empty; token ids inside the vocabulary once the model is known)."""
-    from .schemas import _NEUTRAL
+    from .schemas import _NEUTRAL, MAX_STOP_CHARS
 
     for name, neutral in _NEUTRAL.items():
         if name in props:
@@ -258,7 +271,7 @@ def _document_rules(props: dict[str, Any], state) -> None:
                 "description": "not supported: accepted only at its neutral value",
             }
     if "stop" in props:
-        text = {"type": "string", "minLength": 1}
+        text = {"type": "string", "minLength": 1, "maxLength": MAX_STOP_CHARS}
         props["stop"]["anyOf"] = [text, {"type": "array", "items": text, "maxItems": 4}, {"type": "null"}]
     if "prompt" in props:
         token = {"type": "integer", "minimum": 0}
@@ -297,7 +310,13 @@ def install(app: FastAPI, state) -> None:
             _limit(components, name, "max_tokens", maximum=config.max_tokens)
             _limit(components, name, "max_completion_tokens", maximum=config.max_tokens)
             _limit(components, name, "n", maximum=config.max_n)
+            _limit(components, name, "best_of", minimum=1, maximum=config.max_n)
+            # exact integers (pydantic writes int64 bounds as floats, which round up to 2**63)
+            _limit(components, name, "seed", minimum=INT64_MIN, maximum=INT64_MAX)
+            _limit(components, name, "top_k", minimum=0, maximum=INT64_MAX)
             _document_rules(components.get(name, {}).get("properties", {}), state)
+        if "CompletionRequest" in components:
+            components["CompletionRequest"].setdefault("allOf", []).append(best_of_rule(config.max_n))
         return schema
 
     app.openapi = document  # type: ignore[method-assign]

@@ -4,11 +4,21 @@ Everything the model and the server's limits decide is checked here (prompt ids 
 vocabulary, the context length, max_tokens, n, the policy name), each failure an ``APIError``
 with a 4xx status naming the field. Behind this point the scheduler and the engine receive only
 requests that can be decoded; a failure there is a server error.
+
+Cheap checks come before tokenizing: text that is not Unicode (a lone UTF-16 surrogate such as
+JSON's ``"\\ud800"``), more prompts than the batch holds, and a prompt with more characters than
+the context can hold as tokens (``max_prompt_chars``). Planning tokenizes, so the handlers run it
+in a worker thread, off the event loop.
 """
 
 from __future__ import annotations
 
+import functools
+import re
 from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel
 
 from introllm.sampler import SamplingParams
 from introllm.sampler.text import chat_ids
@@ -16,7 +26,7 @@ from introllm.sampler.text import chat_ids
 from .config import ServerConfig
 from .errors import APIError
 from .responses import CHAT, TEXT
-from .schemas import ChatCompletionRequest, CompletionRequest
+from .schemas import VISIBLE, ChatCompletionRequest, CompletionRequest
 
 COMPLETION_MAX_TOKENS = 16
 """max_tokens of a completion that gives none (OpenAI's default for /v1/completions)."""
@@ -45,10 +55,76 @@ class Plan:
         return sum(len(p) for p in self.prompts)
 
 
+def find_non_text(value: Any, path: str = "") -> str | None:
+    """The dotted path of the first string in ``value`` (a request model, or what it holds) that is
+    not Unicode text: one holding a lone UTF-16 surrogate, which cannot be encoded (a tokenizer
+    raises a TypeError on it). None when every string is text.
+
+    >>> find_non_text({"messages": [{"content": "ok"}, {"content": "Hi \\ud800"}]})
+    'messages.1.content'
+    """
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path or None
+        return None
+    if isinstance(value, BaseModel):
+        value = {name: getattr(value, name) for name in value.model_fields_set}
+    if isinstance(value, dict):
+        items = [(str(k), v) for k, v in value.items()] + [(str(k), k) for k in value]
+    elif isinstance(value, (list, tuple)):
+        items = [(str(i), v) for i, v in enumerate(value)]
+    else:
+        return None
+    for key, item in items:
+        found = find_non_text(item, f"{path}.{key}" if path else key)
+        if found:
+            return found
+    return None
+
+
+def check_text(body: BaseModel) -> None:
+    """400 naming the field when a string of the request is not Unicode text (``find_non_text``)."""
+    where = find_non_text(body)
+    if where is not None:
+        raise APIError(
+            400,
+            f"{where} is not valid Unicode text: it holds a lone UTF-16 surrogate (such as \\ud800), "
+            "which encodes no character",
+            param=where,
+        )
+
+
+@functools.lru_cache(maxsize=8)
+def _longest_token_chars(tokenizer) -> int:
+    return max((len(piece) for piece in tokenizer.get_vocab()), default=1)
+
+
+def max_prompt_chars(tokenizer, context: int) -> int:
+    """Characters beyond which a text cannot fit ``context`` tokens: no token covers more characters
+    than the longest entry of the vocabulary (a byte-level entry has one character per byte), so a
+    longer text is refused without tokenizing it."""
+    return context * max(1, _longest_token_chars(tokenizer))
+
+
+def _check_chars(chars: int, tokenizer, engine, param: str) -> None:
+    bound = max_prompt_chars(tokenizer, engine.max_context)
+    if chars > bound:
+        raise APIError(
+            400,
+            f"the prompt has {chars} characters, more than this model's context of {engine.max_context} tokens "
+            f"can hold (at most {bound} characters)",
+            param=param,
+            code="context_length_exceeded",
+        )
+
+
 def plan_completion(body: CompletionRequest, tokenizer, engine, config: ServerConfig) -> Plan:
     """``/v1/completions``: raw prompts are tokenized as the tokenizer does by default, so
     special-token text in them becomes control tokens (README, "The HTTP API")."""
-    prompts = _completion_prompts(body.prompt, tokenizer, engine.vocab_size)
+    check_text(body)
+    prompts = _completion_prompts(body.prompt, tokenizer, engine, config.max_batch)
     params = _sampling_params(
         body, prompts, body.max_tokens, body.logprobs or 0, engine, config, default_max_tokens=COMPLETION_MAX_TOKENS
     )
@@ -60,11 +136,15 @@ def plan_completion(body: CompletionRequest, tokenizer, engine, config: ServerCo
 def plan_chat(body: ChatCompletionRequest, tokenizer, engine, config: ServerConfig) -> Plan:
     """``/v1/chat/completions``: the messages through the chat template, their contents as plain
     text (sampler.text.chat_ids)."""
-    if not any(m.text().strip() for m in body.messages):
-        raise APIError(400, "messages are empty: give at least one message with content", param="messages")
+    check_text(body)
+    if not any(re.search(VISIBLE, m.text()) for m in body.messages):
+        raise APIError(
+            400, "messages are empty: give at least one message with content other than white space", param="messages"
+        )
     if not getattr(tokenizer, "chat_template", None):
         raise APIError(400, "this model's tokenizer has no chat template; use /v1/completions", param="messages")
     messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages]
+    _check_chars(sum(len(m["content"]) for m in messages), tokenizer, engine, "messages")
     try:
         prompts = [chat_ids(tokenizer, messages)]
     except Exception as e:  # a template that rejects this conversation (e.g. role order)
@@ -92,7 +172,8 @@ def _document_start(tokenizer) -> list[int]:
     raise APIError(400, "missing required field: prompt (this model has no document-start token)", param="prompt")
 
 
-def _completion_prompts(prompt, tokenizer, vocab_size: int) -> list[list[int]]:
+def _completion_prompts(prompt, tokenizer, engine, max_batch: int) -> list[list[int]]:
+    vocab_size = engine.vocab_size
     if prompt is None:
         return [_document_start(tokenizer)]
     if isinstance(prompt, str):
@@ -101,6 +182,11 @@ def _completion_prompts(prompt, tokenizer, vocab_size: int) -> list[list[int]]:
         raise APIError(400, "prompt is empty", param="prompt")
     if all(isinstance(p, int) for p in prompt):
         prompt = [prompt]
+    if len(prompt) > max_batch:  # before tokenizing any of them
+        raise APIError(400, f"{len(prompt)} prompts exceed the batch size {max_batch}", param="prompt")
+    for p in prompt:
+        if isinstance(p, str):
+            _check_chars(len(p), tokenizer, engine, "prompt")
     ids = []
     for p in prompt:
         if isinstance(p, str):

@@ -16,6 +16,7 @@ from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from .errors import APIError, error_body
 from .prepare import Plan, plan_chat, plan_completion
@@ -28,6 +29,9 @@ from .state import ServerState
 
 _GONE = object()  # put on a request's event queue when its client disconnects
 
+RETRY_AFTER_SECONDS = 1
+"""Retry-After of a 429 (full queue) or a 503 (loading): a decode step frees room within a second."""
+
 
 def server_state(request: Request) -> ServerState:
     return request.app.state.introllm
@@ -39,7 +43,12 @@ def ready_state(request: Request) -> ServerState:
     if s.load_error:
         raise APIError(503, f"the model failed to load: {s.load_error}", type="server_error")
     if not s.ready:
-        raise APIError(503, "the model is still loading; retry shortly", type="server_error")
+        raise APIError(
+            503,
+            "the model is still loading; retry shortly",
+            type="server_error",
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
     return s
 
 
@@ -84,14 +93,16 @@ async def completions(body: CompletionRequest, request: Request):
     """``POST /v1/completions``."""
     s = ready_state(request)
     check_model(s, body.model)
-    return await generate(request, s, plan_completion(body, s.tokenizer, s.engine, s.config))
+    plan = await run_in_threadpool(plan_completion, body, s.tokenizer, s.engine, s.config)  # tokenizes
+    return await generate(request, s, plan)
 
 
 async def chat_completions(body: ChatCompletionRequest, request: Request):
     """``POST /v1/chat/completions``."""
     s = ready_state(request)
     check_model(s, body.model)
-    return await generate(request, s, plan_chat(body, s.tokenizer, s.engine, s.config))
+    plan = await run_in_threadpool(plan_chat, body, s.tokenizer, s.engine, s.config)  # tokenizes
+    return await generate(request, s, plan)
 
 
 # ------------------------------------------------------------------------------------ generation
@@ -109,6 +120,7 @@ async def generate(request: Request, s: ServerState, plan: Plan):
             f"the server is busy: {s.config.max_queue} requests are already waiting; retry later",
             type="rate_limit_error",
             code="queue_full",
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
         ) from None
     request.scope["state"]["usage"] = (plan.prompt_tokens, 0)
     s.metrics.prompt_tokens.inc(plan.prompt_tokens)

@@ -77,6 +77,24 @@ class Request:
         return [PromptRow(p, self.plan.params, n, self.request_id, i * n) for i, p in enumerate(self.plan.prompts)]
 
 
+def held_back(text: str, stop: str) -> int:
+    """Length of the longest proper prefix of ``stop`` that ``text`` ends with (0: none): text that
+    could still become the stop string. Only the places where ``stop``'s first character occurs
+    in the last ``len(stop) - 1`` characters are tried, so a long stop string costs little.
+
+    >>> held_back("the end of", "of the"), held_back("ab", "abc"), held_back("xyz", "abc")
+    (2, 2, 0)
+    """
+    if not stop:
+        return 0
+    i = text.find(stop[0], max(0, len(text) - len(stop) + 1))
+    while i != -1:
+        if stop.startswith(text[i:]):  # the earliest match is the longest
+            return len(text) - i
+        i = text.find(stop[0], i + 1)
+    return 0
+
+
 class _Text:
     """Detokenizer plus stop strings for one sequence."""
 
@@ -101,7 +119,7 @@ class _Text:
                 self.text = self.text[:cut]
                 return piece, out, True
             if not final:  # hold back a tail that could still become a stop string
-                hold = max((k for s in self.stop for k in range(1, len(s)) if self.text.endswith(s[:k])), default=0)
+                hold = max(held_back(self.text, s) for s in self.stop)
                 end = max(self.sent, len(self.text) - hold)
                 out, self.sent = self.text[self.sent : end], end
                 return piece, out, False

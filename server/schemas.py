@@ -9,6 +9,11 @@ implement (tools, penalties, logit_bias, ...) are accepted only at their neutral
 Extensions (pass them with the SDK's ``extra_body``): ``policy`` — a temperature policy by name
 (``learned``, ``fixed:0.7``, ``ead``, ...; see DESIGN.md) —, ``top_k``, and ``ignore_eos`` (keep
 generating past end-of-sequence, for fixed-length benchmarks).
+
+Types are strict, as OpenAI's are: a boolean field takes ``true``/``false`` only (not ``0``), an
+integer field an integer only (not ``true`` nor ``"2"``), and no number may be NaN or Infinity.
+Every integer is bounded by what the engine can take (its tensors are int64): ``seed`` and
+``top_k`` here, the rest against the model and the server's limits in prepare.py.
 """
 
 from __future__ import annotations
@@ -16,6 +21,24 @@ from __future__ import annotations
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+"""Bounds of ``seed`` and ``top_k``: the engine keeps them in int64 tensors."""
+MAX_STOP_CHARS = 1000
+"""Longest stop string: each decode step checks every prefix of each one against the text's end."""
+_STRICT = ConfigDict(strict=True, allow_inf_nan=False)
+VISIBLE = "[^\t\n\x0b\x0c\r \xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff]"
+"""A character that is not white space, as JSON Schema's (ECMAScript's) ``\\S`` has it: the
+regex the server checks message contents with, and the ``pattern`` the document gives them."""
+SEED_PROMISE = (
+    "Same seed, same random numbers, whatever else the server is decoding. The model's hidden states "
+    "round differently with the shape of the batch they are computed in: with float32 weights that moves "
+    "a temperature in its 7th digit and the tokens are the same; with bfloat16 (the default where the CPU "
+    "or GPU has it) the policy takes the same decisions given the same hidden state, but after a near-tie "
+    "the tokens can differ from those of the same request decoded beside others. On the vLLM backend the "
+    "seed fixes the temperature decisions only."
+)
+"""What ``seed`` promises (the OpenAPI description of the field; README, "The HTTP API")."""
 
 # Fields that change generation and are not implemented: allowed only when absent or neutral.
 _NEUTRAL: dict[str, tuple] = {
@@ -49,7 +72,7 @@ def _drop_nulls(data: Any, keep: frozenset[str] = frozenset()) -> Any:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", **_STRICT)
     _keep_null: ClassVar[frozenset[str]] = frozenset()
 
     @model_validator(mode="before")
@@ -63,6 +86,22 @@ class StreamOptions(_Strict):
     continuous_usage_stats: bool | None = None  # sent by some vLLM-era clients; ignored
 
 
+# Rules across fields, as JSON Schema (the document states what the validators below check).
+_TEMPERATURE_OR_POLICY = {
+    "not": {
+        "required": ["temperature", "policy"],
+        "properties": {"temperature": {"type": "number"}, "policy": {"type": "string"}},
+    }
+}
+_TOP_LOGPROBS_NEED_LOGPROBS = {
+    "anyOf": [
+        {"not": {"required": ["top_logprobs"]}},
+        {"properties": {"top_logprobs": {"enum": [None, 0]}}},
+        {"required": ["logprobs"], "properties": {"logprobs": {"const": True}}},
+    ]
+}
+
+
 class _Common(_Strict):
     model: str
     max_tokens: int | None = Field(None, ge=1)
@@ -72,10 +111,15 @@ class _Common(_Strict):
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=INT64_MIN, le=INT64_MAX, description=SEED_PROMISE)
     # extensions
-    policy: str | None = None
-    top_k: int | None = Field(None, ge=0)
+    policy: str | None = Field(
+        None,
+        description="a temperature policy by name, with its arguments after a colon (fixed:0.7, "
+        "ead:gamma=0.99): learned, greedy, fixed, always-update, prompt-level, shifted, ead, ead-exp, tampo; "
+        "an unknown name or a bad argument is refused with a 400 naming the valid policies",
+    )
+    top_k: int | None = Field(None, ge=0, le=INT64_MAX)
     ignore_eos: bool | None = False
     # accepted, no effect on generation
     user: str | None = None
@@ -98,6 +142,8 @@ class _Common(_Strict):
             raise ValueError("at most 4 stop sequences")
         if any(s == "" for s in stops):
             raise ValueError("stop sequences must not be empty")
+        if any(len(s) > MAX_STOP_CHARS for s in stops):
+            raise ValueError(f"a stop sequence may have at most {MAX_STOP_CHARS} characters")
         return stops
 
     @model_validator(mode="after")
@@ -124,20 +170,43 @@ class _Common(_Strict):
         return bool(self.stream and self.stream_options is not None and self.stream_options.include_usage)
 
 
+def best_of_rule(max_n: int) -> dict[str, Any]:  # one of CompletionRequest's allOf (openapi.install)
+    """JSON Schema of CompletionRequest's best_of rule: absent, null, or equal to n (whose default is 1)."""
+    one = {"best_of": {"const": 1}}
+    return {
+        "anyOf": [
+            {"not": {"required": ["best_of"]}},
+            {"properties": {"best_of": {"type": "null"}}},
+            {"properties": one, "not": {"required": ["n"]}},
+            {"properties": {**one, "n": {"type": "null"}}},
+            *(
+                {"required": ["n"], "properties": {"n": {"const": k}, "best_of": {"const": k}}}
+                for k in range(1, max_n + 1)
+            ),
+        ]
+    }
+
+
 class CompletionRequest(_Common):
+    model_config = ConfigDict(json_schema_extra={"allOf": [_TEMPERATURE_OR_POLICY]})
     _keep_null: ClassVar[frozenset[str]] = frozenset({"prompt"})
     prompt: str | list[str] | list[int] | list[list[int]] | None
     """Required; null: the start of a new document (OpenAI's ``<|endoftext|>`` default)."""
     max_tokens: int | None = Field(None, ge=1)  # default: OpenAI's 16, within the server's cap (prepare)
     logprobs: int | None = Field(None, ge=0, le=5)
     echo: bool | None = None
-    best_of: int | None = None
+    best_of: int | None = Field(
+        None,
+        ge=1,
+        description="accepted only equal to n (this server returns every sample it draws; it does not rank "
+        "best_of candidates)",
+    )
     suffix: str | None = None
 
     @model_validator(mode="after")
     def _best_of(self):
-        if self.best_of not in (None, self.n, 1) or (self.best_of == 1 and self.n != 1):
-            raise ValueError("best_of is not supported by this server")
+        if self.best_of is not None and self.best_of != self.n:
+            raise ValueError(f"best_of must equal n ({self.n}): this server does not rank best_of candidates")
         return self
 
 
@@ -146,8 +215,20 @@ class ContentPart(_Strict):
     text: str
 
 
+# JSON Schema of ChatMessage's rule below: content present (not null) unless the role is assistant.
+_CONTENT_RULE = {
+    "anyOf": [
+        {"required": ["content"], "properties": {"content": {"not": {"type": "null"}}}},
+        {"properties": {"role": {"const": "assistant"}}},
+    ]
+}
+
+
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # e.g. "refusal": null, echoed back by some clients
+    """One message. As in OpenAI's types, only an assistant message may come without ``content``."""
+
+    # extra="ignore": e.g. "refusal": null, echoed back by some clients
+    model_config = ConfigDict(extra="ignore", json_schema_extra=_CONTENT_RULE, **_STRICT)
 
     @model_validator(mode="before")
     @classmethod
@@ -158,6 +239,12 @@ class ChatMessage(BaseModel):
     content: str | list[ContentPart] | None = None
     name: str | None = None
 
+    @model_validator(mode="after")
+    def _content(self):
+        if self.content is None and self.role != "assistant":
+            raise ValueError(f"a {self.role} message needs content (only an assistant message may omit it)")
+        return self
+
     def text(self) -> str:
         if self.content is None:
             return ""
@@ -166,9 +253,28 @@ class ChatMessage(BaseModel):
         return "".join(part.text for part in self.content)
 
 
+# JSON Schema of the rule plan_chat checks: some message has content that is not only white space.
+_SOME_CONTENT = {
+    "anyOf": [
+        {"required": ["content"], "properties": {"content": {"type": "string", "pattern": VISIBLE}}},
+        {
+            "required": ["content"],
+            "properties": {"content": {"type": "array", "contains": {"properties": {"text": {"pattern": VISIBLE}}}}},
+        },
+    ]
+}
+
+
 class ChatCompletionRequest(_Common):
-    messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    model_config = ConfigDict(json_schema_extra={"allOf": [_TEMPERATURE_OR_POLICY, _TOP_LOGPROBS_NEED_LOGPROBS]})
+    messages: list[ChatMessage] = Field(
+        min_length=1,
+        description="at least one message must have content other than white space",
+        json_schema_extra={"contains": _SOME_CONTENT},
+    )
+    max_completion_tokens: int | None = Field(
+        None, ge=1, description="the same as max_tokens; when both are given they must be equal"
+    )
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=20)
     tools: list[Any] | None = None

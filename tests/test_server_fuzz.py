@@ -2,9 +2,20 @@
 embedded model: every operation gets generated requests, valid and invalid, and every response
 must be documented (status code, content type, body schema) and none may be a 5xx. Bounded: the
 server caps max_tokens at 4 and n at 2 (the document says so, so valid requests stay cheap), and
-each operation gets a fixed number of examples. Afterwards the server still answers."""
+each operation gets a fixed number of examples. Invalid requests must be refused
+(``negative_data_rejection``: ``"echo": 0``, NaN, an out-of-range integer), and schemathesis' own
+coverage phase (its CLI) sends every boundary value and every undeclared method (405 with
+``Allow``). Afterwards the server still answers.
+
+Not checked: that every schema-valid request is accepted (``positive_data_acceptance``). The
+document states the rules across fields that JSON Schema can (best_of equal to n, top_logprobs
+needing logprobs, temperature or policy, a message with content), but two it can only describe:
+a policy's arguments (``fixed:0.7``) and max_tokens equal to max_completion_tokens when both come."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
 
 import httpx
 import pytest
@@ -18,13 +29,14 @@ from introllm.server.config import ServerConfig
 pytestmark = pytest.mark.slow
 
 MODEL = "smollm2-135m-instruct"
-EXAMPLES = 30  # per operation and kind (valid, invalid, valid streamed): about 2 minutes on 2 CPU cores
+EXAMPLES = 100  # per operation and kind (valid, invalid, valid streamed): about 2 minutes on 2 busy CPU cores
 CHECKS = [
     checks.not_a_server_error,
     checks.status_code_conformance,
     checks.content_type_conformance,
     checks.response_schema_conformance,
     checks.response_headers_conformance,
+    checks.negative_data_rejection,
 ]
 
 
@@ -86,6 +98,33 @@ def test_every_response_is_documented_and_none_is_a_server_error(fuzz_url):
     )
     assert not [s for s in statuses if s >= 500]
     assert 200 in statuses and 400 in statuses  # valid requests were generated and served, invalid ones refused
+
+
+def test_the_coverage_phase_finds_nothing(fuzz_url):
+    """schemathesis' CLI coverage phase: boundary values of every field, missing and wrong-typed
+    fields, undeclared methods (405 with ``Allow``), with every check but positive_data_acceptance."""
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from schemathesis.cli import schemathesis; schemathesis()",
+            "run",
+            fuzz_url + "/openapi.json",
+            "--phases",
+            "coverage",
+            "--checks",
+            "all",
+            "--exclude-checks",
+            "positive_data_acceptance",
+            "--seed",
+            "1",
+            "--no-color",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0 and "No issues found" in run.stdout, run.stdout[-6000:] + run.stderr[-2000:]
 
 
 def test_the_document_states_this_servers_limits(fuzz_url):

@@ -9,7 +9,9 @@
 #   INTROLLM_CHECKPOINT  checkpoint directory                         [the embedded SmolLM2-135M-Instruct]
 #   INTROLLM_MODEL_NAME  the model id clients send                    [the checkpoint directory's name]
 #   INTROLLM_BACKEND     torch or vllm                                [introllm serve's default]
-#   INTROLLM_API_KEY     bearer key required on /v1/* (read by introllm serve itself; empty: none)
+#   INTROLLM_API_KEY     bearer key required on /v1/*, /metrics and /openapi.json (read by introllm
+#                        serve itself; empty: none)
+#   INTROLLM_PUBLIC_METRICS  true: /metrics without the key, for a Prometheus that cannot send it [false]
 set -euo pipefail
 
 venv=${INTROLLM_VENV:-/opt/introllm/venv}
@@ -29,4 +31,5 @@ args=(serve --host "${INTROLLM_HOST:-0.0.0.0}" --port "${INTROLLM_PORT:-8000}")
 if [[ -n ${INTROLLM_CHECKPOINT:-} ]]; then args+=(--checkpoint "$INTROLLM_CHECKPOINT"); fi
 if [[ -n ${INTROLLM_MODEL_NAME:-} ]]; then args+=(--model-name "$INTROLLM_MODEL_NAME"); fi
 if [[ -n ${INTROLLM_BACKEND:-} ]]; then args+=(--backend "$INTROLLM_BACKEND"); fi
+if [[ ${INTROLLM_PUBLIC_METRICS:-false} == true ]]; then args+=(--public-metrics); fi
 exec "$venv/bin/introllm" "${args[@]}" "$@"

@@ -27,6 +27,7 @@ examples:
 
 _MODEL = ("checkpoint", "device", "dtype", "trust_remote_code", "head")
 _BACKEND = ("backend", "vllm_eager", "kv_cache_gib", "vllm_args")
+_LIMITS = ("max_body_mb", "read_timeout", "keep_alive", "max_connections")
 
 
 def add_parser(sub) -> None:
@@ -40,7 +41,13 @@ def add_parser(sub) -> None:
         epilog=EXAMPLES,
     )
     add_config_flags(p, ServerConfig, only=_MODEL)
-    add_config_flags(p, ServerConfig, skip=_MODEL + _BACKEND)
+    add_config_flags(p, ServerConfig, skip=_MODEL + _BACKEND + _LIMITS)
+    limits = p.add_argument_group(
+        "connections",
+        "limits that keep one client from holding the server (set them with care on an exposed host: "
+        "docs/deployment.md)",
+    )
+    add_config_flags(limits, ServerConfig, only=_LIMITS)
     group = p.add_argument_group(
         "backend",
         "torch: the in-process engine. vllm: vLLM batches, caches and samples, with "
