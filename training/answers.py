@@ -54,6 +54,13 @@ _LATEX_HINT = re.compile(r"\\[a-zA-Z]|[\^_{]")  # a command, a power, a subscrip
 # are 32348 and 1000 (MATH writes them so), which math-verify would read as 32 and 1*0.
 _DIGIT_GROUP = re.compile(r"(?<=\d)(?:,|\{,\})?(?:\\[!,;: ]|~)*(?:,|\{,\})?(?=\d{3}(?!\d))")
 _SENTENCE_END = re.compile(r"\.\s+(?=[A-Z])")  # "7. This is because", "$7$. I hope it is correct"
+_BOX_SPACE = re.compile(r"\\(boxed|fbox)\s+\{")  # "\boxed {7}": LaTeX allows the space, math-verify does not
+# Scientific notation as programs and Minerva Math's golds write it (4.5e33, 1.2E-5): a number, not
+# 4.5 * e * 33. Only between non-word characters, so names such as "x2e5" stay as they are.
+_SCIENTIFIC = re.compile(r"(?<![\w.\\])(\d+(?:\.\d+)?)[eE]([+-]?\d+)(?![\w.])")
+# After LaTeX commands and \text{} are removed, a word of three or more letters: prose, not math.
+_PROSE_WORD = re.compile(r"[A-Za-z]{3,}")
+_COMMAND_OR_TEXT = re.compile(r"\\(?:text|mathrm|textbf|mbox)\s*\{[^{}]*\}|\\[A-Za-z]+")
 _MATH_WRAP = re.compile(r"^(?:\$\$(.+)\$\$|(?<!\\)\$(.+)(?<!\\)\$|\\\[(.+)\\\]|\\\((.+)\\\))$", re.DOTALL)
 
 
@@ -94,6 +101,7 @@ def extract_answer(text: str) -> str:
     >>> extract_answer("The answer is **42**.")
     '42'
     """
+    text = _BOX_SPACE.sub(lambda m: "\\" + m.group(1) + "{", text)
     start = last_box_start(text)
     if start >= 0:
         from latex2sympy2_extended.math_normalization import extract_boxed_content
@@ -118,6 +126,29 @@ def _clean_span(span: str) -> str:
         s = next(g for g in m.groups() if g is not None).strip()
         s = s[:-1].rstrip() if s.endswith(".") and not s.endswith("..") else s
     return s
+
+
+def normalise(text: str) -> str:
+    """The rewrites done before math-verify sees a completion or a reference: LaTeX spacing between
+    digit groups (``_join_digit_groups``), a space between ``\\boxed`` and its brace, and scientific
+    notation written as a program writes it.
+
+    >>> normalise("\\\\boxed {4.5e33}")
+    '\\\\boxed{4.5\\\\times 10^{33}}'
+    """
+    text = _BOX_SPACE.sub(lambda m: "\\" + m.group(1) + "{", _join_digit_groups(text))
+    return _SCIENTIFIC.sub(lambda m: f"{m.group(1)}\\times 10^{{{m.group(2)}}}", text)
+
+
+def looks_like_math(span: str) -> bool:
+    """Whether an answer span is mathematics only (``6 - 5i``, ``1,-2``, ``2n-2``, ``\\frac{1}{2}``,
+    ``x = 3``), as opposed to prose (``7 apples``, ``Let me add``): no word of three or more letters
+    once LaTeX commands and ``\\text{}`` are removed.
+
+    >>> looks_like_math("6 - 5i"), looks_like_math("\\\\frac{\\\\pi}{2}"), looks_like_math("Let me add")
+    (True, True, False)
+    """
+    return bool(span.strip()) and not _PROSE_WORD.search(_COMMAND_OR_TEXT.sub(" ", span))
 
 
 def _join_digit_groups(text: str) -> str:
@@ -152,7 +183,7 @@ def parse_completion(text: str) -> list:
     from math_verify import parse
 
     boxed, anywhere = _configs()
-    text = _join_digit_groups(text)
+    text = normalise(text)
     start = last_box_start(text)
     if start >= 0:
         return parse(text[start:], [boxed], extraction_mode="first_match")
@@ -160,8 +191,9 @@ def parse_completion(text: str) -> list:
     if span is None:
         return parse(_plain(text), anywhere)
     bare = _clean_span(span)
-    if bare and not _MATH_DELIMITER.search(bare) and _LATEX_HINT.search(bare):
-        # LaTeX written without delimiters ("Answer: \\frac{1}{2}"): read it as a gold answer is read
+    if bare and not _MATH_DELIMITER.search(bare) and (_LATEX_HINT.search(bare) or looks_like_math(bare)):
+        # mathematics after the phrase ("Answer: 6 - 5i", "Answer: 1,-2", "Answer: \\frac{1}{2}"):
+        # read it as a box (and a gold answer) is read, not as the last number in it
         found = parse(f"\\boxed{{{bare}}}", [boxed], extraction_mode="first_match", fallback_mode="no_fallback")
         if found:
             return found
@@ -179,7 +211,7 @@ def parse_gold(answer: str) -> list:
     from math_verify import parse
 
     boxed, _ = _configs()
-    text = _join_digit_groups(str(answer).strip())
+    text = normalise(str(answer).strip())
     start = last_box_start(text)
     source = text[start:] if start >= 0 else f"\\boxed{{{text}}}"
     gold = parse(source, [boxed], extraction_mode="first_match")
@@ -190,7 +222,7 @@ def parse_gold(answer: str) -> list:
 
 def is_plain_number(expr) -> bool:
     """Whether a parsed answer is a number written out (``-5``, ``0.25``, ``\\frac{3}{4}``, ``3/4``,
-    ``50\\%``), as opposed to arithmetic still to do (``2 + -7``, ``3 \\cdot 4``, ``2^{10}``).
+    ``50\\%``, ``4.5 \\times 10^{33}``), as opposed to arithmetic still to do (``2 + -7``, ``3 \\cdot 4``, ``2^{10}``).
     math-verify keeps what it parses unevaluated (sympy ``evaluate=False``), so the two differ
     in the parsed object even where their values are equal.
 
@@ -217,7 +249,23 @@ def is_plain_number(expr) -> bool:
             return True  # a/b written without \frac
         if isinstance(a, sympy.Number) and isinstance(b, sympy.UnevaluatedExpr) and b.args[0] == sympy.Rational(1, 100):
             return True  # a percentage
+        if (
+            isinstance(a, sympy.Number)
+            and isinstance(b, sympy.Pow)
+            and b.base == 10
+            and isinstance(b.exp, sympy.Integer)
+        ):
+            return True  # scientific notation, 4.5 \times 10^{33}
     return False
+
+
+def _value(expr):
+    """The value side of ``x = 3`` (a name set equal to something); any other answer unchanged."""
+    import sympy
+
+    if isinstance(expr, sympy.Eq) and isinstance(expr.lhs, sympy.Symbol):
+        return expr.rhs
+    return expr
 
 
 def is_correct(completion: str, answer: str) -> bool:
@@ -244,6 +292,6 @@ def is_correct(completion: str, answer: str) -> bool:
     pred = parse_completion(completion)
     if not pred:
         return False
-    if is_plain_number(gold[0]) and not isinstance(pred[0], str) and not is_plain_number(pred[0]):
+    if is_plain_number(gold[0]) and not isinstance(pred[0], str) and not is_plain_number(_value(pred[0])):
         return False
     return verify(gold, pred)
