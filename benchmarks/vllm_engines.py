@@ -83,16 +83,17 @@ def _run_stock(llm, prompts: list[list[int]], new_tokens: int) -> None:
     assert received == len(prompts) * new_tokens, received
 
 
-def _serve_runs(kind: str, checkpoint: str, options: dict, conn) -> None:
-    """A worker process: build one configuration, then time the batches the parent asks for."""
+def _serve_runs(kind: str, checkpoint: str | None, head: str | None, options: dict, conn) -> None:
+    """A worker process: build one configuration, then time the batches the parent asks for.
+    ``checkpoint`` None: the embedded model; ``head``: as ``--head`` (the same head on both backends)."""
     from introllm.sampler.engine import Engine
-    from introllm.sampler.models import load_model
-    from introllm.sampler.vllm_engine import VLLMEngine
+    from introllm.sampler.models import default_checkpoint, load_model
+    from introllm.sampler.vllm_engine import load_vllm
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(checkpoint)
+        path = Path(checkpoint) if checkpoint else default_checkpoint()
         if kind == "torch learned":
-            ck = load_model(path, "auto", "auto")
+            ck = load_model(checkpoint, "auto", "auto", head=head)
             engine = Engine(ck.model, ck.head)
             run = lambda prompts, n: engine.generate(prompts, SamplingParams(max_new_tokens=n, ignore_eos=True))
             dtype = str(ck.model.dtype).removeprefix("torch.")
@@ -101,7 +102,7 @@ def _serve_runs(kind: str, checkpoint: str, options: dict, conn) -> None:
             run = lambda prompts, n: _run_stock(stock, prompts, n)
             dtype = str(stock.vllm_config.model_config.dtype).removeprefix("torch.")
         else:
-            ours = VLLMEngine(path, **options)
+            ours = load_vllm(checkpoint, head, **options)
             run = lambda prompts, n: ours.generate(prompts, SamplingParams(max_new_tokens=n, ignore_eos=True))
             dtype = ours.dtype
         hooks = ours.hook_seconds if kind == "vllm learned" else (lambda: 0.0)
@@ -124,6 +125,8 @@ def run_vllm_bench(
     eager: bool = False,
     kv_cache_gib: float = 2.0,
     include_torch: bool = True,
+    head: str | None = None,
+    embedded: bool = False,
     on_measure: Callable[[str, int, float], None] | None = None,
 ) -> list[dict]:
     """Tokens/s per batch size and configuration; per batch size a dict with ``tokens_per_s``
@@ -138,7 +141,8 @@ def run_vllm_bench(
     try:
         for name in names:  # one at a time: two vLLM compilations at once would only slow both
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_serve_runs, args=(name, str(checkpoint), options, child), daemon=True)
+            where = None if embedded else str(checkpoint)
+            proc = ctx.Process(target=_serve_runs, args=(name, where, head, options, child), daemon=True)
             proc.start()
             workers[name] = (proc, parent)
             dtypes[name] = parent.recv()

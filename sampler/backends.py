@@ -51,9 +51,13 @@ def require_vllm(what: str) -> None:
         raise ValueError(f"{what} needs vLLM: {VLLM_INSTALL}")
 
 
-def choose_backend(requested: str, *, cuda: bool | None = None) -> tuple[str, str]:
-    """("torch" or "vllm", why) for ``--backend requested`` (auto, torch or vllm).
+def choose_backend(requested: str, *, cuda: bool | None = None, llamacpp: bool = False) -> tuple[str, str]:
+    """(backend, why) for ``--backend requested`` (a name of BACKENDS).
 
+    auto: vllm on a CUDA host where vLLM is installed; else, where the caller can use it
+    (``llamacpp``: the server, generate, eval, bench; not training rollouts, which the trainer
+    scores with the torch model) and llama-cpp-python is installed on a host without CUDA, llamacpp
+    (llama.cpp's CPU kernels: the fastest single stream on a CPU, docs/benchmarks.md); else torch.
     ``cuda``: whether a CUDA device will be used (default: whether torch sees one). An explicit
     backend is returned as asked (whether it is installed is checked where it is loaded).
     Raises ValueError for a name not in BACKENDS."""
@@ -70,6 +74,8 @@ def choose_backend(requested: str, *, cuda: bool | None = None) -> tuple[str, st
         return "vllm", "--backend auto: a CUDA device is present and vLLM is installed"
     if cuda:
         return "torch", f"--backend auto: a CUDA device is present but vLLM is not installed ({VLLM_INSTALL})"
+    if llamacpp and llamacpp_installed():
+        return "llamacpp", "--backend auto: no CUDA device, and llama-cpp-python is installed"
     return "torch", "--backend auto: no CUDA device" + (
-        " (vLLM is installed; --backend vllm uses it on this CPU)" if vllm else ""
-    )
+        f" and llama-cpp-python is not installed (--backend llamacpp after {LLAMACPP_INSTALL})" if llamacpp else ""
+    ) + (" (vLLM is installed; --backend vllm uses it on this CPU)" if vllm else "")

@@ -377,8 +377,7 @@ def load_llamacpp(
     hidden size or base-model family does not fit the GGUF is refused, naming both).
 
     Raises ValueError / CheckpointError / FileNotFoundError with a message that says what to do."""
-    from .checkpoint import load_head
-    from .models import default_checkpoint, embedded_gguf, initial_head, shipped_head_dir
+    from .models import choose_head, default_checkpoint, describe_head, embedded_gguf, initial_head
 
     if checkpoint is None:
         path = embedded_gguf()
@@ -402,15 +401,9 @@ def load_llamacpp(
 
         tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     engine = LlamaCppEngine(path, None, max_batch=max_batch, context=context, threads=threads)
-    if head == "init":
-        engine.head = initial_head(engine.hidden_size)
-    elif head:
-        if not Path(head).exists():
-            raise FileNotFoundError(f"--head {head}: no such directory (give a head directory or 'init')")
-        engine.head = load_head(head, engine.fingerprint(), strict=True)
-    elif (shipped_head_dir() / "temperature_head.json").is_file():
-        engine.head = load_head(shipped_head_dir(), engine.fingerprint(), strict=True)
-    else:
-        engine.head = initial_head(engine.hidden_size)
+    log.info("llama.cpp backend: %s with %s", path.name, describe_head(checkpoint, head))
+    engine.head = choose_head(checkpoint, head, engine.hidden_size, engine.fingerprint()) or initial_head(
+        engine.hidden_size
+    )
     engine.head = engine.head.float().eval()
     return engine, tokenizer, path

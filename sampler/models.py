@@ -156,6 +156,38 @@ def describe_head(checkpoint: str | os.PathLike | None, head: str | None) -> str
     return "the untrained initial head (no trained default head is installed)"
 
 
+def choose_head(
+    checkpoint: str | os.PathLike | None,
+    head: str | None,
+    hidden_size: int,
+    model_config,
+    device="cpu",
+    *,
+    model=None,
+) -> TemperatureHead | None:
+    """The head that ``--head`` names, the same on every backend (``describe_head`` says it in words):
+
+        "init"  the untrained initial head (``initial_head``)
+        PATH    the head in that directory, refused (CheckpointError naming both) when its hidden
+                size or base-model fingerprint does not fit ``model_config`` (a Hugging Face config,
+                or a GGUF's fingerprint namespace)
+        None    for the embedded model (no checkpoint): the trained default head, if installed
+
+    Returns None where the checkpoint's own head is meant. Raises FileNotFoundError for a PATH that
+    does not exist."""
+    from .checkpoint import load_head
+
+    if head == "init":
+        return initial_head(hidden_size).to(device)
+    if head:
+        if not Path(head).exists():
+            raise FileNotFoundError(f"--head {head}: no such directory (give a head directory or 'init')")
+        return load_head(head, model_config, device, strict=True, model=model)
+    if not checkpoint and (shipped_head_dir() / "temperature_head.json").is_file():
+        return load_head(shipped_head_dir(), model_config, device, strict=True, model=model)
+    return None
+
+
 def load_model(
     checkpoint: str | os.PathLike | None = None,
     device: str = "auto",
@@ -174,7 +206,7 @@ def load_model(
 
     Logs one line first that names the model and the head. Raises CheckpointError / ValueError.
     """
-    from .checkpoint import load_checkpoint, load_head
+    from .checkpoint import load_checkpoint
 
     dev = resolve_device(device)
     path = Path(checkpoint) if checkpoint else default_checkpoint()
@@ -189,10 +221,7 @@ def load_model(
         require_head=head is None,
     )
     hidden = ck.model.config.get_text_config(decoder=True).hidden_size
-    if head == "init":
-        ck.head = initial_head(hidden).to(dev)
-    elif head:
-        ck.head = load_head(head, ck.model.config, dev, strict=True, model=ck.model)
-    elif not checkpoint and (shipped_head_dir() / "temperature_head.json").is_file():
-        ck.head = load_head(shipped_head_dir(), ck.model.config, dev, strict=True, model=ck.model)
+    chosen = choose_head(checkpoint, head, hidden, ck.model.config, dev, model=ck.model)
+    if chosen is not None:
+        ck.head = chosen
     return ck

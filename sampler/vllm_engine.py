@@ -472,3 +472,26 @@ def _tensor_names(path: Path) -> list[str]:
 
     with safe_open(str(path), "pt") as f:
         return list(f.keys())
+
+
+def load_vllm(checkpoint: str | os.PathLike | None, head: str | None = None, **options) -> VLLMEngine:
+    """A ``VLLMEngine`` for ``checkpoint`` (None: the embedded model) with the head ``--head`` names,
+    chosen as on every backend (``models.choose_head``): the trained default head for the embedded
+    model, ``init``, or a head directory that fits the model (refused otherwise, naming both).
+    ``options``: VLLMEngine's keyword arguments. Logs one line naming the model and the head."""
+    from transformers import AutoConfig
+
+    from .models import choose_head, default_checkpoint, describe_head
+
+    path = Path(checkpoint) if checkpoint else default_checkpoint()
+    if not (path / "config.json").is_file():
+        raise CheckpointError(f"{path} is not a checkpoint directory (no config.json)")
+    log.info("vLLM backend: %s with %s", checkpoint or path.name, describe_head(checkpoint, head))
+    hf = AutoConfig.from_pretrained(path, trust_remote_code=options.get("trust_remote_code", False))
+    try:
+        from vllm.platforms import current_platform
+    except ImportError as e:
+        raise ImportError(f"the vLLM backend needs vLLM ({e}): {VLLM_INSTALL}") from None
+    hidden = hf.get_text_config(decoder=True).hidden_size
+    chosen = choose_head(checkpoint, head, hidden, hf, current_platform.device_type)
+    return VLLMEngine(path, head=chosen, **options)

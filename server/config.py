@@ -58,10 +58,16 @@ class ServerConfig:
     default_max_tokens: int = field(default=256, metadata={"cli": False})
     """max_tokens when a chat request gives none (completions follow OpenAI's default of 16)."""
     backend: str = field(default="torch", metadata={"choices": BACKENDS})
-    """decoding backend [auto: vllm on a CUDA host with vLLM installed, else torch]. ``introllm serve``
-    passes auto; a config built in code defaults to torch"""
+    """decoding backend [auto: vllm on a CUDA host with vLLM installed; on a host without CUDA llamacpp
+    when llama-cpp-python is installed, else torch]. ``introllm serve`` passes auto; a config built
+    in code defaults to torch"""
     backend_reason: str = field(default="", metadata={"cli": False})
     """Why ``backend`` is what it is (set when auto is resolved; logged by ``introllm serve``)."""
+    threads: int | None = None
+    """llamacpp: llama.cpp's CPU threads [all cores]"""
+    max_model_len: int = 2048
+    """llamacpp: positions per sequence, prompt and completion (llama.cpp reserves max batch x this
+    many KV cells at start)"""
     vllm_eager: bool = False
     """vllm: skip torch.compile and CUDA graphs (starts in seconds, decodes slower)"""
     kv_cache_gib: float | None = field(default=None, metadata={"metavar": "GIB"})
@@ -73,11 +79,15 @@ class ServerConfig:
 
     def __post_init__(self) -> None:
         if self.backend == "auto" or not self.backend_reason:
-            self.backend, self.backend_reason = choose_backend(self.backend)
+            self.backend, self.backend_reason = choose_backend(self.backend, llamacpp=True)
         if self.kv_cache_gib is not None and not self.kv_cache_gib > 0:
             raise ValueError(f"kv_cache_gib must be > 0, got {self.kv_cache_gib}")
         if self.max_n is None:
             self.max_n = min(16, self.max_batch)
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
+        if self.max_model_len < 16:
+            raise ValueError(f"max_model_len must be >= 16, got {self.max_model_len}")
         for name in ("max_body_mb", "read_timeout", "keep_alive"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")

@@ -44,6 +44,8 @@ class ServerState:
         try:
             if self.config.backend == "vllm":
                 self.engine, tokenizer, path = _load_vllm(self.config)
+            elif self.config.backend == "llamacpp":
+                self.engine, tokenizer, path = _load_llamacpp(self.config)
             else:
                 ck = self.checkpoint or (self.loader() if self.loader else None)
                 if ck is None:
@@ -133,18 +135,20 @@ def load_failure_message(error: BaseException, config: ServerConfig) -> str:
 
 
 def _load_vllm(config: ServerConfig):
-    """The vLLM engine and the tokenizer for ``config`` (the embedded model when no checkpoint)."""
+    """The vLLM engine (with the head ``--head`` names, as on torch) and the tokenizer for ``config``
+    (the embedded model when no checkpoint)."""
     from transformers import AutoTokenizer
 
     from introllm.sampler.models import default_checkpoint
-    from introllm.sampler.vllm_engine import VLLMEngine
+    from introllm.sampler.vllm_engine import load_vllm
 
     path = Path(config.checkpoint) if config.checkpoint else default_checkpoint()
     log.info(
         "loading %s into vLLM%s", path, " (eager)" if config.vllm_eager else " (compiling the model: minutes on a CPU)"
     )
-    engine = VLLMEngine(
-        path,
+    engine = load_vllm(
+        config.checkpoint,
+        config.head,
         dtype=config.dtype,
         max_batch=config.max_batch,
         eager=config.vllm_eager,
@@ -156,3 +160,23 @@ def _load_vllm(config: ServerConfig):
     if any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=config.trust_remote_code)
     return engine, tokenizer, path
+
+
+def _load_llamacpp(config: ServerConfig):
+    """The llama.cpp engine (``sampler.llamacpp_engine.load_llamacpp``: the embedded model's GGUF as
+    shipped, or ``--checkpoint FILE.gguf`` with ``--head``), its tokenizer and its path."""
+    from introllm.sampler.backends import require_llamacpp
+    from introllm.sampler.llamacpp_engine import load_llamacpp
+
+    require_llamacpp("--backend llamacpp")
+    engine, tokenizer, path = load_llamacpp(
+        config.checkpoint,
+        config.head,
+        max_batch=config.max_batch,
+        context=config.max_model_len,
+        threads=config.threads,
+    )
+    # the model id: the embedded model's name on every backend; a GGUF file's name without .gguf
+    from introllm.sampler.models import default_checkpoint
+
+    return engine, tokenizer, default_checkpoint() if config.checkpoint is None else path.with_suffix("")

@@ -156,6 +156,22 @@ def live_server(config, checkpoint=None, loader=None, wait_ready: bool = True):
         thread.join(timeout=30)
 
 
+@pytest.fixture(scope="module", params=["torch", "llamacpp"])
+def backend_url(request):
+    """A server on the embedded model on each CPU backend in turn: the torch engine (``server_url``)
+    and llama.cpp (the embedded model's GGUF as shipped; an error, not a skip, where
+    llama-cpp-python is missing: make install-llamacpp)."""
+    if request.param == "torch":
+        yield request.getfixturevalue("server_url")
+        return
+    from introllm.sampler.backends import require_llamacpp
+    from introllm.server.config import ServerConfig
+
+    require_llamacpp("the llama.cpp server tests")
+    with live_server(ServerConfig(backend="llamacpp", max_batch=16)) as url:
+        yield url
+
+
 @pytest.fixture(scope="module")
 def server_url(embedded):
     """A server on the embedded model with the default settings, one per test module (so the

@@ -73,4 +73,3 @@ def test_cli_errors_name_the_problem_in_one_line(ckpt, tmp_path, capsys):
     save_head(tmp_path / "h64", random_head(64), other.config, other)
     assert main(["bench", "--checkpoint", str(ckpt), "--head", str(tmp_path / "h64")]) == 2
     assert "hidden size 64" in capsys.readouterr().err
-    assert main(["serve", "--backend", "vllm", "--head", "init"]) == 2

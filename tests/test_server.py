@@ -1,4 +1,6 @@
-"""The server over a real socket, driven by the official ``openai`` client, on the embedded model."""
+"""The server over a real socket, driven by the official ``openai`` client, on the embedded model:
+every case on the torch backend and on the llama.cpp backend (the embedded model's GGUF as
+shipped; issue 28), the same assertions."""
 
 import json
 
@@ -13,8 +15,8 @@ MODEL = "smollm2-135m-instruct"
 
 
 @pytest.fixture(scope="module")
-def url(server_url):
-    return server_url
+def url(backend_url):
+    return backend_url
 
 
 @pytest.fixture
@@ -39,7 +41,9 @@ def test_completion_learned(client):
 def test_chat_greedy_is_deterministic(client):
     kw = dict(
         model=MODEL,
-        messages=[{"role": "user", "content": "What is the capital of France?"}],
+        # not "What is the capital of France?": there "The" and "L" are 0.08 apart (a near-tie that
+        # llama.cpp's 8-bit activations flip: docs/benchmarks.md); here both backends answer alike
+        messages=[{"role": "user", "content": "Which city is the capital of France?"}],
         temperature=0,
         max_tokens=16,
     )
@@ -73,7 +77,7 @@ def test_n_and_stop(client):
     assert [c.index for c in r.choices] == [0, 1, 2]
     r = client.chat.completions.create(
         model=MODEL,
-        messages=[{"role": "user", "content": "What is the capital of France?"}],
+        messages=[{"role": "user", "content": "Which city is the capital of France?"}],
         temperature=0,
         max_tokens=16,
         stop=[" is"],

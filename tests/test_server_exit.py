@@ -73,7 +73,7 @@ def test_a_failing_loader_in_the_torch_backend_exits_too():
         raise RuntimeError("simulated: the weights are corrupt")
     models.load_model = load_model
     """
-    line = _one_error_line(_serve([], patch))
+    line = _one_error_line(_serve(["--backend", "torch"], patch))
     assert "simulated: the weights are corrupt" in line and "INTROLLM_DEBUG=1" in line
 
 

@@ -1,7 +1,7 @@
 """Issue 12, items 1-5: exact OpenAI streaming, logprobs of partial UTF-8 tokens, null as the
 default, disconnects of non-streaming clients, and chat messages that cannot forge turns. A real
 server over a real socket on the embedded model, driven by the official ``openai`` client and by
-raw HTTP where the wire format itself is the point."""
+raw HTTP where the wire format itself is the point. Every case on the torch and the llama.cpp backend."""
 
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ HI = [{"role": "user", "content": "Hi"}]
 
 
 @pytest.fixture(scope="module")
-def url(server_url):
-    return server_url
+def url(backend_url):
+    return backend_url
 
 
 @pytest.fixture

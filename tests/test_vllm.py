@@ -247,7 +247,12 @@ PROMPTS = [
 def _vllm_traces(url, ids, *, n, seed, tokens):
     client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
     r = client.completions.create(
-        model="final", prompt=ids, n=n, seed=seed, max_tokens=tokens, extra_body={"ignore_eos": True}
+        model=client.models.list().data[0].id,
+        prompt=ids,
+        n=n,
+        seed=seed,
+        max_tokens=tokens,
+        extra_body={"ignore_eos": True},
     )
     return [c.temperature_trace for c in sorted(r.choices, key=lambda c: c.index)]
 
@@ -256,24 +261,34 @@ def test_a_trained_checkpoint_serves_with_its_head(trained, trained_url):
     """Same seed, same streams: the first decision of every sample is the torch engine's, made by
     the trained head (the head it started from decides differently)."""
     ck = load_model(trained, device="cpu", dtype="float32")
-    engine = Engine(ck.model, ck.head)
     start = load_model(default_checkpoint(), device="cpu", dtype="float32")
-    untrained = Engine(ck.model, start.head)
+    _assert_first_decisions_made_by(trained_url, ck, other_head=start.head)
+
+
+def test_the_embedded_model_is_served_with_the_trained_default_head_as_on_torch(url, embedded):
+    """Issue 30: with no --head, vLLM serves the head the torch backend serves for the embedded model
+    (the shipped trained default head, not the checkpoint's own untrained one)."""
+    untrained = load_model(default_checkpoint(), device="cpu", dtype="float32")
+    _assert_first_decisions_made_by(url, embedded, other_head=untrained.head)
+
+
+def _assert_first_decisions_made_by(url, ck, *, other_head) -> None:
+    engine, other = Engine(ck.model, ck.head), Engine(ck.model, other_head)
     differs = 0
     for i, text in enumerate(PROMPTS):
         ids = ck.tokenizer(text)["input_ids"]
-        served = _vllm_traces(trained_url, ids, n=8, seed=100 + i, tokens=2)
+        served = _vllm_traces(url, ids, n=8, seed=100 + i, tokens=2)
         params = SamplingParams(max_new_tokens=1, seed=100 + i, ignore_eos=True)
         mine = engine.generate([ids], params, n=8)[0]
-        theirs = untrained.generate([ids], params, n=8)[0]
-        for trace, seq, other in zip(served, mine, theirs):
+        theirs = other.generate([ids], params, n=8)[0]
+        for trace, seq, alt in zip(served, mine, theirs):
             check_trace(trace, 2)
             assert trace["updated"][0] == seq.trace.updated[0]
             assert trace["temperatures"][0] == pytest.approx(seq.trace.tau[0], abs=1e-3)
-            differs += (trace["updated"][0] != other.trace.updated[0]) or abs(
-                trace["temperatures"][0] - other.trace.tau[0]
+            differs += (trace["updated"][0] != alt.trace.updated[0]) or abs(
+                trace["temperatures"][0] - alt.trace.tau[0]
             ) > 1e-3
-    assert differs > 0
+    assert differs > 0  # the other head would have decided otherwise: the test can tell them apart
 
 
 def test_decisions_agree_in_distribution_with_the_torch_engine(trained, trained_url):

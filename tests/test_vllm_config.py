@@ -27,12 +27,28 @@ GiB = 1 << 30
 
 
 def test_auto_picks_by_cuda_and_vllm_and_says_why():
-    """On this machine (no CUDA) auto is the torch engine; on a CUDA host with vLLM, vLLM."""
+    """On this machine (no CUDA) auto is llama.cpp where it is installed, else the torch engine; on
+    a CUDA host with vLLM, vLLM."""
     config = ServerConfig(backend="auto")
     if torch.cuda.is_available() and importlib.util.find_spec("vllm") is not None:
         assert config.backend == "vllm" and "CUDA device is present" in config.backend_reason
+    elif not torch.cuda.is_available() and importlib.util.find_spec("llama_cpp") is not None:
+        assert config.backend == "llamacpp" and "no CUDA device" in config.backend_reason
     else:
         assert config.backend == "torch" and "no CUDA device" in config.backend_reason
+
+
+def test_auto_without_cuda_picks_llamacpp_only_where_installed_and_only_for_callers_that_can(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: types.SimpleNamespace() if name == "llama_cpp" else real(name, *a)
+    )
+    assert choose_backend("auto", llamacpp=True)[0] == "llamacpp"
+    assert choose_backend("auto")[0] == "torch"  # training rollouts: the trainer scores with torch
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llama_cpp" else real(name, *a))
+    backend, why = choose_backend("auto", llamacpp=True)
+    assert backend == "torch" and "llama-cpp-python is not installed" in why
 
 
 def test_auto_with_a_cuda_device_and_vllm_picks_vllm(monkeypatch):
@@ -57,7 +73,10 @@ def test_explicit_backends_are_kept_and_unknown_ones_refused(monkeypatch):
 
 @pytest.mark.slow
 def test_serve_says_its_backend_and_why_in_its_first_log_line():
-    """`introllm serve` with no --backend, here: the torch engine, and why, before anything else."""
+    """`introllm serve` with no --backend, here (no CUDA): llama.cpp where llama-cpp-python is
+    installed, else the torch engine, and why, before anything else."""
+    from introllm.sampler.backends import llamacpp_installed
+
     proc = subprocess.Popen(
         [sys.executable, "-m", "introllm", "serve", "--port", str(free_port())],
         stdout=subprocess.DEVNULL,
@@ -69,7 +88,8 @@ def test_serve_says_its_backend_and_why_in_its_first_log_line():
     finally:
         proc.terminate()
         proc.wait(30)
-    assert "backend: torch (--backend auto: no CUDA device" in first, first
+    expected = "llamacpp (--backend auto: no CUDA device, and llama-cpp-python" if llamacpp_installed() else "torch"
+    assert f"backend: {expected}" in first and "no CUDA device" in first, first
 
 
 @pytest.mark.slow

@@ -22,6 +22,9 @@ from typing import Any
 
 import tomllib
 
+REPORT_TO = ("none", "tensorboard", "wandb", "all")
+"""Values of ``--report-to`` (training.tracking sends the figures)."""
+
 
 class ConfigError(ValueError):
     """A configuration value is out of range or unknown; the message names the field."""
@@ -309,7 +312,7 @@ class RunConfig:
     the weights in place, and bfloat16 weights without a float32 master copy lose small updates."""
     trust_remote_code: bool = False
     """Allow a checkpoint's own Python code (off by default)."""
-    report_to: str = "none"
+    report_to: str = field(default="none", metadata={"choices": REPORT_TO})
     """Experiment trackers that get every metrics.jsonl figure each step and the config: none,
     tensorboard (event files in OUTPUT/<run name>/), wandb (W&B; WANDB_MODE=offline works without
     network) or all. Extras: pip install 'introllm[tensorboard]' / 'introllm[wandb]'."""
@@ -328,8 +331,6 @@ class RunConfig:
             f"must be auto, float32 or bfloat16, got {self.dtype!r}",
         )
         _check(bool(self.output), "output", "must not be empty")
-        from .tracking import REPORT_TO
-
         _check(
             self.report_to in REPORT_TO, "report_to", f"must be one of {', '.join(REPORT_TO)}, got {self.report_to!r}"
         )

