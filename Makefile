@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PORT ?= 8000
 
-.PHONY: install install-vllm install-llamacpp browser run test lint bench docker-test default-head clean
+.PHONY: install install-vllm install-llamacpp browser run run-llamacpp test lint bench docker-test default-head clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -49,6 +49,10 @@ browser:
 
 run: install
 	$(VENV)/bin/introllm serve --port $(PORT)
+
+# The server on llama.cpp's CPU kernels (builds llama-cpp-python once: ~20 min on 2 cores).
+run-llamacpp: install-llamacpp
+	$(VENV)/bin/introllm serve --backend llamacpp --port $(PORT)
 
 test: install-vllm install-llamacpp browser lint
 	$(PY) -m pytest

@@ -637,3 +637,26 @@ def test_rescore_rechecks_saved_samples_without_touching_them(tmp_path):
         [sys.executable, str(script), str(tmp_path / "nowhere")], capture_output=True, text=True, timeout=60
     )
     assert bad.returncode == 2 and "no evals/" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_report_to_reaches_each_training_job_but_not_its_identity(tmp_path, monkeypatch):
+    """`introllm experiment --report-to tensorboard`: every train command gets the flag when it
+    runs, while the job's recorded command (what makes a finished job finished) stays the same."""
+    from introllm.experiment import runner as R
+
+    cfg = load_experiment(write_config(tmp_path))
+    jobs = plan(cfg)
+    ran = []
+
+    def fake(self, argv, log_path):
+        ran.append(argv)
+        log_path.write_text("failed on purpose\n")
+        return 1
+
+    monkeypatch.setattr(R.Runner, "_subprocess", fake)
+    with pytest.raises(RuntimeError):
+        R.Runner(cfg, jobs, report_to="tensorboard").run()
+    train = jobs[0]
+    assert train.kind == "train" and "--report-to" not in train.argv
+    assert ran[0][ran[0].index("--report-to") + 1] == "tensorboard"
+    assert json.loads((tmp_path / "out/state/train.introllm.s0.started.json").read_text())["argv"] == train.argv

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from introllm.experiment import runner
-from introllm.training.config import ConfigError
+from introllm.training.config import REPORT_TO, ConfigError
 
 from .common import epilog_parser
 
@@ -40,6 +40,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
         help="print the plan (jobs, their state, commands) and check the commands' flags; run nothing",
     )
     p.add_argument("--report-only", action="store_true", help="write the report from the finished jobs; run nothing")
+    p.add_argument(
+        "--report-to",
+        choices=REPORT_TO,
+        default=None,
+        help="send every training job's figures to these trackers too (train --report-to); finished jobs stay finished",
+    )
     p.set_defaults(func=run)
     return p
 
@@ -50,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = runner.load_experiment(args.config, args.output)
     jobs = runner.plan(cfg)
     problems = runner.check_tables(cfg)
-    job_runner = runner.Runner(cfg, jobs)
+    job_runner = runner.Runner(cfg, jobs, report_to=args.report_to)
     if args.dry_run:
         print(
             f"experiment {cfg.name!r}: {len(jobs)} jobs in {cfg.output} "

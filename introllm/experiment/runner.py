@@ -482,8 +482,10 @@ def check_tables(cfg: ExperimentConfig) -> list[str]:
 class Runner:
     """Runs a plan's jobs in order with markers in ``OUT/state`` and logs in ``OUT/logs``."""
 
-    def __init__(self, cfg: ExperimentConfig, jobs: list[Job]):
-        self.cfg, self.jobs = cfg, jobs
+    def __init__(self, cfg: ExperimentConfig, jobs: list[Job], report_to: str | None = None):
+        """report_to: trackers for every training job (``train --report-to``), added when a job runs
+        and not part of its command's identity: turning a tracker on does not make finished jobs stale."""
+        self.cfg, self.jobs, self.report_to = cfg, jobs, report_to
         self.by_id = {j.id: j for j in jobs}
         self.out = Path(cfg.output)
         self.state, self.logs = self.out / "state", self.out / "logs"
@@ -551,6 +553,8 @@ class Runner:
                 argv += ["--resume", job.run_dir]
             elif job.kind == "train":
                 argv += ["--overwrite"]  # a run directory without a checkpoint (or from another command)
+            if job.kind == "train" and self.report_to:
+                argv += ["--report-to", self.report_to]
             self._write(self.marker(job, "started"), {"argv": job.argv})
             self.logs.mkdir(parents=True, exist_ok=True)
             log_path = self.logs / f"{job.id}.log"
