@@ -66,8 +66,11 @@ class ServerConfig:
     threads: int | None = None
     """llamacpp: llama.cpp's CPU threads [all cores]"""
     max_model_len: int = 2048
-    """llamacpp: positions per sequence, prompt and completion (llama.cpp reserves max batch x this
-    many KV cells at start)"""
+    """llamacpp and --compile: positions per sequence, prompt and completion (both reserve max batch x
+    this many KV cells at start)"""
+    compile: bool = False
+    """torch: decode through the compiled static-shape step (torch.compile; CUDA graphs on a GPU), each
+    batch size compiled at its first use (logged); pays on a GPU, not on a CPU (docs/benchmarks.md)"""
     vllm_eager: bool = False
     """vllm: skip torch.compile and CUDA graphs (starts in seconds, decodes slower)"""
     kv_cache_gib: float | None = field(default=None, metadata={"metavar": "GIB"})

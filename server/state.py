@@ -58,7 +58,12 @@ class ServerState:
                         self.config.trust_remote_code,
                         head=self.config.head,
                     )
-                self.engine, tokenizer, path = Engine(ck.model, ck.head), ck.tokenizer, ck.path
+                compile = None
+                if self.config.compile:
+                    from introllm.sampler.compiled import CompileConfig
+
+                    compile = CompileConfig(max_len=self.config.max_model_len, max_slots=self.config.max_batch)
+                self.engine, tokenizer, path = Engine(ck.model, ck.head, compile=compile), ck.tokenizer, ck.path
             if tokenizer is None:
                 raise ValueError(f"{path} has no tokenizer files; the server needs them")
             self.model_name = self.config.model_name or path.name

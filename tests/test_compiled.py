@@ -124,3 +124,31 @@ def test_models_outside_the_llama_family_are_refused_with_the_reason():
     model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=50)).eval()
     with pytest.raises(NotImplementedError, match="Llama-family"):
         Engine(model, None, compile=CompileConfig(max_len=32, max_slots=1))
+
+
+def test_the_server_decodes_through_the_compiled_step(tiny_ckpt, caplog):
+    """`introllm serve --compile`: the same tokens and temperatures as the eager server for a seeded
+    request, and the compiled step is what ran (its compilation is logged)."""
+    import logging
+
+    import httpx
+    from conftest import live_server
+
+    from introllm.sampler.models import load_model
+    from introllm.server.config import ServerConfig
+
+    ck = load_model(str(tiny_ckpt), device="cpu", dtype="float32")
+    traces = {}
+    for compile in (False, True):
+        with caplog.at_level(logging.INFO, logger="introllm"):
+            config = ServerConfig(compile=compile, max_batch=2, max_model_len=64)
+            with live_server(config, checkpoint=ck) as url:
+                model = httpx.get(url + "/v1/models").json()["data"][0]["id"]
+                body = {"model": model, "prompt": "Hi there", "max_tokens": 8, "seed": 3, "ignore_eos": True}
+                r = httpx.post(url + "/v1/completions", json=body, timeout=900)
+                assert r.status_code == 200, r.text
+                traces[compile] = r.json()["choices"][0]["temperature_trace"]
+    assert traces[True]["token_ids"] == traces[False]["token_ids"]
+    assert traces[True]["temperatures"] == pytest.approx(traces[False]["temperatures"], abs=1e-5)
+    assert traces[True]["updated"] == traces[False]["updated"]
+    assert any("compil" in r.getMessage() for r in caplog.records if r.name.startswith("introllm.sampler"))

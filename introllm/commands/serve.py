@@ -29,7 +29,7 @@ examples:
 """
 
 _MODEL = ("checkpoint", "device", "dtype", "trust_remote_code", "head")
-_BACKEND = ("backend", "threads", "max_model_len", "vllm_eager", "kv_cache_gib", "vllm_args")
+_BACKEND = ("backend", "threads", "max_model_len", "compile", "vllm_eager", "kv_cache_gib", "vllm_args")
 _LIMITS = ("max_body_mb", "read_timeout", "keep_alive", "max_connections")
 
 
@@ -87,10 +87,15 @@ def run(args: argparse.Namespace) -> int:
         require_llamacpp("--backend llamacpp")
         if args.dtype not in ("auto", "float32") or args.device not in ("auto", "cpu"):
             raise ValueError("--dtype and --device do not apply to --backend llamacpp (the GGUF's types, the CPU)")
-    elif args.threads is not None or args.max_model_len != 2048:
+    elif args.threads is not None or (args.max_model_len != 2048 and not args.compile):
         raise ValueError(
-            "--threads and --max-model-len apply to --backend llamacpp"
+            "--threads and --max-model-len apply to --backend llamacpp (--max-model-len also to --compile)"
             + (f" ({why})" if args.backend == "auto" else "")
+        )
+    if args.compile and backend != "torch":
+        raise ValueError(
+            f"--compile applies to the torch backend, not {backend}"
+            + (f" ({why}): add --backend torch" if args.backend == "auto" else "")
         )
     config = config_from_args(
         ServerConfig, args, keep_none=True, backend=backend, backend_reason=why, vllm_args=vllm_args
