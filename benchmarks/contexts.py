@@ -156,16 +156,23 @@ load average was ~10): each small op waits for a descheduled thread."""
 
 
 def _build(backend: str, checkpoint: str, options: dict):
-    if backend == "torch":
+    """(engine, model config, head, dtype) for ``backend``: torch, torch-compiled (the compiled
+    static-shape decode step, its KV cache sized to ``options["max_len"]``, one slot) or vllm."""
+    if backend in ("torch", "torch-compiled"):
         import torch
 
+        from introllm.sampler.compiled import CompileConfig
         from introllm.sampler.engine import Engine
         from introllm.sampler.models import load_model, resolve_device
 
         if resolve_device(options.get("device", "auto")).type == "cpu":
             torch.set_num_threads(CPU_THREADS)
         ck = load_model(checkpoint, options.get("device", "auto"), options.get("dtype", "auto"))
-        return Engine(ck.model, ck.head), ck.model.config, ck.head, str(ck.model.dtype).removeprefix("torch.")
+        compile = None
+        if backend == "torch-compiled":
+            compile = CompileConfig(max_len=options.get("max_len", 2048), max_slots=1)
+        engine = Engine(ck.model, ck.head, compile=compile)
+        return engine, ck.model.config, ck.head, str(ck.model.dtype).removeprefix("torch.")
     from introllm.sampler.vllm_engine import VLLMEngine
 
     engine = VLLMEngine(

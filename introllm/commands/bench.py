@@ -283,7 +283,8 @@ class ContextBench(ModelArgs):
     contexts: str = field(default="1k,2k,4k,8k", metadata={"metavar": "LIST"})
     """context lengths, e.g. 1k,2k,4k,8k (prompt + new tokens)"""
     backends: str | None = field(default=None, metadata={"metavar": "LIST"})
-    """torch, vllm or both, comma-separated [both; torch alone without vLLM installed]"""
+    """torch, torch-compiled (the compiled decode step, --compile), vllm, comma-separated [torch,vllm;
+    torch alone without vLLM installed]"""
     random_model: str | None = field(default=None, metadata={"choices": ["qwen3-1.7b"]})
     """instead of --checkpoint: a model of this shape with random weights and a random head, built
     from its config (no download; the GPU variant of Table 3)"""
@@ -315,8 +316,8 @@ class ContextBench(ModelArgs):
         backends = [
             b.strip() for b in (self.backends or ("torch,vllm" if has_vllm else "torch")).split(",") if b.strip()
         ]
-        if not backends or set(backends) - {"torch", "vllm"}:
-            raise ValueError(f"--backends takes torch, vllm or both, got {self.backends!r}")
+        if not backends or set(backends) - {"torch", "torch-compiled", "vllm"}:
+            raise ValueError(f"--backends takes torch, torch-compiled and vllm, got {self.backends!r}")
         if "vllm" in backends and not has_vllm:
             require_vllm("--backends vllm")
         console = Console(stderr=True)
@@ -339,7 +340,11 @@ class ContextBench(ModelArgs):
                 new_tokens=self.new_tokens,
                 repeats=repeats,
                 options=dict(
-                    device=self.device, dtype=self.dtype, eager=self.vllm_eager, kv_cache_gib=self.kv_cache_gib
+                    device=self.device,
+                    dtype=self.dtype,
+                    eager=self.vllm_eager,
+                    kv_cache_gib=self.kv_cache_gib,
+                    max_len=max(contexts),
                 ),
                 on_measure=lambda line: console.print("  " + line, style="dim"),
             )
