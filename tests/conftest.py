@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
@@ -56,8 +58,16 @@ def random_head(hidden_size: int, seed: int = 0, scale: float = 0.5) -> Temperat
     return head
 
 
-def check_trace(trace, n_tokens, lo=0.6, hi=1.5):
-    """A choice's temperature_trace: one entry per token in each field, tau in [lo, hi], bool flags."""
+def _shipped_tau_min() -> float:
+    from introllm.sampler.models import shipped_head_dir
+
+    return json.loads((shipped_head_dir() / "temperature_head.json").read_text())["tau_min"]
+
+
+def check_trace(trace, n_tokens, lo=None, hi=1.5):
+    """A choice's temperature_trace: one entry per token in each field, tau in [lo, hi], bool flags.
+    lo: by default the shipped default head's tau_min (0.1; the paper's heads: 0.6)."""
+    lo = _shipped_tau_min() if lo is None else lo
     assert set(trace) == {"token_ids", "tokens", "temperatures", "updated"}
     assert (
         len(trace["token_ids"])

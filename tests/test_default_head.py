@@ -25,6 +25,9 @@ def test_the_shipped_head_is_small_safetensors_and_json_made_by_its_config():
     assert meta["head_only"] is True
     assert meta["trained_with"] == {"method": cfg.method.method, "dataset": cfg.data.dataset, "steps": cfg.run.steps}
     assert (meta["tau_min"], meta["tau_max"]) == (cfg.rollout.tau_min, cfg.rollout.tau_max)
+    # no machine's path travels with it (issue 27): the base as the config names it
+    assert meta["base_checkpoint"] == (cfg.run.model or "embedded")
+    assert "/root" not in json.dumps(meta) and "/home" not in json.dumps(meta)
 
 
 def test_the_embedded_model_loads_the_shipped_head_by_default(caplog):

@@ -35,7 +35,8 @@ def test_embedded_learned_sampling_is_consistent(embedded):
     ]
     seqs = [s for g in engine.generate(prompts, SamplingParams(max_new_tokens=24, seed=0), n=2) for s in g]
     for s in seqs:
-        assert all(0.6 <= t <= 1.5 for t in s.trace.tau)
+        lo, hi = embedded.head.config.tau_min, embedded.head.config.tau_max
+        assert all(lo <= t <= hi for t in s.trace.tau)
         pieces = token_pieces(embedded.tokenizer, s.token_ids)
         assert "".join(pieces) == embedded.tokenizer.decode(s.token_ids, skip_special_tokens=True)
     batch = collate(seqs, pad_id=embedded.tokenizer.pad_token_id)
@@ -44,7 +45,10 @@ def test_embedded_learned_sampling_is_consistent(embedded):
         logp, _ = completion_logprobs(embedded.model, h, batch)
         temp = engine.policy("learned").log_prob(embedded.head(h), batch.updated, batch.z)
     m = batch.mask.bool()
-    torch.testing.assert_close(logp[m], batch.old_logp[m], atol=1e-4, rtol=0)
+    # float32 rounding of the logits (the engine's incremental forward vs the trainer's whole one)
+    # is divided by tau: at tau 0.1 (the default head's floor) ten times what it is at 1.0
+    atol = 1e-4 * max(1.0, 0.6 / float(batch.tau[m].min()))
+    torch.testing.assert_close(logp[m], batch.old_logp[m], atol=atol, rtol=0)
     torch.testing.assert_close(temp[m], batch.old_temp_logp[m], atol=1e-5, rtol=0)
 
 
@@ -61,7 +65,7 @@ def _cli(*args, timeout=600):
 def test_cli_generate_default_prints_completion_and_temperatures():
     r = _cli("generate", "What is the capital of France?", "--seed", "0", "--max-new-tokens", "24")
     assert r.returncode == 0, r.stderr
-    assert "tau 0.60" in r.stdout and "updates" in r.stdout and "tokens · tau mean" in r.stdout
+    assert "tau 0.10" in r.stdout and "updates" in r.stdout and "tokens · tau mean" in r.stdout  # the head's range
     assert r.stdout.count("*") >= 1  # per-token table marks updates
 
 

@@ -109,7 +109,7 @@ def test_page_files_are_packaged(tmp_path):
     root = Path(__file__).resolve().parents[1]
     src = tmp_path / "src"
     src.mkdir()
-    for name in ("pyproject.toml", "README.md", "introllm", "sampler", "server", "training", "clients"):
+    for name in ("pyproject.toml", "README.md", "introllm", "sampler", "server", "training", "clients", "benchmarks"):
         (shutil.copytree if (root / name).is_dir() else shutil.copy)(root / name, src / name)
     subprocess.run(
         [
@@ -245,8 +245,16 @@ def pg_server(embedded):
         yield url
 
 
+def _head_range(url: str) -> tuple[float, float]:
+    """The served head's [tau_min, tau_max], as the page reads it (GET /ui/config)."""
+    cfg = httpx.get(url + "/ui/config").json()
+    return cfg["tau_min"], cfg["tau_max"]
+
+
 def _metric(url: str, name: str, labels: str = "") -> float:
-    text = httpx.get(url + "/metrics").text
+    r = httpx.get(url + "/metrics", headers={"Authorization": f"Bearer {KEY}"})  # --api-key covers /metrics
+    assert r.status_code == 200, r.text
+    text = r.text
     m = re.search(rf"^{re.escape(name)}{re.escape(labels)} (\S+)$", text, re.M)
     return float(m.group(1)) if m else 0.0
 
@@ -406,10 +414,11 @@ def test_chat_streams_each_token_coloured_by_its_tau(browser, pg_server):
     assert len(toks) == n  # one rendered token per trace entry
     assert "".join(t["text"] for t in toks) == reply["text"]  # and together they are the response's text
     assert [t["text"] for t in toks] == reply["trace"]["tokens"]
+    lo, hi = _head_range(pg_server)
     for t, tau, upd in zip(toks, reply["trace"]["temperatures"], reply["trace"]["updated"]):
-        assert _rgb(t["bg"]) == _rgb(tau_colour(tau, 0.6, 1.5)), (t, tau)  # the colour maps its tau
+        assert _rgb(t["bg"]) == _rgb(tau_colour(tau, lo, hi)), (t, tau)  # the colour maps its tau on the head's range
         assert t["upd"] == upd  # update flags marked
-    assert any(reply["trace"]["updated"])  # the fresh head updates with P = 0.5 (and seed 7 gives some)
+    assert any(reply["trace"]["updated"])  # the default head updates (and seed 7 gives some)
 
     # Hover: tau, flag and log-prob of that token.
     i = reply["trace"]["updated"].index(True)
@@ -445,13 +454,16 @@ def test_compare_mode_sends_one_prompt_under_two_policies(browser, pg_server):
     assert exchanges[0]["request"]["seed"] == exchanges[1]["request"]["seed"] == 7
     greedy, learned = (_parse_stream(e["body"]) for e in exchanges)
     assert set(greedy["trace"]["temperatures"]) == {0.0}
-    assert all(0.6 <= t <= 1.5 for t in learned["trace"]["temperatures"])
+    lo, hi = _head_range(pg_server)
+    assert all(lo <= t <= hi for t in learned["trace"]["temperatures"])
     titles = [e.text for e in browser.find_elements("css selector", ".pane-title")]
     assert titles == ["A: learned", "B: greedy"]
     for pane, reply in ((0, learned), (1, greedy)):
         toks = _tokens(browser, pane)
         assert "".join(t["text"] for t in toks) == reply["text"] and len(toks) == len(reply["trace"]["tokens"])
-        assert [_rgb(t["bg"]) for t in toks] == [_rgb(tau_colour(tau)) for tau in reply["trace"]["temperatures"]]
+        assert [_rgb(t["bg"]) for t in toks] == [
+            _rgb(tau_colour(tau, lo, hi)) for tau in reply["trace"]["temperatures"]
+        ]
     _screenshot(browser, "playground-compare.png")
 
 
@@ -460,7 +472,8 @@ def test_stop_cancels_the_request_and_frees_the_slot(browser, pg_server):
     cancelled = lambda: _metric(pg_server, "introllm_requests_total", '{endpoint="/v1/chat/completions",status="499"}')  # noqa: E731
     before = cancelled()
     _open(browser, pg_server, max_tokens=500)
-    _ask(browser, "Count from 1 to 500, one number per line.")
+    # a reply longer than the test needs to stop it (the default head, seed 7: 300+ tokens)
+    _ask(browser, "Write a long story about a dragon, at least 400 words.")
     _wait(lambda: len(browser.find_elements("css selector", ".reply .tok")) >= 5, 60, "the first tokens")
     assert _states(browser) == ["streaming"]
     assert _metric(pg_server, "introllm_running_sequences") >= 1  # the request holds a slot now
@@ -478,7 +491,7 @@ def test_stop_cancels_the_request_and_frees_the_slot(browser, pg_server):
     from selenium.webdriver.common.keys import Keys
 
     browser.find_element("id", "clear").click()
-    _ask(browser, "Count from 1 to 500, one number per line.")
+    _ask(browser, "Write a long story about a dragon, at least 400 words.")
     _wait(lambda: len(browser.find_elements("css selector", ".reply .tok")) >= 5, 60, "the first tokens")
     assert _states(browser) == ["streaming"] and _metric(pg_server, "introllm_running_sequences") >= 1
     browser.find_element("id", "prompt").send_keys(Keys.ESCAPE)

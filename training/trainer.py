@@ -237,7 +237,9 @@ def train(cfg: TrainConfig, *, resume_from: str | None = None, show_progress: bo
                     model,
                     extra={
                         "head_only": True,
-                        "base_checkpoint": str(base_dir),
+                        # the base as the user named it ("embedded": the embedded model), never
+                        # a machine's own path to it (a shipped head's JSON travels)
+                        "base_checkpoint": cfg.run.model or "embedded",
                         "trained_with": {"method": cfg.method.method, "dataset": cfg.data.dataset, "steps": step},
                     },
                 )
