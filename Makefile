@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PORT ?= 8000
 
-.PHONY: install install-vllm install-llamacpp browser run run-llamacpp test lint bench docker-test default-head clean
+.PHONY: install install-vllm install-llamacpp browser run run-llamacpp test lint bench docker-test default-head wheelhouse clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -75,6 +75,13 @@ default-head: install
 
 bench: install
 	$(VENV)/bin/introllm bench
+
+# The wheelhouse (under 50 MB) that scripts/gpu-check.sh --wheelhouse installs on an air-gapped CUDA host
+# beside the torch its image brings (docs/gpu.md). Needs PyPI and a Python 3.12 (the host's; set
+# PYTHON_VERSION for another); the tokenizer it carries comes from the embedded model in $(VENV).
+WHEELHOUSE ?= wheelhouse
+wheelhouse: install
+	bash scripts/wheelhouse.sh $(WHEELHOUSE)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
