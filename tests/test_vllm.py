@@ -339,3 +339,17 @@ def _welch_p(a, b) -> float:
     if a.std() == 0 and b.std() == 0:
         return 1.0 if bool((a.mean() - b.mean()).abs() < 1e-6) else 0.0
     return float(stats.ttest_ind(a.numpy(), b.numpy(), equal_var=False).pvalue)
+
+
+def test_head_flag_on_vllm_serves_that_head(tmp_path_factory, embedded):
+    """Issue 30: `serve --backend vllm --head init` serves the untrained start (first decisions equal
+    the torch engine's under that head, and differ from the default head's), and `--head DIR`
+    plugs a head directory: here the shipped default head's, which must decide as the default does."""
+    from introllm.sampler.models import initial_head, shipped_head_dir
+
+    init = initial_head(embedded.head.config.hidden_size)
+    init_ck = type("Ck", (), {"model": embedded.model, "head": init, "tokenizer": embedded.tokenizer})()
+    with vllm_server(tmp_path_factory.mktemp("vllm-init") / "server.log", "--head", "init") as url:
+        _assert_first_decisions_made_by(url, init_ck, other_head=embedded.head)
+    with vllm_server(tmp_path_factory.mktemp("vllm-dir") / "server.log", "--head", str(shipped_head_dir())) as url:
+        _assert_first_decisions_made_by(url, embedded, other_head=init)
