@@ -1,6 +1,7 @@
 """Check a running IntroLLM server the way a user would, with the official openai SDK: a completion
 and a chat completion, each choice carrying ``temperature_trace`` with one entry per generated token
-(temperatures in [0.6, 1.5] under the embedded model's learned head, boolean update flags). With
+(temperatures in the served head's range, read from ``/ui/config``: [0.1, 1.5] for the embedded
+model's default head, the paper's [0.6, 1.5] where the page is off; boolean update flags). With
 --api-key, also that a request without the key gets 401.
 
     python docker/scripts/check_server.py http://127.0.0.1:8000 [--api-key KEY] [--model ID] [--wait 180]
@@ -13,13 +14,26 @@ install.sh + start.sh run outside Docker).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 import urllib.request
 
 import openai
 
-TAU_MIN, TAU_MAX = 0.6, 1.5
+TAU_RANGE = [0.6, 1.5]
+"""The served head's [tau_min, tau_max] (``head_range`` replaces the paper's default)."""
+
+
+def head_range(url: str) -> list[float]:
+    """[tau_min, tau_max] of the served head, from the playground's /ui/config (open without the key);
+    the paper's [0.6, 1.5] when the server runs with --no-ui."""
+    try:
+        with urllib.request.urlopen(url + "/ui/config", timeout=10) as r:
+            cfg = json.load(r)
+        return [cfg["tau_min"], cfg["tau_max"]]
+    except Exception:
+        return [0.6, 1.5]
 
 
 def wait_healthy(url: str, seconds: float) -> None:
@@ -41,8 +55,9 @@ def check_trace(what: str, trace: dict | None, num_tokens: int) -> None:
     lengths = {k: len(trace[k]) for k in ("token_ids", "tokens", "temperatures", "updated")}
     if set(lengths.values()) != {num_tokens}:
         raise SystemExit(f"FAIL: {what}: trace lengths {lengths}, expected {num_tokens} (completion_tokens)")
-    if not all(TAU_MIN - 1e-6 <= t <= TAU_MAX + 1e-6 for t in trace["temperatures"]):
-        raise SystemExit(f"FAIL: {what}: temperatures outside [{TAU_MIN}, {TAU_MAX}]: {trace['temperatures']}")
+    lo, hi = TAU_RANGE
+    if not all(lo - 1e-6 <= t <= hi + 1e-6 for t in trace["temperatures"]):
+        raise SystemExit(f"FAIL: {what}: temperatures outside [{lo}, {hi}]: {trace['temperatures']}")
     if not all(isinstance(u, bool) for u in trace["updated"]):
         raise SystemExit(f"FAIL: {what}: update flags are not booleans: {trace['updated']}")
     print(
@@ -62,6 +77,7 @@ def main() -> int:
 
     wait_healthy(url, args.wait)
     print(f"ok   {url}/health answers 200")
+    TAU_RANGE[:] = head_range(url)
     client = openai.OpenAI(base_url=url + "/v1", api_key=args.api_key or "unused", max_retries=0, timeout=120)
     model = client.models.list().data[0].id
     if args.model and model != args.model:
