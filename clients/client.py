@@ -223,6 +223,15 @@ class Client(_Base):
     def health(self) -> dict:
         return self._call("GET", "/health").json()
 
+    def head_range(self) -> tuple[float, float]:
+        """(tau_min, tau_max) of the served head, from the playground's ``/ui/config``; the paper's
+        (0.6, 1.5) when the server does not say (``--no-ui``, or another server)."""
+        try:
+            cfg = self._call("GET", "/ui/config").json()
+            return float(cfg["tau_min"]), float(cfg["tau_max"])
+        except (IntroLLMError, KeyError, ValueError, TypeError):
+            return 0.6, 1.5
+
     def models(self) -> list[str]:
         return [m["id"] for m in self._call("GET", "/v1/models").json()["data"]]
 

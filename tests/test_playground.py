@@ -76,6 +76,10 @@ def test_ui_config_gives_the_heads_range_and_the_policies(server_url, embedded):
     cfg = httpx.get(server_url + "/ui/config").json()
     assert (cfg["tau_min"], cfg["tau_max"]) == (embedded.head.config.tau_min, embedded.head.config.tau_max)
     assert cfg["policies"] == policy_names() and cfg["head"] is True
+    # `introllm complete` colours on that range (the client reads it)
+    from introllm.clients import Client
+
+    assert Client(server_url).head_range() == pytest.approx((cfg["tau_min"], cfg["tau_max"]))
 
 
 def test_no_ui_turns_the_page_off(embedded):
@@ -85,6 +89,9 @@ def test_no_ui_turns_the_page_off(embedded):
             assert r.status_code == 404, path
             assert r.json()["error"]["message"] == f"no route {path}"
         assert httpx.get(url + "/health").status_code == 200  # the API itself is unchanged
+        from introllm.clients import Client
+
+        assert Client(url).head_range() == (0.6, 1.5)  # no page, no range said: the paper's
 
 
 def test_cli_no_ui_flag_reaches_the_server_config(monkeypatch):

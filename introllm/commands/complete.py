@@ -65,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
         max_tokens=args.max_tokens, temperature=args.temperature, policy=args.policy, seed=args.seed, stop=args.stop
     )
     console = Console(highlight=False)
+    lo, hi = client.head_range()  # colours on the served head's own range
     start = time.perf_counter()
     if args.stream:
         tokens, temps, updated = [], [], []
@@ -76,9 +77,9 @@ def run(args: argparse.Namespace) -> int:
                 continue
             if piece.text == "".join(piece.tokens):
                 for tok, tau in zip(piece.tokens, piece.temperatures):
-                    console.print(Text(tok, style=tau_colour(tau)), end="")
+                    console.print(Text(tok, style=tau_colour(tau, lo, hi)), end="")
             elif piece.text:
-                console.print(Text(piece.text, style=tau_colour(piece.temperatures[-1])), end="")
+                console.print(Text(piece.text, style=tau_colour(piece.temperatures[-1], lo, hi)), end="")
             tokens += piece.tokens
             temps += piece.temperatures
             updated += piece.updated
@@ -92,13 +93,13 @@ def run(args: argparse.Namespace) -> int:
         choice = result.choices[0]
         view = TraceView(choice.tokens, choice.temperatures, choice.updated)
         if not args.json:
-            console.print(coloured_text(view))
+            console.print(coloured_text(view, lo, hi))
     seconds = time.perf_counter() - start
     if not args.json:
-        console.print(legend())
+        console.print(legend(lo, hi))
         console.print(Text(summary(view, seconds), style="dim"))
     if args.html:
         with open(args.html, "w", encoding="utf-8") as f:
-            f.write(trace_page(args.prompt, view.tokens, view.temperatures, view.updated))
+            f.write(trace_page(args.prompt, view.tokens, view.temperatures, view.updated, tau_min=lo, tau_max=hi))
         log.info("wrote %s", args.html)
     return 0
