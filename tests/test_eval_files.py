@@ -200,6 +200,7 @@ def test_plot_with_only_an_evaluation_file(tmp_path):
         "fig2_tau_by_level.png",
         "fig3_token_tau.png",
         "fig4_hot_tokens.png",
+        "fig4b_tau_context.png",  # tau by the previous token (issue 27: the context tau was chosen in)
         "index.html",
     ]
     index = (out / "index.html").read_text()
