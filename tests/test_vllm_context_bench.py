@@ -150,7 +150,7 @@ def test_random_checkpoint_of_a_shape_loads_with_its_head(tmp_path, monkeypatch)
     "argv,message",
     [
         (["--contexts", "16", "--new-tokens", "32"], "longer than --new-tokens"),
-        (["--contexts", "1k", "--backends", "tensorrt"], "--backends takes torch, vllm"),
+        (["--contexts", "1k", "--backends", "tensorrt"], "--backends takes torch, torch-compiled and vllm"),
         (["--contexts", "1k,lots"], "--contexts takes"),
     ],
 )
