@@ -142,7 +142,9 @@ def test_queue_limit_answers_429(embedded):
 
         async def one():
             try:
-                r = await client.completions.create(model=MODEL, prompt="Tell me a story.", max_tokens=30, seed=1)
+                r = await client.completions.create(
+                    model=MODEL, prompt="Tell me a story.", max_tokens=30, seed=1, extra_body={"ignore_eos": True}
+                )
                 return r.usage.completion_tokens
             except openai.RateLimitError as e:
                 assert "busy" in str(e)
