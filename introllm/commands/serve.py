@@ -64,11 +64,12 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from introllm.sampler.backends import choose_backend, require_llamacpp, require_vllm
+    from introllm.sampler.models import describe_head
     from introllm.sampler.vllm_engine import check_engine_args, parse_engine_args
     from introllm.server.app import ServeError, serve
 
     backend, why = choose_backend(args.backend, llamacpp=True)
-    log.info("backend: %s (%s)", backend, why)
+    log.info("backend: %s (%s); head: %s", backend, why, describe_head(args.checkpoint, args.head))
     quiet_transformers()
     vllm_args = {}
     if backend == "vllm":
