@@ -24,7 +24,7 @@ import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from .records import Sequence
-from .sampling import tempered
+from .sampling import floored, tempered
 
 
 @dataclass
@@ -92,7 +92,7 @@ def token_logprobs(logits: Tensor, targets: Tensor, tau: Tensor) -> Tensor:
     tensor([0.5000])
     """
     x = tempered(logits, tau)
-    return x.gather(-1, targets[..., None]).squeeze(-1) - torch.logsumexp(x, dim=-1)
+    return x.gather(-1, targets[..., None]).squeeze(-1) - torch.logsumexp(floored(x), dim=-1)
 
 
 def token_entropy(logits: Tensor, tau: Tensor) -> Tensor:

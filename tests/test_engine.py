@@ -207,6 +207,34 @@ def test_inverse_cdf_sampling_matches_softmax():
     torch.testing.assert_close(logp, torch.log(probs)[tok])
 
 
+def test_floored_normaliser_changes_no_draw_logp_or_entropy():
+    """At a low temperature a quarter of a real vocabulary lies in exp's underflow range; reading it
+    at the floor (for speed) must leave every token, log-prob and entropy as the exact, unfloored
+    float64 computation gives them, and a filtered token must keep probability 0."""
+    from introllm.sampler.rng import uniforms
+    from introllm.sampler.sampling import UNDERFLOW_NATS, floored
+
+    gen = torch.Generator().manual_seed(3)
+    n, vocab = 64, 49152
+    logits = torch.randn(n, vocab, generator=gen) * 3.0
+    tau = torch.linspace(0.05, 1.5, n)
+    x = logits / tau[:, None]
+    assert ((x.amax(-1, keepdim=True) - x) > UNDERFLOW_NATS).float().mean() > 0.05  # the floor is in play
+    rand = uniforms(torch.full((n,), 5), torch.arange(n), torch.zeros(n, dtype=torch.long))[:, 0]
+    tok, logp, ent, _, _ = sample_tokens(logits, tau, rand)
+    ref = torch.log_softmax(x.double(), -1)
+    cdf = ref.exp().cumsum(-1)
+    assert tok.tolist() == torch.searchsorted(cdf, (rand.double()[:, None] * cdf[:, -1:])).squeeze(-1).tolist()
+    torch.testing.assert_close(logp.double(), ref.gather(-1, tok[:, None]).squeeze(-1), atol=1e-4, rtol=0)
+    lse = torch.logsumexp(x, -1, keepdim=True)  # the unfloored float32 entropy: equal to float noise
+    torch.testing.assert_close(ent, lse.squeeze(-1) - torch.linalg.vecdot(torch.exp(x - lse), x), atol=1e-5, rtol=0)
+    torch.testing.assert_close(ent.double(), -(ref.exp() * ref).sum(-1), atol=3e-3, rtol=0)  # float32 at x ~ 250
+    assert torch.equal(floored(torch.tensor([[0.0, -100.0, float("-inf")]])), torch.tensor([[0.0, -70.0, -70.0]]))
+    _, _, ent_k, _, _ = sample_tokens(logits[:2], tau[:2], rand[:2], torch.tensor([3, 3]), None)
+    top3 = torch.log_softmax(x[:2].double().topk(3, -1).values, -1)
+    torch.testing.assert_close(ent_k.double(), -(top3.exp() * top3).sum(-1), atol=1e-4, rtol=0)
+
+
 def test_bf16_model_runs(llama):
     e = Engine(llama.to(torch.bfloat16), random_head(48))
     ((seq,),) = e.generate([[5, 6, 7]], SamplingParams(max_new_tokens=8, seed=0, ignore_eos=True))
