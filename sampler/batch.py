@@ -21,7 +21,7 @@ from .cache import BatchKVCache
 from .kernels import packed_linears
 from .policies import TemperaturePolicy, act_mixed
 from .records import PromptRow, Sequence
-from .rng import SLOT_TOKEN, uniforms
+from .rng import NUM_UNIFORMS, SLOT_TOKEN, UNIFORM_CHUNK, uniforms_ahead
 from .sampling import sample_tokens
 
 
@@ -137,6 +137,9 @@ class DecodeBatch:
             "top_p": per_row([p.top_p for p in params], torch.float32),
             "logprobs": per_row([p.logprobs for p in params]),
             "policy": per_row([self._policy_index(pol) for pol in policies]),
+            # the uniforms of steps rand_from .. rand_from + UNIFORM_CHUNK - 1, drawn at the first step
+            "rand": torch.empty(len(flat), UNIFORM_CHUNK, NUM_UNIFORMS, device=device),
+            "rand_from": torch.full((len(flat),), -UNIFORM_CHUNK, dtype=torch.long, device=device),
         }
         stops = [frozenset(p.stop_token_ids) | (frozenset() if p.ignore_eos else engine.eos_token_ids) for p in params]
         self._join(flat, new_state, [stop for stop, k in zip(stops, ns) for _ in range(k)], layout, h)
@@ -217,7 +220,7 @@ class DecodeBatch:
         if not self.rows:
             return []
         engine, s = self.engine, self.state
-        rand = uniforms(s["seed"], s["step"], s["stream"])  # [B, NUM_UNIFORMS]
+        rand = self._uniforms()  # [B, NUM_UNIFORMS]
         num_top = int(s["logprobs"].max())
         tau, updated, z, temp_logp, draw = self._draw(rand, num_top)
         tokens = draw.tokens
@@ -245,6 +248,19 @@ class DecodeBatch:
             next_ids = tokens[torch.tensor(keep, device=tokens.device)] if len(keep) < len(stepped) else tokens
             self._advance(next_ids)
         return stepped
+
+    def _uniforms(self) -> Tensor:
+        """This step's uniforms of each row, float32 [B, NUM_UNIFORMS]: ``rng.uniforms`` of its (seed,
+        step, stream), read from the chunk of ``UNIFORM_CHUNK`` steps drawn ahead for it."""
+        s = self.state
+        offset = s["step"] - s["rand_from"]
+        stale = offset >= UNIFORM_CHUNK
+        if bool(stale.any()):
+            idx = stale.nonzero().squeeze(-1)
+            s["rand"][idx] = uniforms_ahead(s["seed"][idx], s["step"][idx], s["stream"][idx])
+            s["rand_from"] = torch.where(stale, s["step"], s["rand_from"])
+            offset = s["step"] - s["rand_from"]
+        return s["rand"][torch.arange(offset.shape[0], device=offset.device), offset]
 
     def _draw(self, rand: Tensor, num_top: int):
         """The policies' decisions and the token draw for every row: (tau, updated, z, temp_logp,

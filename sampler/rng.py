@@ -93,6 +93,26 @@ def uniforms(seed: Tensor, step: Tensor, stream: Tensor, num: int = NUM_UNIFORMS
     return ((bits[:, :num] >> 9).float() + 0.5) * (1.0 / (1 << 23))
 
 
+UNIFORM_CHUNK = 64
+"""Steps of random numbers a decoder draws at once per sequence (``uniforms_ahead``). The numbers are
+a function of (seed, step, stream) only, so drawing them ahead changes nothing but the cost: one
+Philox call per sequence per 64 steps instead of one per step, whose ~100 small tensor ops cost
+0.5 ms, 6 % of a batch-1 llama.cpp step (AVX2 EPYC)."""
+
+
+def uniforms_ahead(seed: Tensor, first: Tensor, stream: Tensor, steps: int = UNIFORM_CHUNK) -> Tensor:
+    """``uniforms`` of steps first .. first + steps - 1 of each row, in one Philox call.
+
+    seed, first, stream: int64 [N]. Returns float32 [N, steps, NUM_UNIFORMS]; entry [i, j] equals
+    ``uniforms(seed[i:i+1], first[i:i+1] + j, stream[i:i+1])[0]``."""
+    num = seed.shape[0]
+    offset = torch.arange(steps, device=seed.device).repeat(num)
+    rand = uniforms(
+        seed.repeat_interleave(steps), first.repeat_interleave(steps) + offset, stream.repeat_interleave(steps)
+    )
+    return rand.view(num, steps, -1)
+
+
 def normals(rand: Tensor) -> Tensor:
     """Standard normals from uniforms by Box-Muller: [B, 2m] uniforms -> [B, 2m] normals."""
     u1, u2 = rand.chunk(2, dim=-1)

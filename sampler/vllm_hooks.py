@@ -47,7 +47,7 @@ from torch import Tensor
 
 from .policies import TemperaturePolicy, act_mixed
 from .records import Trace
-from .rng import uniforms
+from .rng import UNIFORM_CHUNK, uniforms_ahead
 
 EXTRA_ARGS_KEY = "introllm"
 """The key under which a vLLM request's ``SamplingParams.extra_args`` names its RequestState."""
@@ -208,22 +208,15 @@ def apply_policies(
     return logits
 
 
-UNIFORM_CHUNK = 64
-"""Steps of random numbers drawn at once per request. The numbers are a function of (seed, step,
-stream) only, so drawing them ahead changes nothing but the cost: one Philox call per request per
-64 steps instead of one per step (its ~100 small tensor ops dominate the policy's time here)."""
-
-
 def _step_uniforms(states: list[RequestState], steps: list[int], device) -> Tensor:
     """This step's uniforms for each row, float32 [B, NUM_UNIFORMS], from the requests' chunks."""
     stale = [k for k, (s, t) in enumerate(zip(states, steps)) if not (s.rand_start <= t < s.rand_start + UNIFORM_CHUNK)]
     if stale:
-        num = len(stale)
-        seed = torch.tensor([states[k].seed for k in stale], device=device).repeat_interleave(UNIFORM_CHUNK)
-        stream = torch.tensor([states[k].stream for k in stale], device=device).repeat_interleave(UNIFORM_CHUNK)
-        first = torch.tensor([steps[k] for k in stale], device=device).repeat_interleave(UNIFORM_CHUNK)
-        offset = torch.arange(UNIFORM_CHUNK, device=device).repeat(num)
-        chunks = uniforms(seed, first + offset, stream).view(num, UNIFORM_CHUNK, -1)
+        chunks = uniforms_ahead(
+            torch.tensor([states[k].seed for k in stale], device=device),
+            torch.tensor([steps[k] for k in stale], device=device),
+            torch.tensor([states[k].stream for k in stale], device=device),
+        )
         for j, k in enumerate(stale):
             states[k].rand_chunk, states[k].rand_start = chunks[j], steps[k]
     return torch.stack([s.rand_chunk[t - s.rand_start] for s, t in zip(states, steps)])

@@ -73,8 +73,11 @@ def test_sampling_is_batch_invariant(model):
 
 
 def test_continuous_batching_join_and_cancel(llama):
+    from introllm.sampler.rng import UNIFORM_CHUNK
+
     e = _engine(llama)
-    params = SamplingParams(max_new_tokens=12, seed=3, ignore_eos=True)
+    # past the chunk of random numbers drawn ahead, at different offsets for each row
+    params = SamplingParams(max_new_tokens=UNIFORM_CHUNK + 12, seed=3, ignore_eos=True)
     reference = e.generate(PROMPTS, params)
 
     batch = e.new_batch()
@@ -91,6 +94,8 @@ def test_continuous_batching_join_and_cancel(llama):
         batch.step()
     got = [first[0].token_ids, later[0][0].token_ids, later[1][0].token_ids]
     assert got == [reference[i][0].token_ids for i in range(3)]
+    for got_seq, i in ((first[0], 0), (later[1][0], 2)):  # the same decisions, to float rounding of h
+        torch.testing.assert_close(got_seq.trace.tau, reference[i][0].trace.tau, atol=1e-4, rtol=0)
     assert len(victim.token_ids) == 1
 
 

@@ -42,6 +42,15 @@ def test_uniforms_depend_only_on_seed_step_stream():
     assert not torch.equal(rand[0], rand[1]) and not torch.equal(rand[0], rand[2])  # streams and seeds differ
 
 
+def test_uniforms_ahead_equal_each_step_drawn_alone():
+    seed, first, stream = torch.tensor([7, -3]), torch.tensor([0, 61]), torch.tensor([2, 0])
+    ahead = rng.uniforms_ahead(seed, first, stream, steps=5)
+    assert ahead.shape == (2, 5, rng.NUM_UNIFORMS)
+    for i in range(2):
+        for j in range(5):
+            assert torch.equal(ahead[i, j], rng.uniforms(seed[i : i + 1], first[i : i + 1] + j, stream[i : i + 1])[0])
+
+
 def test_full_64_bit_seeds():
     a = rng.uniforms(torch.tensor([5]), torch.tensor([0]), torch.tensor([0]))
     b = rng.uniforms(torch.tensor([5 + (1 << 40)]), torch.tensor([0]), torch.tensor([0]))
