@@ -15,12 +15,18 @@ Continuous batching: each sample owns a llama.cpp sequence id (a slot) from its 
 every step decodes the newest token of every running sequence in one ``llama_decode``. A prompt is
 read with the embeddings output off (llama.cpp computes every position's embeddings and logits
 while it is on), all but its last token; the last one is decoded with it on, giving the first
-decision's h. The n samples of a prompt share its prefill (``llama_memory_seq_cp``). A finished or
-cancelled sequence's KV cells are freed at once (``llama_memory_seq_rm``).
+decision's h. The n samples of a prompt share its prefill (``llama_memory_seq_cp``).
+
+Prefix cache: a finished or cancelled sequence's slot keeps its KV cells (its tokens recorded) until
+the slot is needed. A new prompt takes the idle slot that holds the longest prefix of it and reads
+only the rest, as llama-server's prompt cache and vLLM's prefix caching do: a repeated prompt, a
+shared system prompt or a chat's next turn skips its prefill. With ``prefix_cache=False`` (or where
+llama.cpp cannot cut a sequence short) a finished sequence's cells are freed at once.
 """
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import logging
 import os
@@ -106,7 +112,8 @@ class LlamaCppEngine:
 
     gguf: the model file (any family llama.cpp runs; the head must fit its hidden size);
     max_batch: sequences decoded together (llama.cpp sequence ids, at most 256); context: positions
-    per sequence (prompt + completion); threads: llama.cpp's CPU threads (default: all cores).
+    per sequence (prompt + completion); threads: llama.cpp's CPU threads (default: all cores);
+    prefix_cache: idle slots keep their KV cells for a later prompt that starts the same way.
     Raises ImportError naming the install command when llama-cpp-python is missing, ValueError for a
     file llama.cpp cannot load.
     """
@@ -120,6 +127,7 @@ class LlamaCppEngine:
         context: int = 2048,
         threads: int | None = None,
         prefill_batch: int = 512,
+        prefix_cache: bool = True,
     ):
         L = self.L = _lib()
         path = Path(gguf)
@@ -160,7 +168,11 @@ class LlamaCppEngine:
         self.device = torch.device("cpu")
         self._policies = PolicyCache()
         self._batch = _Batch(L, cp.n_batch)
-        self._free = list(range(max_batch))
+        self._free = list(range(max_batch))  # slots holding nothing
+        self.prefix_cache = prefix_cache
+        # idle slots still holding a finished sequence's cells: slot -> its tokens (int32), least recently used first
+        self._cached: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
+        self.reused_tokens = 0  # prompt tokens read from the prefix cache instead of prefilled (a counter)
         log.info(
             "llama.cpp: %s, %d sequences x %d positions, %d threads, hidden size %d",
             path.name,
@@ -196,35 +208,86 @@ class LlamaCppEngine:
 
     # ------------------------------------------------------------------ the llama.cpp side
 
-    def take_slots(self, count: int) -> list[int]:
-        if count > len(self._free):
+    def take_slots(self, prompts: Seq[Seq[int]], ns: Seq[int]) -> list[tuple[list[int], int]]:
+        """Slots for ``ns[i]`` samples of each prompt: per prompt (its slots, how many of its tokens
+        the first slot already holds from the prefix cache; at most all but its last token).
+        Raises ValueError, taking nothing, when they do not fit."""
+        if sum(ns) > len(self._free) + len(self._cached):
             raise ValueError(
-                f"{count} new sequences do not fit: {len(self._free)} of {self.max_batch} llama.cpp "
-                "sequences are free (--max-batch)"
+                f"{sum(ns)} new sequences do not fit: {len(self._free) + len(self._cached)} of "
+                f"{self.max_batch} llama.cpp sequences are free (--max-batch)"
             )
-        self._free.sort()
-        return [self._free.pop(0) for _ in range(count)]
+        out = []
+        for prompt, n in zip(prompts, ns):
+            first, reused = self._best_prefix(prompt)
+            out.append(([first] + [self._take_empty() for _ in range(n - 1)], reused))
+        return out
 
-    def free_slots(self, slots: list[int]) -> None:
-        for slot in slots:
+    def _best_prefix(self, prompt: Seq[int]) -> tuple[int, int]:
+        """(slot, tokens held) for the idle slot holding the longest prefix of ``prompt``, or an
+        empty slot and 0."""
+        ids = np.asarray(prompt[:-1], dtype=np.int32)  # the last token is always decoded: its h is needed
+        best, held = None, 0
+        for slot, tokens in self._cached.items():
+            m = min(len(tokens), len(ids))
+            differ = np.flatnonzero(tokens[:m] != ids[:m])
+            common = int(differ[0]) if len(differ) else m
+            if common > held:
+                best, held = slot, common
+        if best is None:
+            return self._take_empty(), 0
+        del self._cached[best]
+        # cut the cells past the shared prefix; a model whose memory cannot be cut starts over
+        if not self.L.llama_memory_seq_rm(self._mem, best, held, -1):
+            self.L.llama_memory_seq_rm(self._mem, best, -1, -1)
+            held = 0
+        return best, held
+
+    def _take_empty(self) -> int:
+        """A slot holding nothing: a free one, else the least recently used cached one, emptied."""
+        if self._free:
+            self._free.sort()
+            return self._free.pop(0)
+        slot, _ = self._cached.popitem(last=False)
+        self.L.llama_memory_seq_rm(self._mem, slot, -1, -1)
+        return slot
+
+    def free_slots(self, slots: list[int], tokens: Seq[Seq[int]] | None = None) -> None:
+        """Give slots back. ``tokens``: what each slot's cells hold (positions 0 .. len - 1), kept in
+        the prefix cache; None (or the cache off): the cells are freed."""
+        for i, slot in enumerate(slots):
+            if tokens is not None and self.prefix_cache and len(tokens[i]):
+                held = np.asarray(tokens[i], dtype=np.int32)
+                if self.L.llama_memory_seq_rm(self._mem, slot, len(held), -1):  # nothing past what is recorded
+                    self._cached[slot] = held
+                    continue
             self.L.llama_memory_seq_rm(self._mem, slot, -1, -1)
-        self._free += slots
+            self._free.append(slot)
 
-    def prefill(self, prompts: list[tuple[int, ...]], slots: list[list[int]]) -> None:
+    def drop_prefix_cache(self) -> None:
+        """Free the cells of every idle slot: later prompts are read from scratch."""
+        while self._cached:
+            slot, _ = self._cached.popitem()
+            self.L.llama_memory_seq_rm(self._mem, slot, -1, -1)
+            self._free.append(slot)
+
+    def prefill(self, prompts: list[tuple[int, ...]], slots: list[tuple[list[int], int]]) -> None:
         """Read each prompt but its last token into its first slot (embeddings off, no outputs),
-        then copy it to the prompt's other slots (its other samples)."""
+        from the position its cached prefix ends at, then copy it to the prompt's other slots (its
+        other samples). ``slots``: as ``take_slots`` returns them."""
         self.L.llama_set_embeddings(self._ctx, False)
         b = self._batch
-        for prompt, group in zip(prompts, slots):
+        for prompt, (group, held) in zip(prompts, slots):
+            self.reused_tokens += held
             body = np.asarray(prompt[:-1], dtype=np.int32)
-            for start in range(0, len(body), self.prefill_batch):
+            for start in range(held, len(body), self.prefill_batch):
                 chunk = body[start : start + self.prefill_batch]
                 if b.n + len(chunk) > self.prefill_batch:
                     b.decode(self._ctx)
                 b.add(chunk, start, group[0], output_last=False)
         if b.n:
             b.decode(self._ctx)
-        for prompt, group in zip(prompts, slots):
+        for prompt, (group, _) in zip(prompts, slots):
             for other in group[1:]:
                 self.L.llama_memory_seq_cp(self._mem, group[0], other, -1, -1)
 
@@ -252,7 +315,7 @@ class LlamaCppEngine:
         ids = np.asarray(list(prompt) + list(tokens)[:-1], dtype=np.int32)
         if len(ids) > self.prefill_batch or len(ids) + 1 > self.max_context:
             raise ValueError(f"a sequence of {len(ids) + 1} tokens is too long to score here")
-        (slot,) = self.take_slots(1)
+        slot = self._take_empty()
         try:
             self.L.llama_set_embeddings(self._ctx, True)
             b = self._batch
@@ -299,20 +362,17 @@ class LlamaCppBatch(DecodeBatch):
     def _prefill(self, rows: Seq[PromptRow]):
         engine: LlamaCppEngine = self.engine
         check_rows(rows, engine.vocab_size, engine.max_context)
-        slots = engine.take_slots(sum(r.n for r in rows))
-        groups, k = [], 0
-        for r in rows:
-            groups.append(slots[k : k + r.n])
-            k += r.n
+        taken = engine.take_slots([r.prompt for r in rows], [r.n for r in rows])
+        slots = [slot for group, _ in taken for slot in group]
         try:
-            engine.prefill([r.prompt for r in rows], groups)
-            last = [r.prompt[-1] for r, g in zip(rows, groups) for _ in g]
-            positions = [len(r.prompt) - 1 for r, g in zip(rows, groups) for _ in g]
+            engine.prefill([r.prompt for r in rows], taken)
+            last = [r.prompt[-1] for r in rows for _ in range(r.n)]
+            positions = [len(r.prompt) - 1 for r in rows for _ in range(r.n)]
             logits, h = engine.decode_last(last, positions, slots)
         except Exception:
             engine.free_slots(slots)
             raise
-        position = torch.tensor([len(r.prompt) for r, g in zip(rows, groups) for _ in g], dtype=torch.long)
+        position = torch.tensor([len(r.prompt) for r in rows for _ in range(r.n)], dtype=torch.long)
         return h, position, (slots, logits)
 
     def _join(self, rows, state, stops, layout, h) -> None:
@@ -330,7 +390,10 @@ class LlamaCppBatch(DecodeBatch):
         if len(keep) == len(self.rows):
             return
         kept = set(keep)
-        self.engine.free_slots([int(self.state["slot"][i]) for i in range(len(self.rows)) if i not in kept])
+        gone = [i for i in range(len(self.rows)) if i not in kept]
+        # what a leaving row's cells hold: its prompt and every token but the newest (never fed back)
+        held = [self.rows[i].prompt_ids + self.rows[i].token_ids[:-1] for i in gone]
+        self.engine.free_slots([int(self.state["slot"][i]) for i in gone], held)
         if not keep:
             self.rows, self.state, self._stops, self.h, self.logits = [], {}, [], None, None
             return

@@ -1,6 +1,6 @@
 """The llama.cpp backend (sampler/llamacpp_engine.py) on the embedded model's GGUF as shipped:
 its h against the Hugging Face forward, greedy completions against the torch engine, seeds,
-samples sharing a prefill, continuous batching with freed KV cells, heads that do not fit, the
+samples sharing a prefill, continuous batching with freed KV cells, the prefix cache, heads that do not fit, the
 CLI. Needs llama-cpp-python (``make install-llamacpp``; CI builds it)."""
 
 import json
@@ -98,10 +98,62 @@ def test_continuous_batching_frees_the_cells_of_leaving_sequences(llama, prompts
     while batch.num_running:
         batch.step()
     assert first.token_ids == reference[0][0].token_ids and late.token_ids == reference[2][0].token_ids
-    assert len(llama._free) == llama.max_batch  # every cell freed
+    _assert_idle(llama)
     with pytest.raises(ValueError, match="do not fit"):
         llama.new_batch().add([PromptRow(prompts[0], p, llama.max_batch + 1)])
-    assert len(llama._free) == llama.max_batch
+    _assert_idle(llama)
+    llama.drop_prefix_cache()
+    assert sorted(llama._free) == list(range(llama.max_batch)) and not llama._cached
+    assert all(llama.L.llama_memory_seq_pos_max(llama._mem, s) == -1 for s in range(llama.max_batch))
+
+
+def _assert_idle(engine):
+    """Every slot is idle: free with no cells, or cached with exactly the cells of its tokens."""
+    L, mem = engine.L, engine._mem
+    assert sorted(engine._free + list(engine._cached)) == list(range(engine.max_batch))
+    assert all(L.llama_memory_seq_pos_max(mem, s) == -1 for s in engine._free)
+    assert all(L.llama_memory_seq_pos_max(mem, s) == len(t) - 1 for s, t in engine._cached.items())
+
+
+def test_prefix_cache_skips_the_shared_prefill(llama, embedded, prompts):
+    """A repeated prompt reads only its last token, with the same tokens as before (its cells came
+    from the same prefill). A chat's next turn (prompt + answer + more) reads only what is new; its
+    answer's cells were computed one token at a time, not as a prefill, which llama.cpp rounds
+    differently (llama-server's cache_prompt says the same), so its first decision's logits are
+    compared with the Hugging Face forward on the same weights: the cached path must be as close to
+    it as a prefill from scratch is (within 1.5x: both carry llama.cpp's 8-bit activation rounding,
+    about 0.7 logit here, in different directions), with the same best token."""
+    p = SamplingParams(max_new_tokens=12, seed=5, ignore_eos=True)
+    llama.drop_prefix_cache()
+    ((fresh,),) = llama.generate(prompts[:1], p)
+    before = llama.reused_tokens
+    ((again,),) = llama.generate(prompts[:1], p)
+    assert llama.reused_tokens - before == len(prompts[0]) - 1
+    assert again.token_ids == fresh.token_ids and again.trace.tau == fresh.trace.tau
+    turn = list(prompts[0]) + fresh.token_ids + list(prompts[1][1:])
+
+    def first_logits():
+        batch = llama.new_batch()
+        batch.add([PromptRow(turn, p)])
+        logits = batch.logits[0].clone()
+        batch.close()
+        return logits
+
+    before = llama.reused_tokens
+    cached = first_logits()
+    assert llama.reused_tokens - before == len(prompts[0]) + len(fresh.token_ids) - 1
+    llama.drop_prefix_cache()
+    llama.prefix_cache = False
+    try:
+        scratch = first_logits()
+    finally:
+        llama.prefix_cache = True
+    with torch.no_grad():
+        hf = embedded.model(torch.tensor([turn])).logits[0, -1]
+    err_cached, err_scratch = (float((x - hf).abs().max()) for x in (cached, scratch))
+    assert err_cached <= 1.5 * err_scratch, (err_cached, err_scratch)
+    assert int(cached.argmax()) == int(scratch.argmax())
+    _assert_idle(llama)
 
 
 def test_heads_that_do_not_fit_are_refused_and_a_bare_gguf_needs_a_head(tmp_path):
