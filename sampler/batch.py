@@ -210,13 +210,15 @@ class DecodeBatch:
         self._stops = [self._stops[i] for i in keep]
 
     @torch.inference_mode()
-    def step(self) -> list[Sequence]:
+    def step(self, on_sampled=None) -> list[Sequence]:
         """Sample one token for every running sequence, then run the forward pass that prepares the
         next step for those that continue. Returns the sequences that got a token (finished ones
-        included, with ``finish_reason`` set)."""
-        return self._step()
+        included, with ``finish_reason`` set). ``on_sampled(sequences)``, if given, is called with
+        them between the two, so a server can stream the tokens while the forward pass runs; it must
+        not add or cancel sequences."""
+        return self._step(on_sampled)
 
-    def _step(self) -> list[Sequence]:
+    def _step(self, on_sampled=None) -> list[Sequence]:
         if not self.rows:
             return []
         engine, s = self.engine, self.state
@@ -244,6 +246,8 @@ class DecodeBatch:
         stepped = self.rows
         s["tau_prev"], s["step"] = tau, s["step"] + 1
         self._keep(keep)
+        if on_sampled is not None:
+            on_sampled(stepped)
         if keep:
             next_ids = tokens[torch.tensor(keep, device=tokens.device)] if len(keep) < len(stepped) else tokens
             self._advance(next_ids)

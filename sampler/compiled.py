@@ -301,8 +301,8 @@ class CompiledBatch(DecodeBatch):
         return self._add(rows)
 
     @torch.no_grad()
-    def step(self):
-        return self._step()
+    def step(self, on_sampled=None):
+        return self._step(on_sampled)
 
     def _join(self, rows, state, stops, layout, h) -> None:
         cache, mask = layout

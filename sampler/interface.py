@@ -31,8 +31,11 @@ class GenerationBatch(Protocol):
         """Drop sequences before the next step (finish_reason "cancelled")."""
         ...
 
-    def step(self) -> list[Sequence]:
-        """One decode step; the sequences that got a token (finished ones with finish_reason set)."""
+    def step(self, on_sampled=None) -> list[Sequence]:
+        """One decode step; the sequences that got a token (finished ones with finish_reason set).
+        ``on_sampled(sequences)`` is called with them as soon as their tokens are drawn (before the
+        forward pass for the next step, where the backend separates the two); it must not add or
+        cancel sequences."""
         ...
 
 

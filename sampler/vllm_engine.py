@@ -328,9 +328,10 @@ class VLLMBatch:
         if gone:
             self.rows = [s for s in self.rows if id(s) not in gone]
 
-    def step(self) -> list[Sequence]:
+    def step(self, on_sampled=None) -> list[Sequence]:
         """One vLLM engine step. Returns the sequences that got a token (finished ones included,
-        with ``finish_reason`` set); a request whose prompt is still being read gets none."""
+        with ``finish_reason`` set); a request whose prompt is still being read gets none.
+        ``on_sampled`` as ``DecodeBatch.step``'s, called at the end (vLLM's step is one call)."""
         stepped, finished = [], []
         outputs = self.engine.llm.step()
         start = time.perf_counter()
@@ -360,6 +361,8 @@ class VLLMBatch:
                 stepped.append(seq)
         self._release(finished)
         self.engine.bookkeeping_seconds += time.perf_counter() - start
+        if on_sampled is not None:
+            on_sampled(stepped)
         return stepped
 
 

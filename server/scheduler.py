@@ -236,16 +236,28 @@ class Scheduler:
             self._wake.clear()
             return
         start = time.monotonic()
-        stepped = self.batch.step()
-        self._dispatch(stepped, start)
+        stop_hits: list[Sequence] = []
+        broken: dict[int, tuple[Request, str]] = {}
+        # the tokens go out as soon as they are drawn, while the forward pass for the next step runs;
+        # sequences that must leave the batch leave after the step
+        stepped = self.batch.step(on_sampled=lambda seqs: self._dispatch(seqs, stop_hits, broken))
+        if stop_hits:
+            self.batch.cancel(stop_hits)
+            for seq in stop_hits:
+                seq.finish_reason = "stop"
+        for request, message in broken.values():
+            self._fail(request, message)
+        self.metrics.observe_step(len(stepped), time.monotonic() - start)
 
-    def _dispatch(self, stepped: list[Sequence], step_start: float) -> None:
+    def _dispatch(
+        self, stepped: list[Sequence], stop_hits: list[Sequence], broken: dict[int, tuple[Request, str]]
+    ) -> None:
+        """Send each sequence's newest token to its request. Collects, for the caller to act on after
+        the step, the sequences that hit a stop string and the requests whose text failed."""
         now = time.monotonic()
         out: dict[int, tuple[Request, list[Token]]] = {}
-        stop_hits = []
-        broken: dict[int, Request] = {}
         for seq in stepped:
-            if id(seq) not in self._running:  # its request failed earlier in this step
+            if id(seq) not in self._running or id(self._running[id(seq)][0]) in broken:  # its request failed
                 continue
             request, text, index = self._running[id(seq)]
             tok = seq.token_ids[-1]
@@ -254,8 +266,7 @@ class Scheduler:
                 piece, released, hit = text.push(tok, final=seq.finished)
             except Exception as e:  # e.g. a tokenizer that cannot decode: this request only
                 log.exception("request %s failed while decoding its text", request.request_id)
-                broken[id(request)] = request
-                self._fail(request, f"internal error while decoding the text: {type(e).__name__}")
+                broken[id(request)] = (request, f"internal error while decoding the text: {type(e).__name__}")
                 continue
             if hit and not seq.finished:
                 stop_hits.append(seq)
@@ -273,11 +284,6 @@ class Scheduler:
             if finish is not None:
                 self._forget(seq)
                 request.open_choices -= 1
-        if stop_hits:
-            self.batch.cancel(stop_hits)
-            for seq in stop_hits:
-                seq.finish_reason = "stop"
-        self.metrics.observe_step(len(stepped), now - step_start)
         for request, events in out.values():
             if id(request) in broken:
                 continue

@@ -99,6 +99,18 @@ def test_continuous_batching_join_and_cancel(llama):
     assert len(victim.token_ids) == 1
 
 
+def test_tokens_are_handed_out_before_the_next_forward_pass(llama):
+    """step(on_sampled=...) gives the drawn tokens to the server before the forward pass that
+    prepares the next step, so a stream need not wait for it (no forward after the last token)."""
+    batch = _engine(llama).new_batch()
+    batch.add([PromptRow([5, 6, 7], SamplingParams(max_new_tokens=2, seed=0, ignore_eos=True))])
+    order, forward = [], batch._advance
+    batch._advance = lambda tokens: (order.append("forward"), forward(tokens))
+    for _ in range(2):
+        batch.step(on_sampled=lambda seqs: order.append(("sampled", len(seqs[0].token_ids))))
+    assert order == [("sampled", 1), "forward", ("sampled", 2)] and not batch.num_running
+
+
 def test_limits(llama):
     e = _engine(llama)
     seqs = e.generate(PROMPTS, SamplingParams(max_new_tokens=7, seed=0, ignore_eos=True), n=3)

@@ -253,11 +253,11 @@ def test_a_failing_request_fails_alone_and_a_failing_step_does_not_kill_the_serv
 
         original_step, calls = DecodeBatch.step, []
 
-        def flaky_step(self):
+        def flaky_step(self, on_sampled=None):
             calls.append(1)
             if len(calls) == 3:
                 raise RuntimeError("simulated kernel failure")
-            return original_step(self)
+            return original_step(self, on_sampled)
 
         monkeypatch.setattr(DecodeBatch, "step", flaky_step)
         r = _post(url, "/v1/completions", {"model": MODEL, "prompt": "Hi", "max_tokens": 8, "ignore_eos": True})
