@@ -224,8 +224,8 @@ class LlamaCppEngine:
         return out
 
     def _best_prefix(self, prompt: Seq[int]) -> tuple[int, int]:
-        """(slot, tokens held) for the idle slot holding the longest prefix of ``prompt``, or an
-        empty slot and 0."""
+        """(slot, tokens it holds) for the prompt: the lowest idle slot, holding a copy of the longest
+        prefix of ``prompt`` any idle slot holds (0 tokens if none)."""
         ids = np.asarray(prompt[:-1], dtype=np.int32)  # the last token is always decoded: its h is needed
         best, held = None, 0
         for slot, tokens in self._cached.items():
@@ -234,22 +234,33 @@ class LlamaCppEngine:
             common = int(differ[0]) if len(differ) else m
             if common > held:
                 best, held = slot, common
+        if best is not None:
+            self._cached.move_to_end(best)  # recently used: evicted last
+        slot = self._take_empty(keep=best)
         if best is None:
-            return self._take_empty(), 0
-        del self._cached[best]
+            return slot, 0
+        L = self.L
+        if slot != best:  # the copy stays cached
+            L.llama_memory_seq_cp(self._mem, best, slot, -1, -1)
         # cut the cells past the shared prefix; a model whose memory cannot be cut starts over
-        if not self.L.llama_memory_seq_rm(self._mem, best, held, -1):
-            self.L.llama_memory_seq_rm(self._mem, best, -1, -1)
+        if not L.llama_memory_seq_rm(self._mem, slot, held, -1):
+            L.llama_memory_seq_rm(self._mem, slot, -1, -1)
             held = 0
-        return best, held
+        return slot, held
 
-    def _take_empty(self) -> int:
-        """A slot holding nothing: a free one, else the least recently used cached one, emptied."""
-        if self._free:
-            self._free.sort()
-            return self._free.pop(0)
-        slot, _ = self._cached.popitem(last=False)
-        self.L.llama_memory_seq_rm(self._mem, slot, -1, -1)
+    def _take_empty(self, keep: int | None = None) -> int:
+        """The lowest-numbered idle slot, emptied (a cached one loses its cells), or ``keep`` itself
+        with its cells if it is the lowest. Running sequences stay on the lowest slots because
+        llama.cpp attends over the whole range of slots a batch spans: 16 sequences spread over 64
+        slots decode 50 % slower than on 16 adjacent ones (2 AVX2 cores)."""
+        slot = min(self._free + list(self._cached))
+        if slot == keep:
+            del self._cached[slot]
+        elif slot in self._cached:
+            del self._cached[slot]
+            self.L.llama_memory_seq_rm(self._mem, slot, -1, -1)
+        else:
+            self._free.remove(slot)
         return slot
 
     def free_slots(self, slots: list[int], tokens: Seq[Seq[int]] | None = None) -> None:

@@ -135,6 +135,7 @@ def test_prefix_cache_skips_the_shared_prefill(llama, embedded, prompts):
     def first_logits():
         batch = llama.new_batch()
         batch.add([PromptRow(turn, p)])
+        assert batch.state["slot"].tolist() == [0]  # the lowest idle slot, whichever holds the prefix
         logits = batch.logits[0].clone()
         batch.close()
         return logits
