@@ -208,9 +208,10 @@ class LlamaCppEngine:
 
     # ------------------------------------------------------------------ the llama.cpp side
 
-    def take_slots(self, prompts: Seq[Seq[int]], ns: Seq[int]) -> list[tuple[list[int], int]]:
+    def take_slots(self, prompts: Seq[Seq[int]], ns: Seq[int], *, alone: bool = False) -> list[tuple[list[int], int]]:
         """Slots for ``ns[i]`` samples of each prompt: per prompt (its slots, how many of its tokens
         the first slot already holds from the prefix cache; at most all but its last token).
+        ``alone``: nothing else is running, so one sequence may stay where its prefix is cached.
         Raises ValueError, taking nothing, when they do not fit."""
         if sum(ns) > len(self._free) + len(self._cached):
             raise ValueError(
@@ -218,14 +219,17 @@ class LlamaCppEngine:
                 f"{self.max_batch} llama.cpp sequences are free (--max-batch)"
             )
         out = []
+        alone = alone and sum(ns) == 1
         for prompt, n in zip(prompts, ns):
-            first, reused = self._best_prefix(prompt)
+            first, reused = self._best_prefix(prompt, alone)
             out.append(([first] + [self._take_empty() for _ in range(n - 1)], reused))
         return out
 
-    def _best_prefix(self, prompt: Seq[int]) -> tuple[int, int]:
+    def _best_prefix(self, prompt: Seq[int], alone: bool = False) -> tuple[int, int]:
         """(slot, tokens it holds) for the prompt: the lowest idle slot, holding a copy of the longest
-        prefix of ``prompt`` any idle slot holds (0 tokens if none)."""
+        prefix of ``prompt`` any idle slot holds (0 tokens if none). ``alone`` (a single sequence with
+        nothing else running, where the range of slots costs nothing): the slot holding that prefix
+        itself, else the lowest free slot, so that the cache keeps every other prompt."""
         ids = np.asarray(prompt[:-1], dtype=np.int32)  # the last token is always decoded: its h is needed
         best, held = None, 0
         for slot, tokens in self._cached.items():
@@ -236,7 +240,14 @@ class LlamaCppEngine:
                 best, held = slot, common
         if best is not None:
             self._cached.move_to_end(best)  # recently used: evicted last
-        slot = self._take_empty(keep=best)
+        if alone and best is not None:
+            del self._cached[best]
+            slot = best
+        elif alone and self._free:
+            slot = min(self._free)
+            self._free.remove(slot)
+        else:
+            slot = self._take_empty(keep=best)
         if best is None:
             return slot, 0
         L = self.L
@@ -373,7 +384,7 @@ class LlamaCppBatch(DecodeBatch):
     def _prefill(self, rows: Seq[PromptRow]):
         engine: LlamaCppEngine = self.engine
         check_rows(rows, engine.vocab_size, engine.max_context)
-        taken = engine.take_slots([r.prompt for r in rows], [r.n for r in rows])
+        taken = engine.take_slots([r.prompt for r in rows], [r.n for r in rows], alone=not self.rows)
         slots = [slot for group, _ in taken for slot in group]
         try:
             engine.prefill([r.prompt for r in rows], taken)

@@ -135,7 +135,7 @@ def test_prefix_cache_skips_the_shared_prefill(llama, embedded, prompts):
     def first_logits():
         batch = llama.new_batch()
         batch.add([PromptRow(turn, p)])
-        assert batch.state["slot"].tolist() == [0]  # the lowest idle slot, whichever holds the prefix
+        assert batch.state["slot"].tolist() == [0]  # alone in the batch: the slot holding its prefix (0)
         logits = batch.logits[0].clone()
         batch.close()
         return logits
