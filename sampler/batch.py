@@ -175,15 +175,36 @@ class DecodeBatch:
     def _join(self, rows, state, stops, layout, h) -> None:
         cache, mask = layout
         if not self.rows:
-            self.rows, self.state, self._stops, self.cache, self.mask, self.h = rows, state, stops, cache, mask, h
+            self.cache, self.mask = cache, mask
+        else:
+            length = max(self.mask.shape[1], mask.shape[1])
+            self.mask = torch.cat([F.pad(m, (length - m.shape[1], 0)) for m in (self.mask, mask)])
+            self.cache.append(cache)
+        self._append(rows, state, stops, h=h)
+
+    def _append(self, rows, state, stops, **per_row: Tensor) -> None:
+        """Append rows with their state, stop sets and per-row tensors (``h=...``; dim 0 = row, kept
+        as attributes of those names) to the batch: the bookkeeping every backend's ``_join`` shares."""
+        if not self.rows:
+            self.rows, self.state, self._stops = rows, state, stops
+            for name, value in per_row.items():
+                setattr(self, name, value)
             return
-        length = max(self.mask.shape[1], mask.shape[1])
-        self.mask = torch.cat([F.pad(m, (length - m.shape[1], 0)) for m in (self.mask, mask)])
-        self.cache.append(cache)
-        self.h = torch.cat([self.h, h])
+        for name, value in per_row.items():
+            setattr(self, name, torch.cat([getattr(self, name), value]))
         self.state = {k: torch.cat([v, state[k]]) for k, v in self.state.items()}
         self.rows += rows
         self._stops += stops
+
+    def _select(self, keep: list[int], *per_row: str) -> None:
+        """Keep only rows ``keep`` (not empty) of the state, the stop sets and the named per-row
+        tensors: the bookkeeping every backend's ``_keep`` shares."""
+        idx = torch.tensor(keep, dtype=torch.long, device=self.state["step"].device)
+        for name in per_row:
+            setattr(self, name, getattr(self, name)[idx])
+        self.state = {k: v[idx] for k, v in self.state.items()}
+        self.rows = [self.rows[i] for i in keep]
+        self._stops = [self._stops[i] for i in keep]
 
     def cancel(self, sequences: Seq[Sequence]) -> None:
         """Remove sequences from the batch before the next step (e.g. the client went away)."""
@@ -204,10 +225,7 @@ class DecodeBatch:
         drop_left = int(mask.shape[1] - mask.sum(-1).max())  # padding columns every kept row has
         self.mask = mask[:, drop_left:]
         self.cache.select(idx, drop_left)
-        self.h = self.h[idx]
-        self.state = {k: v[idx] for k, v in self.state.items()}
-        self.rows = [self.rows[i] for i in keep]
-        self._stops = [self._stops[i] for i in keep]
+        self._select(keep, "h")
 
     @torch.inference_mode()
     def step(self, on_sampled=None) -> list[Sequence]:

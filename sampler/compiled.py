@@ -326,13 +326,7 @@ class CompiledBatch(DecodeBatch):
                     slot, layer, kv.keys[row, :, width - n : width], kv.values[row, :, width - n : width]
                 )
         state = {**state, "slot": torch.tensor(slots, dtype=torch.long, device=h.device)}
-        if not self.rows:
-            self.rows, self.state, self._stops, self.h = rows, state, stops, h
-        else:
-            self.h = torch.cat([self.h, h])
-            self.state = {k: torch.cat([v, state[k]]) for k, v in self.state.items()}
-            self.rows += rows
-            self._stops += stops
+        self._append(rows, state, stops, h=h)
 
     def _keep(self, keep: list[int]) -> None:
         if len(keep) == len(self.rows):
@@ -342,11 +336,7 @@ class CompiledBatch(DecodeBatch):
         if not keep:
             self.rows, self.state, self._stops, self.h = [], {}, [], None
             return
-        idx = torch.tensor(keep, dtype=torch.long, device=self.h.device)
-        self.h = self.h[idx]
-        self.state = {k: v[idx] for k, v in self.state.items()}
-        self.rows = [self.rows[i] for i in keep]
-        self._stops = [self._stops[i] for i in keep]
+        self._select(keep, "h")
 
     def _bucket(self) -> tuple[Tensor, int]:
         slots = self.state["slot"]

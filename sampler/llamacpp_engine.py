@@ -400,13 +400,7 @@ class LlamaCppBatch(DecodeBatch):
     def _join(self, rows, state, stops, layout, h) -> None:
         slots, logits = layout
         state = {**state, "slot": torch.tensor(slots, dtype=torch.long)}
-        if not self.rows:
-            self.rows, self.state, self._stops, self.h, self.logits = rows, state, stops, h, logits
-            return
-        self.h, self.logits = torch.cat([self.h, h]), torch.cat([self.logits, logits])
-        self.state = {k: torch.cat([v, state[k]]) for k, v in self.state.items()}
-        self.rows += rows
-        self._stops += stops
+        self._append(rows, state, stops, h=h, logits=logits)
 
     def _keep(self, keep: list[int]) -> None:
         if len(keep) == len(self.rows):
@@ -419,11 +413,7 @@ class LlamaCppBatch(DecodeBatch):
         if not keep:
             self.rows, self.state, self._stops, self.h, self.logits = [], {}, [], None, None
             return
-        idx = torch.tensor(keep, dtype=torch.long)
-        self.h, self.logits = self.h[idx], self.logits[idx]
-        self.state = {k: v[idx] for k, v in self.state.items()}
-        self.rows = [self.rows[i] for i in keep]
-        self._stops = [self._stops[i] for i in keep]
+        self._select(keep, "h", "logits")
 
     def _logits(self) -> Tensor:
         return self.logits
