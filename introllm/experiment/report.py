@@ -9,6 +9,7 @@ experiment that was stopped and resumed writes the same report as one that ran s
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import warnings
 from dataclasses import dataclass
@@ -391,7 +392,9 @@ def _training_section(cfg: ExperimentConfig, jobs: list[Job], done: set[str], ou
     ]
     for j in trains:
         metrics = _read_jsonl(Path(j.run_dir) / "metrics.jsonl")
-        evals = [m["eval_accuracy"] for m in metrics if m.get("eval_accuracy") is not None]
+        # NaN where the run had no held-out split (eval_size 0)
+        evals = [m["eval_accuracy"] for m in metrics if isinstance(m.get("eval_accuracy"), (int, float))]
+        evals = [a for a in evals if math.isfinite(a)]
         last = metrics[-1]
         acc = f"{100 * evals[0]:.1f} → {100 * evals[-1]:.1f}" if evals else "–"
 
