@@ -170,7 +170,8 @@ class LlamaCppEngine:
         self._batch = _Batch(L, cp.n_batch)
         self._free = list(range(max_batch))  # slots holding nothing
         self.prefix_cache = prefix_cache
-        # idle slots still holding a finished sequence's cells: slot -> its tokens (int32), least recently used first
+        # idle slots still holding a finished sequence's cells: slot -> its tokens (int32); the lowest
+        # idle slot is the one taken (and emptied) next, whatever its age (see _take_empty)
         self._cached: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
         self.reused_tokens = 0  # prompt tokens read from the prefix cache instead of prefilled (a counter)
         log.info(
@@ -238,8 +239,6 @@ class LlamaCppEngine:
             common = int(differ[0]) if len(differ) else m
             if common > held:
                 best, held = slot, common
-        if best is not None:
-            self._cached.move_to_end(best)  # recently used: evicted last
         if alone and best is not None:
             del self._cached[best]
             slot = best
@@ -278,7 +277,9 @@ class LlamaCppEngine:
         """Give slots back. ``tokens``: what each slot's cells hold (positions 0 .. len - 1), kept in
         the prefix cache; None (or the cache off): the cells are freed."""
         for i, slot in enumerate(slots):
-            if tokens is not None and self.prefix_cache and len(tokens[i]):
+            # a memory that dropped early positions (a sliding window) cannot serve a prefix: not cached
+            whole = self.L.llama_memory_seq_pos_min(self._mem, slot) == 0
+            if tokens is not None and self.prefix_cache and len(tokens[i]) and whole:
                 held = np.asarray(tokens[i], dtype=np.int32)
                 if self.L.llama_memory_seq_rm(self._mem, slot, len(held), -1):  # nothing past what is recorded
                     self._cached[slot] = held
@@ -337,6 +338,8 @@ class LlamaCppEngine:
         ids = np.asarray(list(prompt) + list(tokens)[:-1], dtype=np.int32)
         if len(ids) > self.prefill_batch or len(ids) + 1 > self.max_context:
             raise ValueError(f"a sequence of {len(ids) + 1} tokens is too long to score here")
+        if not self._free and not self._cached:
+            raise ValueError(f"every one of the {self.max_batch} llama.cpp sequences is running; none is free to score")
         slot = self._take_empty()
         try:
             self.L.llama_set_embeddings(self._ctx, True)

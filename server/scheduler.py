@@ -243,10 +243,12 @@ class Scheduler:
         # next step runs; the others after it (streaming them meanwhile took CPU from llama.cpp's
         # threads: 16 streams cost 30 % of a step on 2 cores). Sequences that must leave the batch
         # leave after the step.
-        stepped = self.batch.step(on_sampled=lambda seqs: self._dispatch(seqs, stop_hits, broken, later))
-        for request, items in later:
-            for item in items:
-                self._send(request, item)
+        try:
+            stepped = self.batch.step(on_sampled=lambda seqs: self._dispatch(seqs, stop_hits, broken, later))
+        finally:  # a forward pass that fails after the draw must not swallow what was dispatched
+            for request, items in later:
+                for item in items:
+                    self._send(request, item)
         if stop_hits:
             self.batch.cancel(stop_hits)
             for seq in stop_hits:

@@ -264,3 +264,48 @@ def test_a_failing_request_fails_alone_and_a_failing_step_does_not_kill_the_serv
         assert r.status_code == 500 and "internal error while decoding: RuntimeError" in r.json()["error"]["message"]
         r = _post(url, "/v1/completions", {"model": MODEL, "prompt": "Hi", "max_tokens": 8, "ignore_eos": True})
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 8
+
+
+def test_a_forward_pass_that_fails_after_the_draw_still_delivers_what_was_drawn(embedded, monkeypatch):
+    """Tokens are dispatched between the draw and the forward pass; when that forward pass fails, a
+    request that finished in the same step still gets its tokens and its end (not a hang), and the
+    one still running gets the error."""
+    import asyncio
+
+    from introllm.sampler.batch import DecodeBatch
+
+    forward, seen = DecodeBatch._advance, {"rows": 0, "failed": False}
+
+    def advance(self, tokens):  # fail once: in the step where one sequence finished and another goes on
+        if not seen["failed"] and len(self.rows) < seen["rows"]:
+            seen["failed"] = True
+            raise RuntimeError("simulated kernel failure")
+        seen["rows"] = len(self.rows)
+        return forward(self, tokens)
+
+    monkeypatch.setattr(DecodeBatch, "_advance", advance)
+    with live_server(ServerConfig(), checkpoint=embedded) as url:
+        client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=60)
+
+        async def one(max_tokens):
+            try:
+                r = await client.completions.create(
+                    model=MODEL,
+                    prompt="Tell me a story.",
+                    max_tokens=max_tokens,
+                    seed=1,
+                    extra_body={"ignore_eos": True},
+                )
+                return r.usage.completion_tokens
+            except openai.InternalServerError as e:
+                return str(e)
+
+        async def together():
+            long = asyncio.create_task(one(24))
+            await asyncio.sleep(0.1)  # the long one is decoding when the short one joins
+            return await one(2), await long
+
+        short, long = asyncio.run(together())
+    assert seen["failed"]
+    assert short == 2
+    assert "internal error while decoding" in long
