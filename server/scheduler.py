@@ -239,16 +239,22 @@ class Scheduler:
         stop_hits: list[Sequence] = []
         broken: dict[int, tuple[Request, str]] = {}
         later: list[tuple[Request, list]] = []
+        gaps: list[tuple[int, float]] = []  # (sequence, when its previous token went out) of the tokens sent later
         # A request's first token goes out as soon as it is drawn, while the forward pass for the
-        # next step runs; the others after it (streaming them meanwhile took CPU from llama.cpp's
-        # threads: 16 streams cost 30 % of a step on 2 cores). Sequences that must leave the batch
-        # leave after the step.
+        # next step runs (its TTFT gains a step); the others after the step, as before, so that
+        # their streams do not wake the event loop while llama.cpp's threads hold every core.
+        # Sequences that must leave the batch leave after the step.
         try:
-            stepped = self.batch.step(on_sampled=lambda seqs: self._dispatch(seqs, stop_hits, broken, later))
+            stepped = self.batch.step(on_sampled=lambda seqs: self._dispatch(seqs, stop_hits, broken, later, gaps))
         finally:  # a forward pass that fails after the draw must not swallow what was dispatched
             for request, items in later:
                 for item in items:
                     self._send(request, item)
+            sent = time.monotonic()
+            for seq_id, previous in gaps:  # inter-token latency as the client sees it: send to send
+                self.metrics.itl.observe(sent - previous)
+                if seq_id in self._running:
+                    self._last_token_at[seq_id] = sent
         if stop_hits:
             self.batch.cancel(stop_hits)
             for seq in stop_hits:
@@ -263,9 +269,11 @@ class Scheduler:
         stop_hits: list[Sequence],
         broken: dict[int, tuple[Request, str]],
         later: list[tuple[Request, list]],
+        gaps: list[tuple[int, float]],
     ) -> None:
         """Send each sequence's newest token to its request: now where it is the request's first,
-        else into ``later`` (request, items to send). Collects, for the caller to act on after the
+        else into ``later`` (request, items to send) and ``gaps`` (its inter-token latency, taken when
+        it is sent). Collects, for the caller to act on after the
         step, the sequences that hit a stop string and the requests whose text failed."""
         now = time.monotonic()
         out: dict[int, tuple[Request, list[Token]]] = {}
@@ -289,12 +297,12 @@ class Scheduler:
             event = self._record(index, tok, piece, released, offset, tr, finish)
             out.setdefault(id(request), (request, []))[1].append(event)
             previous = self._last_token_at.get(id(seq))
-            if previous is None:
+            if previous is None:  # sent now
                 self.metrics.ttft.observe(now - request.arrival)
                 first.add(id(request))
-            else:
-                self.metrics.itl.observe(now - previous)
-            self._last_token_at[id(seq)] = now
+                self._last_token_at[id(seq)] = now
+            else:  # sent after the step: its gap is measured then
+                gaps.append((id(seq), previous))
             self.metrics.observe_token(tr.tau[-1], tr.updated[-1])
             if finish is not None:
                 self._forget(seq)
