@@ -211,6 +211,22 @@ def test_health_is_503_until_loaded_and_reports_load_failures(embedded):
         assert r.status_code == 503 and "failed to load" in r.json()["error"]["message"]
 
 
+async def _tokens_or_error(client, max_tokens, stop=None):
+    """A seeded completion of "Tell me a story.": its completion tokens, or the 500's message."""
+    try:
+        r = await client.completions.create(
+            model=MODEL,
+            prompt="Tell me a story.",
+            max_tokens=max_tokens,
+            stop=stop,
+            seed=1,
+            extra_body={"ignore_eos": True},
+        )
+        return r.usage.completion_tokens
+    except openai.InternalServerError as e:
+        return str(e)
+
+
 def test_a_failing_request_fails_alone_and_a_failing_step_does_not_kill_the_server(embedded, monkeypatch):
     import asyncio
 
@@ -227,22 +243,8 @@ def test_a_failing_request_fails_alone_and_a_failing_step_does_not_kill_the_serv
     with live_server(ServerConfig(), checkpoint=embedded) as url:
         client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
 
-        async def one(stop):
-            try:
-                r = await client.completions.create(
-                    model=MODEL,
-                    prompt="Tell me a story.",
-                    max_tokens=12,
-                    stop=stop,
-                    seed=1,
-                    extra_body={"ignore_eos": True},
-                )
-                return r.usage.completion_tokens
-            except openai.InternalServerError as e:
-                return str(e)
-
         async def together():
-            return await asyncio.gather(one(None), one(["BOOM"]), one(None))
+            return await asyncio.gather(*(_tokens_or_error(client, 12, stop) for stop in (None, ["BOOM"], None)))
 
         results = asyncio.run(together())
         assert results[0] == results[2] == 12
@@ -287,23 +289,10 @@ def test_a_forward_pass_that_fails_after_the_draw_still_delivers_what_was_drawn(
     with live_server(ServerConfig(), checkpoint=embedded) as url:
         client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=60)
 
-        async def one(max_tokens):
-            try:
-                r = await client.completions.create(
-                    model=MODEL,
-                    prompt="Tell me a story.",
-                    max_tokens=max_tokens,
-                    seed=1,
-                    extra_body={"ignore_eos": True},
-                )
-                return r.usage.completion_tokens
-            except openai.InternalServerError as e:
-                return str(e)
-
         async def together():
-            long = asyncio.create_task(one(24))
+            long = asyncio.create_task(_tokens_or_error(client, 24))
             await asyncio.sleep(0.1)  # the long one is decoding when the short one joins
-            return await one(2), await long
+            return await _tokens_or_error(client, 2), await long
 
         short, long = asyncio.run(together())
     assert seen["failed"]
