@@ -277,9 +277,9 @@ class LlamaCppEngine:
         """Give slots back. ``tokens``: what each slot's cells hold (positions 0 .. len - 1), kept in
         the prefix cache; None (or the cache off): the cells are freed."""
         for i, slot in enumerate(slots):
+            cache = tokens is not None and self.prefix_cache and len(tokens[i])
             # a memory that dropped early positions (a sliding window) cannot serve a prefix: not cached
-            whole = self.L.llama_memory_seq_pos_min(self._mem, slot) == 0
-            if tokens is not None and self.prefix_cache and len(tokens[i]) and whole:
+            if cache and self.L.llama_memory_seq_pos_min(self._mem, slot) == 0:
                 held = np.asarray(tokens[i], dtype=np.int32)
                 if self.L.llama_memory_seq_rm(self._mem, slot, len(held), -1):  # nothing past what is recorded
                     self._cached[slot] = held
