@@ -660,3 +660,20 @@ def test_report_to_reaches_each_training_job_but_not_its_identity(tmp_path, monk
     assert train.kind == "train" and "--report-to" not in train.argv
     assert ran[0][ran[0].index("--report-to") + 1] == "tensorboard"
     assert json.loads((tmp_path / "out/state/train.introllm.s0.started.json").read_text())["argv"] == train.argv
+
+
+def test_also_at_evaluates_every_seed_s_checkpoint_under_common_policies(tmp_path):
+    text = CONFIG.replace("meanshift = true", 'meanshift = true\nalso_at = ["greedy", "fixed:0.3"]')
+    cfg = load_experiment(write_config(tmp_path, text))
+    by_id = {j.id: j for j in plan(cfg)}
+    for policy, slugged in (("greedy", "greedy"), ("fixed:0.3", "fixed-0.3")):
+        job = by_id[f"eval.sums.introllm-at-{slugged}.s1"]
+        assert job.row == f"introllm at {policy}" and job.after == ["train.introllm.s1"]
+        assert job.argv[job.argv.index("--policy") + 1] == policy
+        assert job.argv[job.argv.index("--checkpoint") + 1] == str(tmp_path / "out/runs/introllm/seed1/final")
+    assert cfg.row_names()[:4] == ["introllm", "introllm MeanShift", "introllm at greedy", "introllm at fixed:0.3"]
+    assert check_tables(cfg) == []
+    bad = load_experiment(write_config(tmp_path, text.replace('"fixed:0.3"', '"fixed:hot"')))
+    assert [p for p in check_tables(bad) if "also_at 'fixed:hot'" in p]
+    with pytest.raises(ConfigError, match="also_at"):
+        load_experiment(write_config(tmp_path, text.replace('["greedy", "fixed:0.3"]', '"greedy"')))

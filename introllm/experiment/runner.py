@@ -4,7 +4,8 @@ The grid is methods x seeds x benchmarks. A method with a ``train`` table is tra
 seed (``introllm train --seed S``) and its final checkpoint evaluated on every benchmark; a
 method without one evaluates a checkpoint as it is (the base model, at a fixed tau, EAD...),
 once per seed (the seed of the samples). A method with ``meanshift = true`` is also evaluated
-at its MeanShift tau (training/meanshift.py) on each benchmark and seed: its own row.
+at its MeanShift tau (training/meanshift.py) on each benchmark and seed: its own row; one with
+``also_at = ["greedy", "fixed:0.3"]`` also under each of those policies (rows ``NAME at POLICY``).
 
 Every job is a subprocess running the public CLI (the commands in the report are the ones that
 ran), in order, one at a time. The experiment survives being stopped at any moment:
@@ -114,6 +115,11 @@ class MethodSpec:
     mean_matched: float | None = None
     """Also evaluate its ``policy`` with every temperature moved so that their token mean is this tau
     (``eval --policy mean-matched:T``): a row ``NAME mean-matched T``."""
+    also_at: list = field(default_factory=list)
+    """Also evaluate its checkpoints under each of these common policies (``eval --policy``, e.g.
+    ``["greedy", "fixed:0.3"]``): a row ``NAME at POLICY`` each. Every method of a grid evaluated at
+    one temperature separates what training did to the model from the temperature it decodes at
+    (issue 27)."""
     eval: dict = field(default_factory=dict)
     """Further eval flags (e.g. checkpoint = "{base}", head = "{final}" for a head-only run)."""
     checkpoint: str = ""
@@ -136,6 +142,11 @@ class MethodSpec:
                 f"method {self.name}: {flag}",
                 f"needs a policy whose temperature varies, not {self.policy!r}",
             )
+        _check(
+            isinstance(self.also_at, list) and all(isinstance(p, str) and p for p in self.also_at),
+            f"method {self.name}: also_at",
+            f'must be a list of eval policies such as ["greedy", "fixed:0.3"], got {self.also_at!r}',
+        )
         _check(
             self.mean_matched is None or (isinstance(self.mean_matched, (int, float)) and self.mean_matched > 0),
             f"method {self.name}: mean_matched",
@@ -233,6 +244,7 @@ class ExperimentConfig:
                 rows.append(f"{m.name} MeanShift")
             if m.mean_matched is not None:
                 rows.append(mean_matched_row(m))
+            rows.extend(also_at_row(m, p) for p in m.also_at)
         return rows
 
     def seeds_of(self, method: MethodSpec) -> list[int]:
@@ -242,6 +254,11 @@ class ExperimentConfig:
 def mean_matched_row(method: MethodSpec) -> str:
     """The report row of a method's mean-matched evaluation: ``NAME mean-matched T``."""
     return f"{method.name} mean-matched {method.mean_matched:g}"
+
+
+def also_at_row(method: MethodSpec, policy: str) -> str:
+    """The report row of a method evaluated under a common policy: ``NAME at POLICY``."""
+    return f"{method.name} at {policy}"
 
 
 def load_experiment(path: str | Path, output: str = "") -> ExperimentConfig:
@@ -412,6 +429,24 @@ def plan(cfg: ExperimentConfig) -> list[Job]:
                     )
                 )
                 learned_job = jobs[-1].id
+                for policy in m.also_at:  # the same checkpoints under a policy common to every method
+                    row = also_at_row(m, policy)
+                    row_records = base_dir / slug(row) / f"seed{seed}.jsonl"
+                    argv = ["eval", *flags(ev), "--policy", policy, "--seed", str(seed), "--name", row]
+                    argv += ["--output", str(row_records)]
+                    jobs.append(
+                        Job(
+                            f"eval.{slug(b.name)}.{slug(row)}.s{seed}",
+                            "eval",
+                            argv,
+                            row=row,
+                            method=m.name,
+                            seed=seed,
+                            benchmark=b.name,
+                            records=str(row_records),
+                            after=list(after),
+                        )
+                    )
                 derived = []
                 if m.meanshift:
                     derived.append((f"{m.name} MeanShift", "meanshift"))
@@ -455,6 +490,7 @@ def check_tables(cfg: ExperimentConfig) -> list[str]:
     table that would fail, naming the method or benchmark, so a typo or an out-of-range value fails
     now, not after hours. Nothing runs."""
     from introllm.commands.evaluate import eval_configs
+    from introllm.sampler.policies import build_policy
     from introllm.training.config import TrainConfig
 
     problems = []
@@ -473,6 +509,11 @@ def check_tables(cfg: ExperimentConfig) -> list[str]:
                 eval_configs(ev)
             except ValueError as e:
                 problems.append(f"method {m.name} on {b.name} [eval]: {e}")
+        for policy in m.also_at:  # a policy common to every method: one that needs no head
+            try:
+                build_policy(policy)
+            except ValueError as e:
+                problems.append(f"method {m.name}: also_at {policy!r}: {e}")
     return problems
 
 
