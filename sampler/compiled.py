@@ -366,6 +366,7 @@ class CompiledBatch(DecodeBatch):
                 s["step"][others],
                 s["tau_prev"][others],
                 rand[others],
+                self.score_actions,
             )
             tau_g[others], upd_g[others], z_g[others], logp_g[others] = a.tau, a.updated, a.z, a.logp
         slots, bucket = self._bucket()

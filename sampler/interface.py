@@ -20,6 +20,9 @@ class GenerationBatch(Protocol):
     rows: list[Sequence]
     """The unfinished sequences, in the batch's order."""
 
+    score_actions: bool
+    """Record the log-prob of each head decision in the traces (a trainer needs it; a server sets False)."""
+
     @property
     def num_running(self) -> int: ...
 

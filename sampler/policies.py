@@ -51,7 +51,9 @@ class TemperaturePolicy:
 
     h: [B, d] final hidden states; step: int64 [B] index of the token being generated (0 = first);
     tau_prev: float32 [B] the previous step's tau (``initial_tau`` at step 0); rand: float32
-    [B, NUM_UNIFORMS] this step's uniforms (see rng).
+    [B, NUM_UNIFORMS] this step's uniforms (see rng); score: also compute ``logp``, the log-prob of
+    the decision (what the trainer compares its own scoring with); False leaves it 0 and the
+    decisions unchanged (a server needs no log-probs of the head's actions).
     """
 
     name: ClassVar[str]
@@ -59,7 +61,7 @@ class TemperaturePolicy:
     """True when tau depends on the temperature head, whose decisions the trainer scores."""
     initial_tau: float = 1.0
 
-    def act(self, h: Tensor, step: Tensor, tau_prev: Tensor, rand: Tensor) -> TempAction:
+    def act(self, h: Tensor, step: Tensor, tau_prev: Tensor, rand: Tensor, score: bool = True) -> TempAction:
         raise NotImplementedError
 
     @property
@@ -127,14 +129,20 @@ def build_policy(spec: str, head: H.TemperatureHead | None = None) -> Temperatur
 
 
 def act_mixed(
-    policies: list[TemperaturePolicy], which: Tensor, h: Tensor, step: Tensor, tau_prev: Tensor, rand: Tensor
+    policies: list[TemperaturePolicy],
+    which: Tensor,
+    h: Tensor,
+    step: Tensor,
+    tau_prev: Tensor,
+    rand: Tensor,
+    score: bool = True,
 ) -> TempAction:
     """One step for a batch whose rows use different policies: row i acts under
     ``policies[which[i]]`` (which: int64 [B]). Each policy runs once, on its own rows. The result's
-    tau, z and logp are float32."""
+    tau, z and logp are float32; ``score`` as ``TemperaturePolicy.act``'s."""
     kinds = which.unique()
     if kinds.numel() == 1:
-        a = policies[int(kinds[0])].act(h, step, tau_prev, rand)
+        a = policies[int(kinds[0])].act(h, step, tau_prev, rand, score)
         return TempAction(tau=a.tau.float(), updated=a.updated, z=a.z.float(), logp=a.logp.float())
     rows = which.shape[0]
     out = TempAction(
@@ -145,7 +153,7 @@ def act_mixed(
     )
     for kind in kinds.tolist():
         idx = (which == kind).nonzero().squeeze(-1)
-        a = policies[kind].act(h[idx], step[idx], tau_prev[idx], rand[idx])
+        a = policies[kind].act(h[idx], step[idx], tau_prev[idx], rand[idx], score)
         out.tau[idx], out.updated[idx], out.z[idx], out.logp[idx] = (
             a.tau.float(),
             a.updated,
@@ -191,14 +199,15 @@ class _HeadPolicy(TemperaturePolicy):
         """bool [B]: where this step draws a new z (c_t)."""
         raise NotImplementedError
 
-    def act(self, h, step, tau_prev, rand):
+    def act(self, h, step, tau_prev, rand, score=True):
         u = self.head(h)  # [B, 3] float32
         updated = self.draws_z(u, step, rand)
         alpha, beta = H.concentrations(u)
         z = H.clamp_z(beta_sample(alpha, beta, rand))
         z = torch.where(updated, z, torch.zeros_like(z))
         tau = torch.where(updated, H.z_to_tau(z, self.tau_min, self.tau_max), tau_prev)
-        return TempAction(tau=tau, updated=updated, z=z, logp=self.log_prob(u, updated, z))
+        logp = self.log_prob(u, updated, z) if score else torch.zeros_like(z)
+        return TempAction(tau=tau, updated=updated, z=z, logp=logp)
 
     def log_prob(self, u: Tensor, updated: Tensor, z: Tensor) -> Tensor:
         """Score recorded actions under the head outputs u [..., 3] (what the trainer calls)."""
@@ -237,8 +246,8 @@ class ShiftedPolicy(LearnedPolicy):
         self.delta = float(delta)
         self.initial_tau = max(TAU_FLOOR, head.config.tau_init + self.delta)
 
-    def act(self, h, step, tau_prev, rand):
-        a = super().act(h, step, tau_prev, rand)
+    def act(self, h, step, tau_prev, rand, score=True):
+        a = super().act(h, step, tau_prev, rand, score)
         drawn = (H.z_to_tau(a.z, self.tau_min, self.tau_max) + self.delta).clamp_min(TAU_FLOOR)
         a.tau = torch.where(a.updated, drawn, tau_prev)
         return a
@@ -285,7 +294,7 @@ class FixedPolicy(TemperaturePolicy):
         self.tau = float(tau)
         self.initial_tau = self.tau
 
-    def act(self, h, step, tau_prev, rand):
+    def act(self, h, step, tau_prev, rand, score=True):
         return _no_update(torch.full(step.shape, self.tau, device=step.device))
 
     @property
@@ -299,7 +308,7 @@ class _SchedulePolicy(TemperaturePolicy):
     def schedule(self, step: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def act(self, h, step, tau_prev, rand):
+    def act(self, h, step, tau_prev, rand, score=True):
         tau = self.schedule(step).float()
         action = _no_update(tau)
         action.updated = (tau != tau_prev) & (step > 0)
@@ -428,7 +437,7 @@ class TampoPolicy(TemperaturePolicy):
         p = torch.where(keep, self.probs, 0.0)
         return p / p.sum()
 
-    def act(self, h, step, tau_prev, rand):
+    def act(self, h, step, tau_prev, rand, score=True):
         p = self.nucleus().to(rand.device)
         cdf = torch.cumsum(p, 0)
         idx = torch.searchsorted(cdf, (rand[:, SLOT_CHOICE] * cdf[-1]).contiguous()).clamp_max(len(p) - 1)

@@ -239,6 +239,9 @@ class VLLMBatch:
     """The running requests of a VLLMEngine, with DecodeBatch's interface: ``add``, ``cancel``,
     ``step`` and ``rows``. One vLLM request per sample; vLLM's prefix cache shares the prompt."""
 
+    score_actions: bool = True
+    """As ``DecodeBatch.score_actions``; not applied here: vLLM's hooks score every decision."""
+
     def __init__(self, engine: VLLMEngine):
         self.engine = engine
         self.rows: list[Sequence] = []

@@ -134,7 +134,7 @@ class Scheduler:
         self.max_batch = max_batch
         self.max_queue = max_queue
         self.metrics = metrics
-        self.batch = engine.new_batch()
+        self.batch = self._new_batch()
         self.token_bytes = TokenBytes(tokenizer)
         self._pending: collections.deque[Request] = collections.deque()
         self._lock = threading.Lock()
@@ -171,6 +171,13 @@ class Scheduler:
         self._wake.set()
 
     # ------------------------------------------------------------------ decode thread
+
+    def _new_batch(self):
+        """An empty batch that does not score the head's decisions: no response carries their
+        log-probs (a trainer's batch does)."""
+        batch = self.engine.new_batch()
+        batch.score_actions = False
+        return batch
 
     def _send(self, request: Request, item: Any) -> None:
         request.loop.call_soon_threadsafe(request.events.put_nowait, item)
@@ -360,4 +367,4 @@ class Scheduler:
             self._send(request, Failed(message))
         self._running.clear()
         self._last_token_at.clear()
-        self.batch = self.engine.new_batch()
+        self.batch = self._new_batch()

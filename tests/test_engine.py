@@ -111,6 +111,29 @@ def test_tokens_are_handed_out_before_the_next_forward_pass(llama):
     assert order == [("sampled", 1), "forward", ("sampled", 2)] and not batch.num_running
 
 
+def test_a_batch_that_does_not_score_actions_takes_the_same_decisions(llama):
+    """score_actions = False (the server's batches) leaves the head's log-probs at 0 and changes
+    no token, temperature, gate or Beta draw; scored, they are the policy's own log_prob."""
+    e = _engine(llama)
+    runs = []
+    for score in (True, False):
+        batch = e.new_batch()
+        batch.score_actions = score
+        (seqs,) = batch.add([PromptRow(PROMPTS[1], SamplingParams(max_new_tokens=12, seed=5, ignore_eos=True), n=2)])
+        while batch.num_running:
+            batch.step()
+        runs.append(seqs)
+    for scored, unscored in zip(*runs):
+        assert scored.token_ids == unscored.token_ids
+        assert (scored.trace.tau, scored.trace.updated, scored.trace.z) == (
+            unscored.trace.tau,
+            unscored.trace.updated,
+            unscored.trace.z,
+        )
+        assert any(scored.trace.updated) and all(lp != 0 for lp in scored.trace.temp_logp)
+        assert unscored.trace.temp_logp == [0.0] * 12
+
+
 def test_limits(llama):
     e = _engine(llama)
     seqs = e.generate(PROMPTS, SamplingParams(max_new_tokens=7, seed=0, ignore_eos=True), n=3)
