@@ -109,3 +109,26 @@ def test_rollout_engines_times_both_engines_and_both_policies(tmp_path, embedded
         by["vllm", "learned"]["hook_seconds"] > by["vllm", "fixed:1.0"]["hook_seconds"] >= 0
     )  # fixed tau bypasses the head
     assert "vLLM speed / torch engine speed" in r.stdout
+
+
+def test_llamacpp_step_splits_a_step_into_its_parts(embedded):
+    pytest.importorskip(
+        "llama_cpp", reason="benchmarks/llamacpp_step.py needs llama-cpp-python (make install-llamacpp)"
+    )
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "llamacpp_step.py"), "--steps", "3", "--rounds", "1"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    lines = [line for line in r.stdout.splitlines() if "ms/step" in line]
+    assert [line.split()[0] for line in lines] == ["fixed:1.0", "learned"]
+    for line in lines:
+        parts = dict(p.rsplit(" ", 1) for p in line.split(" | ")[1:])
+        assert set(parts) == {"llama_decode", "uniforms", "policy", "sample_tokens", "rest"}
+        assert float(parts["llama_decode"]) > 0 and float(parts["policy"]) > 0
+    bad = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "llamacpp_step.py"), "--steps", "0"], capture_output=True, text=True
+    )
+    assert bad.returncode == 2 and "must be >= 1" in bad.stderr and "Traceback" not in bad.stderr
