@@ -80,7 +80,7 @@ class Trace:
     tau: list[float] = field(default_factory=list)  # temperature used (0 = greedy)
     updated: list[bool] = field(default_factory=list)  # c_t: a new temperature was chosen here
     z: list[float] = field(default_factory=list)  # Beta draw (clamped) where updated, else 0
-    temp_logp: list[float] = field(default_factory=list)  # log pi_phi(c_t, z_t | h_t); 0 without a head
+    temp_logp: list[float] = field(default_factory=list)  # log pi_phi(c_t, z_t | h_t); 0 without a head or unscored
     logp: list[float] = field(default_factory=list)  # log-prob of the token under its sampling distribution
     entropy: list[float] = field(default_factory=list)  # entropy of that distribution (nats)
     top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)  # only if SamplingParams.logprobs
