@@ -341,9 +341,18 @@ def _pareto_figure(rows: dict[str, RowData], bench: str, k: int, path: Path) -> 
         ax.plot(
             [100 * x[2] for x in fixed], [100 * x[3] for x in fixed], "-o", color="0.45", label="fixed tau (greedy = 0)"
         )
+        placed: list[tuple[float, float]] = []
         for tau, _, avg, pas in fixed:
+            # a label whose point lies within a point or so of an earlier one goes below it, not on it
+            near = any(abs(100 * avg - x) < 1.0 and abs(100 * pas - y) < 1.0 for x, y in placed)
+            placed.append((100 * avg, 100 * pas))
             ax.annotate(
-                f"{tau:g}", (100 * avg, 100 * pas), textcoords="offset points", xytext=(4, 4), fontsize=8, color="0.3"
+                f"{tau:g}",
+                (100 * avg, 100 * pas),
+                textcoords="offset points",
+                xytext=(4, -10 if near else 4),
+                fontsize=8,
+                color="0.3",
             )
     markers = "s^Dv<>P*Xh"
     for i, (_, r, avg, pas) in enumerate(other):
