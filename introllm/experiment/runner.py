@@ -429,58 +429,33 @@ def plan(cfg: ExperimentConfig) -> list[Job]:
                     )
                 )
                 learned_job = jobs[-1].id
-                for policy in m.also_at:  # the same checkpoints under a policy common to every method
-                    row = also_at_row(m, policy)
+
+                def derived_job(row: str, policy: str, extra: list[str], after: list[str]) -> Job:
+                    """An evaluation of the same checkpoint as its own report row: under ``policy``
+                    with ``extra`` flags (e.g. the learned evaluation's records to resolve it from)."""
                     row_records = base_dir / slug(row) / f"seed{seed}.jsonl"
-                    argv = ["eval", *flags(ev), "--policy", policy, "--seed", str(seed), "--name", row]
-                    argv += ["--output", str(row_records)]
-                    jobs.append(
-                        Job(
-                            f"eval.{slug(b.name)}.{slug(row)}.s{seed}",
-                            "eval",
-                            argv,
-                            row=row,
-                            method=m.name,
-                            seed=seed,
-                            benchmark=b.name,
-                            records=str(row_records),
-                            after=list(after),
-                        )
+                    argv = ["eval", *flags(ev), "--policy", policy, *extra, "--seed", str(seed), "--name", row]
+                    return Job(
+                        f"eval.{slug(b.name)}.{slug(row)}.s{seed}",
+                        "eval",
+                        argv + ["--output", str(row_records)],
+                        row=row,
+                        method=m.name,
+                        seed=seed,
+                        benchmark=b.name,
+                        records=str(row_records),
+                        after=after,
                     )
+
+                for policy in m.also_at:  # the same checkpoints under a policy common to every method
+                    jobs.append(derived_job(also_at_row(m, policy), policy, [], list(after)))
                 derived = []
                 if m.meanshift:
                     derived.append((f"{m.name} MeanShift", "meanshift"))
                 if m.mean_matched is not None:
                     derived.append((mean_matched_row(m), f"mean-matched:{m.mean_matched:g}"))
                 for row, policy in derived:  # resolved from the learned evaluation's records
-                    row_records = base_dir / slug(row) / f"seed{seed}.jsonl"
-                    argv = [
-                        "eval",
-                        *flags(ev),
-                        "--policy",
-                        policy,
-                        "--meanshift-from",
-                        str(records),
-                        "--seed",
-                        str(seed),
-                        "--name",
-                        row,
-                        "--output",
-                        str(row_records),
-                    ]
-                    jobs.append(
-                        Job(
-                            f"eval.{slug(b.name)}.{slug(row)}.s{seed}",
-                            "eval",
-                            argv,
-                            row=row,
-                            method=m.name,
-                            seed=seed,
-                            benchmark=b.name,
-                            records=str(row_records),
-                            after=[learned_job],
-                        )
-                    )
+                    jobs.append(derived_job(row, policy, ["--meanshift-from", str(records)], [learned_job]))
     return jobs
 
 
