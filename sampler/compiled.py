@@ -46,7 +46,7 @@ from . import head as H
 from .batch import DecodeBatch
 from .policies import LearnedPolicy, act_mixed
 from .rng import SLOT_GATE, SLOT_TOKEN, beta_sample
-from .sampling import Draw, floored, tempered
+from .sampling import Draw, draw, tempered
 
 log = logging.getLogger(__name__)
 
@@ -200,15 +200,9 @@ def decide_and_sample(
         z = temp_logp = torch.zeros_like(given_tau)
     greedy = tau <= 0
     x = tempered(logits, tau)
-    xs = floored(x)  # as sample_tokens: the normaliser and draw without underflowing exps
-    lse = torch.logsumexp(xs, dim=-1, keepdim=True)
-    probs = torch.exp(xs - lse)
-    cdf = torch.cumsum(probs, dim=-1)
-    target = (rand[:, SLOT_TOKEN][:, None] * cdf[:, -1:]).contiguous()
-    sampled = torch.searchsorted(cdf, target).squeeze(-1).clamp_max(logits.shape[-1] - 1)
+    sampled, lse, entropy = draw(x, rand[:, SLOT_TOKEN])  # as sample_tokens
     token = torch.where(greedy, logits.argmax(dim=-1), sampled)
-    logp = (x.gather(-1, token[:, None]) - lse).squeeze(-1)
-    entropy = lse.squeeze(-1) - (probs * xs).sum(-1)
+    logp = x.gather(-1, token[:, None]).squeeze(-1) - lse
     return tau, updated, z, temp_logp, token, logp, entropy
 
 

@@ -264,11 +264,18 @@ def test_floored_normaliser_changes_no_draw_logp_or_entropy():
     tok, logp, ent, _, _ = sample_tokens(logits, tau, rand)
     ref = torch.log_softmax(x.double(), -1)
     cdf = ref.exp().cumsum(-1)
-    assert tok.tolist() == torch.searchsorted(cdf, (rand.double()[:, None] * cdf[:, -1:])).squeeze(-1).tolist()
+    target = rand.double()[:, None] * cdf[:, -1:]
+    exact = torch.searchsorted(cdf, target).squeeze(-1)
+    # equal to the float64 draw, except where the target lies within float32 rounding of a CDF
+    # boundary (here one row: 2e-8 relative); there the draw is one of the two adjacent tokens
+    for row in (tok != exact).nonzero().flatten().tolist():
+        edge = cdf[row, min(tok[row], exact[row])]
+        assert abs(tok[row] - exact[row]) == 1 and abs(edge - target[row, 0]) / target[row, 0] < 1e-6, row
+    assert (tok != exact).sum() <= 1
     torch.testing.assert_close(logp.double(), ref.gather(-1, tok[:, None]).squeeze(-1), atol=1e-4, rtol=0)
-    lse = torch.logsumexp(x, -1, keepdim=True)  # the unfloored float32 entropy: equal to float noise
-    torch.testing.assert_close(ent, lse.squeeze(-1) - torch.linalg.vecdot(torch.exp(x - lse), x), atol=1e-5, rtol=0)
-    torch.testing.assert_close(ent.double(), -(ref.exp() * ref).sum(-1), atol=3e-3, rtol=0)  # float32 at x ~ 250
+    # the entropy from logits relative to the row's maximum: float64's to float32 precision (the
+    # textbook float32 lse - sum p x loses 1e-3 here, at x ~ 250)
+    torch.testing.assert_close(ent.double(), -(ref.exp() * ref).sum(-1), atol=1e-5, rtol=0)
     assert torch.equal(floored(torch.tensor([[0.0, -100.0, float("-inf")]])), torch.tensor([[0.0, -70.0, -70.0]]))
     _, _, ent_k, _, _ = sample_tokens(logits[:2], tau[:2], rand[:2], torch.tensor([3, 3]), None)
     top3 = torch.log_softmax(x[:2].double().topk(3, -1).values, -1)
