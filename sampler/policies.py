@@ -140,7 +140,7 @@ def act_mixed(
     """One step for a batch whose rows use different policies: row i acts under
     ``policies[which[i]]`` (which: int64 [B]). Each policy runs once, on its own rows. The result's
     tau, z and logp are float32; ``score`` as ``TemperaturePolicy.act``'s."""
-    kinds = which.unique()
+    kinds = which.unique() if len(policies) > 1 else which[:1]  # one policy: every row's (no unique)
     if kinds.numel() == 1:
         a = policies[int(kinds[0])].act(h, step, tau_prev, rand, score)
         return TempAction(tau=a.tau.float(), updated=a.updated, z=a.z.float(), logp=a.logp.float())
@@ -202,6 +202,13 @@ class _HeadPolicy(TemperaturePolicy):
     def act(self, h, step, tau_prev, rand, score=True):
         u = self.head(h)  # [B, 3] float32
         updated = self.draws_z(u, step, rand)
+        if h.device.type == "cpu" and not bool(updated.any()):
+            # no row draws a z this step (at batch 1, each step the gate keeps tau): the Beta draw
+            # would be discarded, so it is skipped (on CPU, where asking costs no device sync);
+            # the result is the same as the full path's, bit for bit (tests/test_policies.py)
+            z = torch.zeros_like(tau_prev, dtype=torch.float32)
+            logp = self.log_prob(u, updated, z) if score else torch.zeros_like(z)
+            return TempAction(tau=tau_prev.clone(), updated=updated, z=z, logp=logp)
         alpha, beta = H.concentrations(u)
         z = H.clamp_z(beta_sample(alpha, beta, rand))
         z = torch.where(updated, z, torch.zeros_like(z))

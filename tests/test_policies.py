@@ -55,6 +55,33 @@ def test_learned_keeps_previous_tau_unless_updated(head):
     torch.testing.assert_close(a.tau[a.updated], 0.6 + a.z[a.updated] * 0.9)
 
 
+@pytest.mark.parametrize("spec", ["learned", "shifted:delta=0.2"])
+@pytest.mark.parametrize("score", [True, False])
+def test_a_step_without_updates_skips_the_beta_draw_and_gives_the_same_action(head, spec, score, monkeypatch):
+    """Where no row's gate fires, act skips the Beta draw; each row's action is the one the full
+    path gives it (the same row beside a row that does update forces the full path)."""
+    from introllm.sampler import policies as P
+    from introllm.sampler.rng import SLOT_GATE
+
+    policy = build_policy(spec, head)
+    h = torch.randn(2, 16)
+    step = torch.tensor([3, 3])
+    tau_prev = torch.tensor([0.8, 1.1])
+    rand = uniforms(torch.full((2,), 7), step, torch.arange(2))
+    rand[0, SLOT_GATE], rand[1, SLOT_GATE] = 1.0 - 1e-7, 1e-7  # row 0 keeps its tau, row 1 updates
+    full = policy.act(h, step, tau_prev, rand, score)
+    assert full.updated.tolist() == [False, True]
+    draws = []
+    real = P.beta_sample
+    monkeypatch.setattr(P, "beta_sample", lambda *a: draws.append(1) or real(*a))
+    alone = policy.act(h[:1], step[:1], tau_prev[:1], rand[:1], score)
+    assert not draws  # skipped
+    assert torch.equal(alone.tau, full.tau[:1]) and torch.equal(alone.z, full.z[:1])
+    assert torch.equal(alone.updated, full.updated[:1])
+    torch.testing.assert_close(alone.logp, full.logp[:1])
+    assert alone.tau.data_ptr() != tau_prev.data_ptr()  # a new tensor, not the state's
+
+
 def test_always_update_and_prompt_level(head):
     a = _act(build_policy("always-update", head), range(B))
     assert a.updated.all()
