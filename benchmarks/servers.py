@@ -25,7 +25,10 @@ servers get no temperature (the learned policy), the peers temperature 1.
 Memory bandwidth is measured in this process (a 512 MiB float32 ``sum``, best of 7, all torch
 threads); the batch-1 limit of a server is bandwidth / bytes of weights read per token (every
 base-model weight once, in the dtype served). Writes the table to stdout and everything to
-``--json``. Compare ratios within one run: the machine's load changes between runs.
+``--json``. Compare ratios within one run: the machine's load changes between runs, and within a
+run from one server to the next (servers are measured minutes apart): ``--rounds 2`` (or more)
+measures every server again in reverse order and gives each ratio as the median over rounds, with
+its range, each taken within a round.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import json
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -78,6 +82,7 @@ class Row:
     startup_s: float = 0.0
     weights_bytes: int = 0
     error: str = ""
+    rounds: list[dict[int, float]] = field(default_factory=list)  # tok/s per round (``--rounds``)
 
 
 def free_port() -> int:
@@ -408,12 +413,44 @@ def table(rows: list[Row], clients: list[int], bandwidth: float) -> str:
             continue
         tps = [f"{r.tokens_per_s[c]:.1f}" if c in r.tokens_per_s else "-" for c in clients]
         ratios = [f"{r.tokens_per_s[c] / best[c]:.2f}x" if best[c] and c in r.tokens_per_s else "-" for c in clients]
+        if len(r.rounds) > 1:  # each round's ratio to that round's best peer: median [min, max]
+            ratios = [round_ratios(r, rows, c) for c in clients]
         share = "-"
         if 1 in r.tokens_per_s and r.weights_bytes:
             limit = bandwidth * 1e9 / r.weights_bytes
             share = f"{100 * r.tokens_per_s[1] / limit:.0f} % of {limit:.0f}"
         lines.append(f"| {r.name} | {r.dtype or '?'} | " + " | ".join(tps + ratios + [share]) + " |")
     return "\n".join(lines)
+
+
+def round_ratios(row: Row, rows: list[Row], c: int) -> str:
+    """``row``'s ratio to the best peer at ``c`` clients, taken within each round (the peer
+    measured minutes from it, not an hour): "median [min, max]" over the rounds."""
+    ratios = []
+    for k, mine in enumerate(row.rounds):
+        best = max((r.rounds[k].get(c, 0.0) for r in rows if r.peer and len(r.rounds) > k), default=0.0)
+        if best and c in mine:
+            ratios.append(mine[c] / best)
+    if not ratios:
+        return "-"
+    return f"{statistics.median(ratios):.2f}x [{min(ratios):.2f}, {max(ratios):.2f}]"
+
+
+def merge_rounds(rounds: list[list[Row]], clients: list[int]) -> list[Row]:
+    """One row per server from ``rounds`` (each a list of rows in the same server order): tok/s the
+    median over the rounds, each round's kept in ``rounds``; latency and start-up of the first
+    round; an error in any round is the row's error."""
+    merged = []
+    for runs in zip(*rounds):
+        row = runs[0]
+        row.error = next((r.error for r in runs if r.error), "")
+        row.rounds = [dict(r.tokens_per_s) for r in runs]
+        if not row.error:
+            row.tokens_per_s = {
+                c: statistics.median(r.tokens_per_s[c] for r in runs) for c in clients if c in row.tokens_per_s
+            }
+        merged.append(row)
+    return merged
 
 
 def latency_table(rows: list[Row], clients: list[int]) -> str:
@@ -441,6 +478,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", action="append", help="run only servers whose name contains this (repeatable)")
     p.add_argument("--no-vllm", action="store_true", help="skip every vLLM server")
     p.add_argument("--no-llama", action="store_true", help="skip llama.cpp")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure every server this many times, in alternating order (A B, B A, ...); tok/s is the "
+        "median, and each ratio is taken within a round [1]",
+    )
     p.add_argument("--ready-timeout", type=float, default=900, help="seconds a server may take to start [900]")
     p.add_argument(
         "--json", type=Path, default=Path("servers-bench.json"), help="write everything here [servers-bench.json]"
@@ -451,11 +495,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         clients = [int(c) for c in args.clients.split(",")]
-        if any(c < 1 for c in clients) or args.tokens < 1 or args.requests < 1:
+        if any(c < 1 for c in clients) or min(args.tokens, args.requests, args.rounds) < 1:
             raise ValueError
     except ValueError:
         p.error(
-            f"--clients must be positive integers separated by commas, --tokens and --requests >= 1; got {args.clients!r}"
+            "--clients must be positive integers separated by commas, --tokens, --requests and --rounds >= 1; "
+            f"got {args.clients!r}"
         )
     if args.quick:
         clients, args.tokens, args.only, args.no_vllm, args.no_llama = (
@@ -489,12 +534,21 @@ def main(argv: list[str] | None = None) -> int:
             servers = [s for s in servers if any(o in s.name for o in args.only)]
         logs = args.json.parent / (args.json.stem + "-logs")
         logs.mkdir(parents=True, exist_ok=True)
-        rows = []
-        for s in servers:
-            print(
-                f"{s.name} [{s.dtype or 'its default'}]" + (f": skipped, {s.missing}" if s.missing else ""), flush=True
-            )
-            rows.append(measure(s, clients, per_client, args.tokens, logs, args.ready_timeout))
+        rounds = []
+        for k in range(args.rounds):
+            order = list(range(len(servers)))[:: 1 if k % 2 == 0 else -1]  # A B, then B A: drift cancels
+            got = {}
+            for i in order:
+                s = servers[i]
+                print(
+                    (f"round {k + 1}/{args.rounds}: " if args.rounds > 1 else "")
+                    + f"{s.name} [{s.dtype or 'its default'}]"
+                    + (f": skipped, {s.missing}" if s.missing else ""),
+                    flush=True,
+                )
+                got[i] = measure(s, clients, per_client, args.tokens, logs, args.ready_timeout)
+            rounds.append([got[i] for i in range(len(servers))])
+        rows = merge_rounds(rounds, clients)
     text = table(rows, clients, bandwidth)
     print(f"\noutput tokens/s, {args.tokens}-token streamed completions (ignore_eos), by concurrent clients\n")
     print(text)
@@ -508,6 +562,7 @@ def main(argv: list[str] | None = None) -> int:
         "tokens": args.tokens,
         "clients": clients,
         "requests_per_client": per_client,
+        "rounds": args.rounds,
         "command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "rows": [asdict(r) for r in rows],

@@ -26,6 +26,22 @@ def test_table_ratios_to_best_peer_and_bandwidth_share():
     assert "llama-server not found" in text
 
 
+def test_rounds_merge_to_medians_and_ratios_taken_within_each_round():
+    def round_rows(ours, peer, fail=""):
+        return [
+            servers.Row("ours", "4-bit", False, {1: ours}),
+            servers.Row("peer", "4-bit", True, {1: peer}, error=fail),
+        ]
+
+    rows = servers.merge_rounds([round_rows(30.0, 60.0), round_rows(40.0, 50.0), round_rows(36.0, 40.0)], [1])
+    assert rows[0].tokens_per_s == {1: 36.0} and rows[1].tokens_per_s == {1: 50.0}
+    assert rows[0].rounds == [{1: 30.0}, {1: 40.0}, {1: 36.0}]
+    ours = next(line for line in servers.table(rows, [1], bandwidth=1.0).splitlines() if line.startswith("| ours"))
+    assert "| 36.0 | 0.80x [0.50, 0.90] |" in ours  # 30/60, 40/50, 36/40: not 36/50
+    failed = servers.merge_rounds([round_rows(30.0, 60.0), round_rows(40.0, 0.0, fail="did not start")], [1])
+    assert failed[1].error == "did not start"
+
+
 def test_weight_count_skips_head_files(tmp_path):
     import torch
     from safetensors.torch import save_file
