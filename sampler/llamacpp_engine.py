@@ -48,6 +48,18 @@ log = logging.getLogger(__name__)
 MAX_SEQUENCES = 256
 """llama.cpp's limit on sequence ids in one context (LLAMA_MAX_SEQ)."""
 
+SHARED_PREFIX_MIN = 8
+"""Fewest tokens a prompt must share with an earlier prompt of the same prefill to copy its cells
+instead of reading them; a partial share costs a second ``llama_decode`` (about two prompt
+tokens' time at batch 1 on 2 AVX2 cores), so a few shared tokens are cheaper read."""
+
+
+def _common_prefix(a: np.ndarray, b: np.ndarray) -> int:
+    """Length of the longest common prefix of two int32 token arrays."""
+    m = min(len(a), len(b))
+    differ = np.flatnonzero(a[:m] != b[:m])
+    return int(differ[0]) if len(differ) else m
+
 
 def _lib():
     try:
@@ -234,9 +246,7 @@ class LlamaCppEngine:
         ids = np.asarray(prompt[:-1], dtype=np.int32)  # the last token is always decoded: its h is needed
         best, held = None, 0
         for slot, tokens in self._cached.items():
-            m = min(len(tokens), len(ids))
-            differ = np.flatnonzero(tokens[:m] != ids[:m])
-            common = int(differ[0]) if len(differ) else m
+            common = _common_prefix(tokens, ids)
             if common > held:
                 best, held = slot, common
         if alone and best is not None:
@@ -297,22 +307,58 @@ class LlamaCppEngine:
     def prefill(self, prompts: list[tuple[int, ...]], slots: list[tuple[list[int], int]]) -> None:
         """Read each prompt but its last token into its first slot (embeddings off, no outputs),
         from the position its cached prefix ends at, then copy it to the prompt's other slots (its
-        other samples). ``slots``: as ``take_slots`` returns them."""
-        self.L.llama_set_embeddings(self._ctx, False)
+        other samples). ``slots``: as ``take_slots`` returns them.
+
+        Prompts of one call that start alike (clients sending the same prompt or system prompt at
+        once) are read once: a prompt that shares at least ``SHARED_PREFIX_MIN`` tokens (and more
+        than its slot's cached prefix) with an earlier one of the call copies that one's cells for
+        the shared part; an identical one reads nothing, one that goes on reads the rest in a
+        second pass (a second ``llama_decode``)."""
+        L, mem = self.L, self._mem
+        L.llama_set_embeddings(self._ctx, False)
+        bodies = [np.asarray(prompt[:-1], dtype=np.int32) for prompt in prompts]
+        leaders: list[int] = []
+        first: list[tuple[np.ndarray, int, int]] = []  # (tokens, slot, from position)
+        rest: list[tuple[np.ndarray, int, int, int]] = []  # (tokens, slot, shared, the slot shared from)
+        for i, (body, (group, held)) in enumerate(zip(bodies, slots)):
+            source, shared = None, max(held, SHARED_PREFIX_MIN - 1)
+            for j in leaders:
+                common = _common_prefix(bodies[j], body)
+                if common > shared:
+                    source, shared = j, common
+            if source is None:
+                leaders.append(i)
+                first.append((body, group[0], held))
+                self.reused_tokens += held
+                continue
+            rest.append((body, group[0], shared, slots[source][0][0]))
+        self._read(first)
+        second = []
+        for body, slot, shared, source in rest:  # copied once the leaders' cells are there
+            L.llama_memory_seq_rm(mem, slot, -1, -1)
+            L.llama_memory_seq_cp(mem, source, slot, -1, -1)
+            if not L.llama_memory_seq_rm(mem, slot, shared, -1):  # a memory that cannot be cut: from scratch
+                L.llama_memory_seq_rm(mem, slot, -1, -1)
+                shared = 0
+            self.reused_tokens += shared
+            second.append((body, slot, shared))
+        self._read(second)
+        for prompt, (group, _) in zip(prompts, slots):
+            for other in group[1:]:
+                L.llama_memory_seq_cp(mem, group[0], other, -1, -1)
+
+    def _read(self, parts: list[tuple[np.ndarray, int, int]]) -> None:
+        """Decode each (tokens, slot, start): tokens[start:] at positions start.., no outputs, in
+        as few ``llama_decode`` calls of at most ``prefill_batch`` tokens as they fit in."""
         b = self._batch
-        for prompt, (group, held) in zip(prompts, slots):
-            self.reused_tokens += held
-            body = np.asarray(prompt[:-1], dtype=np.int32)
+        for body, slot, held in parts:
             for start in range(held, len(body), self.prefill_batch):
                 chunk = body[start : start + self.prefill_batch]
                 if b.n + len(chunk) > self.prefill_batch:
                     b.decode(self._ctx)
-                b.add(chunk, start, group[0], output_last=False)
+                b.add(chunk, start, slot, output_last=False)
         if b.n:
             b.decode(self._ctx)
-        for prompt, (group, _) in zip(prompts, slots):
-            for other in group[1:]:
-                self.L.llama_memory_seq_cp(self._mem, group[0], other, -1, -1)
 
     def decode_last(self, tokens: list[int], positions: list[int], slots: list[int]) -> tuple[Tensor, Tensor]:
         """One token for each of ``slots`` at ``positions``, in one llama_decode with the embeddings

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -154,6 +155,37 @@ def test_prefix_cache_skips_the_shared_prefill(llama, embedded, prompts):
     err_cached, err_scratch = (float((x - hf).abs().max()) for x in (cached, scratch))
     assert err_cached <= 1.5 * err_scratch, (err_cached, err_scratch)
     assert int(cached.argmax()) == int(scratch.argmax())
+    _assert_idle(llama)
+
+
+def test_prompts_of_one_prefill_that_start_alike_are_read_once(llama, prompts):
+    """Two clients with the same prompt and a third with the same system prompt, admitted together:
+    the duplicate reads nothing, the third only what follows the shared part, and each decodes
+    exactly as it does when read alone."""
+    from introllm.sampler.llamacpp_engine import _common_prefix
+
+    p = SamplingParams(max_new_tokens=8, seed=3, ignore_eos=True)
+    rows = [PromptRow(prompts[0], p, 1, 0, 0), PromptRow(prompts[0], p, 1, 1, 0), PromptRow(prompts[1], p, 1, 2, 0)]
+    shared = _common_prefix(np.asarray(prompts[0][:-1]), np.asarray(prompts[1][:-1]))
+    assert shared >= 8  # the chat template's system prompt
+
+    def decode(group):
+        batch = llama.new_batch()
+        seqs = [g[0] for g in batch.add(group)]
+        while batch.num_running:
+            batch.step()
+        return [s.token_ids for s in seqs]
+
+    llama.drop_prefix_cache()
+    llama.prefix_cache = False  # the reference reads every prompt from scratch
+    try:
+        alone = [decode([row])[0] for row in rows]
+        before = llama.reused_tokens
+        together = decode(rows)
+    finally:
+        llama.prefix_cache = True
+    assert llama.reused_tokens - before == (len(prompts[0]) - 1) + shared
+    assert together == alone
     _assert_idle(llama)
 
 
