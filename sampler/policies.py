@@ -205,7 +205,7 @@ class _HeadPolicy(TemperaturePolicy):
         if h.device.type == "cpu" and not bool(updated.any()):
             # no row draws a z this step (at batch 1, each step the gate keeps tau): the Beta draw
             # would be discarded, so it is skipped (on CPU, where asking costs no device sync);
-            # the result is the same as the full path's, bit for bit (tests/test_policies.py)
+            # the action is the full path's: tau, z and the gate exactly (tests/test_policies.py)
             z = torch.zeros_like(tau_prev, dtype=torch.float32)
             logp = self.log_prob(u, updated, z) if score else torch.zeros_like(z)
             return TempAction(tau=tau_prev.clone(), updated=updated, z=z, logp=logp)
