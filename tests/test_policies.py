@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from introllm.sampler import HeadConfig, TemperatureHead, build_policy, policy_names
+from introllm.sampler import head as H
 from introllm.sampler.policies import TAMPO_TEMPERATURES, EADExpPolicy, EADPolicy, TampoPolicy, ead_gamma
 from introllm.sampler.rng import uniforms
 
@@ -80,6 +81,31 @@ def test_a_step_without_updates_skips_the_beta_draw_and_gives_the_same_action(he
     assert torch.equal(alone.updated, full.updated[:1])
     torch.testing.assert_close(alone.logp, full.logp[:1])
     assert alone.tau.data_ptr() != tau_prev.data_ptr()  # a new tensor, not the state's
+
+
+@pytest.mark.parametrize("spec", ["learned", "shifted:delta=-0.3", "always-update"])
+def test_a_batch_of_one_unscored_acts_as_the_tensor_path(spec):
+    """A lone row without scoring (a server's single stream) takes the scalar path
+    (``_act_one``); over 400 rows of varied head outputs it makes the same gate decisions and the
+    same tau and z, to float32 rounding (of the head too: 1e-5, as test_engine's batch invariance), as the tensor path (scored, which always takes it)."""
+    torch.manual_seed(0)
+    head = TemperatureHead(HeadConfig(hidden_size=16, tau_min=0.1, tau_max=1.5))
+    with torch.no_grad():
+        head.fc1.weight.mul_(30.0), head.fc2.weight.mul_(30.0)  # concentrations ~0 to ~100, gates ~0 to ~1
+    policy = build_policy(spec, head)
+    n = 400
+    h, step = torch.randn(n, 16) * torch.logspace(-1, 1.5, n)[:, None], torch.arange(n)
+    tau_prev = torch.rand(n) + 0.5
+    rand = uniforms(torch.full((n,), 11), step, torch.zeros(n, dtype=torch.long))
+    with torch.inference_mode():
+        full = policy.act(h, step, tau_prev, rand, score=True)
+        ones = [policy.act(h[i : i + 1], step[i : i + 1], tau_prev[i : i + 1], rand[i : i + 1], False) for i in range(n)]
+    u = head(h).detach()
+    assert 0.1 < full.updated.float().mean() <= 1.0 and H.concentrations(u)[0].max() > 20  # both branches, wide range
+    assert torch.equal(torch.cat([a.updated for a in ones]), full.updated)
+    torch.testing.assert_close(torch.cat([a.tau for a in ones]), full.tau, atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.cat([a.z for a in ones]), full.z, atol=1e-5, rtol=0)
+    assert all(a.tau.dtype == a.z.dtype == torch.float32 for a in ones)
 
 
 def test_always_update_and_prompt_level(head):
