@@ -99,7 +99,9 @@ def test_a_batch_of_one_unscored_acts_as_the_tensor_path(spec):
     rand = uniforms(torch.full((n,), 11), step, torch.zeros(n, dtype=torch.long))
     with torch.inference_mode():
         full = policy.act(h, step, tau_prev, rand, score=True)
-        ones = [policy.act(h[i : i + 1], step[i : i + 1], tau_prev[i : i + 1], rand[i : i + 1], False) for i in range(n)]
+        ones = [
+            policy.act(h[i : i + 1], step[i : i + 1], tau_prev[i : i + 1], rand[i : i + 1], False) for i in range(n)
+        ]
     u = head(h).detach()
     assert 0.1 < full.updated.float().mean() <= 1.0 and H.concentrations(u)[0].max() > 20  # both branches, wide range
     assert torch.equal(torch.cat([a.updated for a in ones]), full.updated)
