@@ -148,3 +148,24 @@ def test_llamacpp_step_splits_a_step_into_its_parts(embedded):
         [sys.executable, str(ROOT / "benchmarks" / "llamacpp_step.py"), "--steps", "0"], capture_output=True, text=True
     )
     assert bad.returncode == 2 and "must be >= 1" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_policy_overhead_pairs_learned_and_fixed_completions_on_one_server(tmp_path, embedded):
+    pytest.importorskip(
+        "llama_cpp", reason="benchmarks/policy_overhead.py starts the llama.cpp backend (make install-llamacpp)"
+    )
+    out = tmp_path / "overhead.json"
+    script = str(ROOT / "benchmarks" / "policy_overhead.py")
+    r = subprocess.run(
+        [sys.executable, script, "--pairs", "3", "--tokens", "6", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    samples = json.loads(out.read_text())
+    assert len(samples["learned_s"]) == len(samples["fixed_s"]) == 3
+    assert all(0 < s < 10 for s in samples["learned_s"] + samples["fixed_s"])  # seconds per token
+    assert "learned / fixed time per token: median" in r.stdout and "throughput cost of the head" in r.stdout
+    bad = subprocess.run([sys.executable, script, "--pairs", "1"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--pairs must be >= 2" in bad.stderr and "Traceback" not in bad.stderr
