@@ -54,7 +54,12 @@ def time_per_token(client, temperature: float | None, seed: int, tokens: int) ->
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--backend", default="llamacpp", help="backend of the server to start [llamacpp]")
+    ap.add_argument(
+        "--backend",
+        default="llamacpp",
+        choices=["auto", "torch", "vllm", "llamacpp"],
+        help="backend of the server to start [llamacpp]",
+    )
     ap.add_argument("--url", help="measure this running server instead of starting one")
     ap.add_argument("--pairs", type=int, default=40, help="learned / fixed pairs of completions [40]")
     ap.add_argument("--tokens", type=int, default=64, help="tokens per completion [64]")
@@ -83,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
             order = (None, args.fixed) if k % 2 else (args.fixed, None)
             for temperature in order:
                 (learned if temperature is None else fixed).append(time_per_token(client, temperature, k, args.tokens))
+    except (openai.APIError, RuntimeError) as e:
+        print(f"error: {url}: {e}", file=sys.stderr)
+        return 1
     finally:
         if proc is not None:
             stop(proc)

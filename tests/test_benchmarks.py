@@ -169,3 +169,7 @@ def test_policy_overhead_pairs_learned_and_fixed_completions_on_one_server(tmp_p
     assert "learned / fixed time per token: median" in r.stdout and "throughput cost of the head" in r.stdout
     bad = subprocess.run([sys.executable, script, "--pairs", "1"], capture_output=True, text=True)
     assert bad.returncode == 2 and "--pairs must be >= 2" in bad.stderr and "Traceback" not in bad.stderr
+    gone = subprocess.run([sys.executable, script, "--url", "http://127.0.0.1:1"], capture_output=True, text=True)
+    assert (
+        gone.returncode == 1 and gone.stderr.startswith("error: http://127.0.0.1:1") and "Traceback" not in gone.stderr
+    )
