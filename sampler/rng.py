@@ -188,8 +188,8 @@ def gamma_log_one(alpha: float, rand: Seq[float]) -> float:
 
 def beta_sample_one(alpha: float, beta: float, rand: Seq[float]) -> float:
     """``beta_sample`` for one row in Python floats, from the same uniforms (``rand``: that row's
-    ``NUM_UNIFORMS``): what a batch of one uses, where ~40 tensor operations on one element cost
-    0.4 ms a token (2-vCPU AVX2 EPYC) and these a few microseconds."""
+    ``NUM_UNIFORMS``): what a batch of one uses (``policies._HeadPolicy._act_one``), where
+    tensor operations on one element cost more than the arithmetic."""
     log_ga = gamma_log_one(alpha, rand[SLOT_BETA_A : SLOT_BETA_A + _GAMMA_SLOTS])
     log_gb = gamma_log_one(beta, rand[SLOT_BETA_B : SLOT_BETA_B + _GAMMA_SLOTS])
     diff = log_ga - log_gb
