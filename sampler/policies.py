@@ -221,8 +221,9 @@ class _HeadPolicy(TemperaturePolicy):
     def _act_one(self, u: Tensor, step: Tensor, tau_prev: Tensor, rand: Tensor) -> TempAction:
         """``act`` for a batch of one on CPU, unscored (a server's single stream): the same gate,
         Beta draw and tau from the same uniforms, in Python floats (``rng.beta_sample_one``)
-        instead of tensor operations on one element: the policy's share of a llama.cpp step fell
-        from 0.60-0.63 to 0.31-0.33 ms (``benchmarks/llamacpp_step.py``, 2-vCPU AVX2 EPYC).
+        instead of tensor operations on one element: the policy's share of a llama.cpp step was
+        0.60-0.63 ms before and 0.31-0.33 ms after (two runs of ``benchmarks/llamacpp_step.py``,
+        2-vCPU AVX2 EPYC).
         Equal to the tensor path to float32 rounding (tests/test_policies.py)."""
         updated = self.draws_z(u, step, rand)
         if not bool(updated[0]):
