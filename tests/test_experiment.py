@@ -512,11 +512,11 @@ seeds = [0]
 """
 
 
-def _experiment(cwd: Path, *extra: str) -> subprocess.Popen:
+def _experiment(cwd: Path, *extra: str, stdout=subprocess.PIPE) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "introllm", "experiment", "exp.toml", *extra],
         cwd=cwd,
-        stdout=subprocess.PIPE,
+        stdout=stdout,
         stderr=subprocess.STDOUT,
         text=True,
     )
@@ -534,12 +534,12 @@ def test_a_killed_and_restarted_experiment_writes_the_same_report(tiny_ckpt, tmp
         dirs[name].mkdir()
         (dirs[name] / "exp.toml").write_text(E2E.format(ckpt=tiny_ckpt, data=data, reward=REWARD))
 
-    straight = _experiment(dirs["straight"])
-    out, _ = straight.communicate(timeout=1800)
-    assert straight.returncode == 0, out[-3000:]
-    assert "[8/8]" in out and "report: out/report.md" in out
-
-    # the same grid, killed (SIGKILL: no clean-up of ours runs) while the second seed's training is past its first checkpoint
+    # the grid run straight through, and beside it (both at once: their jobs are mostly start-up
+    # time, so the test takes half as long) the same grid killed (SIGKILL: no clean-up of ours runs)
+    # while the second seed's training is past its first checkpoint
+    straight_log = tmp_path / "straight.log"
+    with straight_log.open("w") as log_file:
+        straight = _experiment(dirs["straight"], stdout=log_file)
     stopped = _experiment(dirs["stopped"])
     checkpoint = dirs["stopped"] / "out/runs/introllm/seed1/checkpoint-000002"
     deadline = time.monotonic() + 1800
@@ -553,6 +553,10 @@ def test_a_killed_and_restarted_experiment_writes_the_same_report(tiny_ckpt, tmp
     assert not (dirs["stopped"] / "out/runs/introllm/seed1/final").exists()
     assert not (dirs["stopped"] / "out/report.md").exists()
     time.sleep(1)  # the training subprocess dies with its parent (PR_SET_PDEATHSIG); give the kernel a moment
+    straight.wait(timeout=1800)
+    out = straight_log.read_text()
+    assert straight.returncode == 0, out[-3000:]
+    assert "[8/8]" in out and "report: out/report.md" in out
 
     restarted = _experiment(dirs["stopped"])
     out2, _ = restarted.communicate(timeout=1800)

@@ -29,7 +29,7 @@ from introllm.server.config import ServerConfig
 pytestmark = pytest.mark.slow
 
 MODEL = "smollm2-135m-instruct"
-EXAMPLES = 100  # per operation and kind (valid, invalid, valid streamed): about 2 minutes on 2 busy CPU cores
+EXAMPLES = 50  # per operation and kind (valid, invalid, valid streamed): about a minute on 2 busy CPU cores
 CHECKS = [
     checks.not_a_server_error,
     checks.status_code_conformance,
